@@ -1,0 +1,253 @@
+"""Control commands against a fake EngineHost (wire.md 8.2-8.5, design.md 4, 6)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xend_vnet import sxp
+from xend_vnet.kernel_shim import commands
+from xend_vnet.kernel_shim.commands import EEXIST, EINVAL, ENOENT, CommandError, execute
+from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
+from xend_vnet.vnet_id import VnetId
+
+ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
+
+
+class FakeHost:
+    """Records what the daemon would do; creates vnets in the core."""
+
+    def __init__(self):
+        self.core = EngineCore(CoreOptions())
+        self.core.self_address = "192.0.2.1"
+        self.device = "eth0"
+        self.clock = 100.0
+        self.created = []
+        self.deleted = []
+        self.groups = []
+        self.fail_create = None
+        for n in ("2", "3", "4"):
+            vid = VnetId.parse(n)
+            self.core.add_vnet(vid, vid.default_vnetif)
+
+    def create_vnet(self, vid, ifname, security, key_file):
+        if self.fail_create:
+            raise self.fail_create
+        self.created.append((vid, ifname, security, key_file))
+        self.core.add_vnet(vid, ifname, security)
+
+    def delete_vnet(self, vid):
+        self.deleted.append(vid)
+        self.core.remove_vnet(vid)
+
+    def set_mcaddr(self, addr, ttl):
+        self.groups.append((addr, ttl))
+        self.core.set_mcaddr(addr)
+
+    def status(self):
+        return [["pid", "42"], ["joined", "yes"]]
+
+    def now(self):
+        return self.clock
+
+
+@pytest.fixture
+def host():
+    return FakeHost()
+
+
+def err(reply):
+    form = sxp.parse_one(reply)
+    assert form[0] == "err", reply
+    return int(sxp.child_value(form, "errno")), sxp.child_value(form, "message")
+
+
+def test_vnet_add_forms(host):
+    assert execute(host, "(vnet.add (id 97))") == ""
+    assert host.created[-1] == (VnetId.parse("97"), "vnif0097", "none", None)
+    # xend's form: extra children ignored, order free (wire.md 8.2, 8.4).
+    assert execute(host, "(vnet.add (security none) (bridge vnet98) (vnetif vnif98) "
+                         "(id 0:0:0:0:0:0:0:98))") == ""
+    assert host.created[-1][:3] == (VnetId.parse("98"), "vnif98", "none")
+    assert execute(host, "(vnet.add (id 99) (key-file /etc/xen/k))") == ""
+    assert host.created[-1][3] == "/etc/xen/k"
+
+
+@pytest.mark.parametrize("request_text,errno,fragment", [
+    ("(vnet.add (id 4))", EEXIST, "already exists"),
+    ("(vnet.add (id 0004))", EEXIST, "already exists"),
+    ("(vnet.add (id 1))", EEXIST, "reserved"),
+    ("(vnet.add (id 0))", EINVAL, "id 0"),
+    ("(vnet.add (id 1:2))", EINVAL, "'1:2'"),
+    ("(vnet.add (id xyz))", EINVAL, "'xyz'"),
+    ("(vnet.add)", EINVAL, "missing (id"),
+    ("(vnet.add (id))", EINVAL, "missing (id"),
+    ("(vnet.add (id (97)))", EINVAL, "must be an atom"),
+    ("(vnet.add (id 97) (vnetif vnif0004))", EEXIST, "already used by vnet"),
+    ("(vnet.add (id 97) (vnetif abcdefghijklmnop))", EINVAL, "'abcdefghijklmnop'"),
+    ("(vnet.add (id 97) (vnetif 'a b'))", EINVAL, "'a b'"),
+    ("(vnet.add (id 97) (vnetif a/b))", EINVAL, "'a/b'"),
+    ("(vnet.add (id 97) (vnetif ..))", EINVAL, "'..'"),
+    ("(vnet.add (id 97) (security high))", EINVAL, "'high'"),
+    ("(vnet.add (id 97) (security auth))", EINVAL, "not supported yet"),
+    ("(vnet.add (id 97) (security conf))", EINVAL, "not supported yet"),
+    ("(vnet.add (id 97) (key-file relative))", EINVAL, "absolute"),
+])
+def test_vnet_add_errors(host, request_text, errno, fragment):
+    got_errno, message = err(execute(host, request_text))
+    assert got_errno == errno and fragment in message
+    assert not host.created
+
+
+def test_long_ids_differing_above_last_field_collide_by_name(host):
+    assert execute(host, "(vnet.add (id 0:0:0:0:0:0:1:97))") == ""
+    errno, message = err(execute(host, "(vnet.add (id 0:0:0:0:0:0:2:97))"))
+    assert errno == EEXIST and "0000:0000:0000:0000:0000:0001:0000:0097" not in message
+    assert "0000:0000:0000:0000:0000:0000:0001:0097" in message
+    assert "0000:0000:0000:0000:0000:0000:0002:0097" in message
+
+
+def test_host_errors_reach_the_caller(host):
+    host.fail_create = CommandError(16, "device vnif0097 is busy")
+    assert err(execute(host, "(vnet.add (id 97))")) == (16, "device vnif0097 is busy")
+    host.fail_create = PermissionError(1, "Operation not permitted")
+    assert err(execute(host, "(vnet.add (id 97))"))[0] == 1
+    host.fail_create = RuntimeError("boom")
+    errno, message = err(execute(host, "(vnet.add (id 97))"))
+    assert errno == 5 and "boom" in message
+
+
+def test_vnet_del_both_shapes(host):
+    execute(host, "(vnet.add (id 97))")
+    assert execute(host, "(vnet.del (id 97))") == ""
+    execute(host, "(vnet.add (id 97))")
+    assert execute(host, "(vnet.del 97)") == ""          # xend's wrong shape
+    assert host.deleted == [VnetId.parse("97")] * 2
+    assert err(execute(host, "(vnet.del (id 97))")) == (
+        ENOENT, f"vnet.del: no such vnet {ID97}")
+    assert err(execute(host, "(vnet.del)"))[0] == EINVAL
+    assert err(execute(host, "(vnet.del (id 1))"))[0] == EINVAL
+
+
+def test_vnet_list_and_stats(host):
+    out = execute(host, "(vnet.list)")
+    assert [sxp.child_value(f, "vnetif") for f in sxp.parse_all(out)] == \
+        ["vnif0002", "vnif0003", "vnif0004"]
+    forms = sxp.parse_all(execute(host, "(vnet.stats)"))
+    assert [f[0] for f in forms] == ["engine_stats"] + ["vnet_stats"] * 3
+    forms = sxp.parse_all(execute(host, "(vnet.stats (id 3))"))
+    assert len(forms) == 1 and sxp.child_value(forms[0], "vnetif") == "vnif0003"
+    assert err(execute(host, "(vnet.stats (id 97))"))[0] == ENOENT
+
+
+def test_vif_commands(host):
+    assert execute(host, "(vif.add (vnet 4) (vif vif3.0) (vmac AA-00-00-00-00-01))") == ""
+    forms = sxp.parse_all(execute(host, "(vif.list)"))
+    assert sxp.child_value(forms[1], "vmac") == "aa:00:00:00:00:01"
+    assert err(execute(host, "(vif.add (vnet 97) (vmac aa:00:00:00:00:01))"))[0] == ENOENT
+    assert err(execute(host, "(vif.add (vnet 4) (vmac aa:00:00:00:00))")) == (
+        EINVAL, "vif.add: invalid MAC 'aa:00:00:00:00': expected xx:xx:xx:xx:xx:xx")
+    assert err(execute(host, "(vif.add (vnet 4))"))[0] == EINVAL
+    assert execute(host, "(vif.del (vmac aa:00:00:00:00:01) (vnet 4))") == ""
+    assert err(execute(host, "(vif.del (vnet 4) (vmac aa:00:00:00:00:01))"))[0] == ENOENT
+
+
+def test_peer_commands(host):
+    assert execute(host, "(peer.add (addr 198.51.100.7))") == ""
+    assert execute(host, "(peer.add (addr 192.0.2.9) (port 1798))") == ""
+    forms = sxp.parse_all(execute(host, "(peer.list)"))
+    assert [(sxp.child_value(f, "addr"), sxp.child_value(f, "port")) for f in forms] == [
+        ("192.0.2.9", "1798"), ("198.51.100.7", "1798")]
+    for bad in ("(peer.add (addr example.org))", "(peer.add (addr 224.10.0.1))",
+                "(peer.add (addr 0.0.0.0))", "(peer.add (addr 192.0.2.9) (port 0))",
+                "(peer.add (addr 192.0.2.9) (port x))", "(peer.add)"):
+        assert err(execute(host, bad))[0] == EINVAL, bad
+    assert execute(host, "(peer.del (addr 192.0.2.9))") == ""
+    assert err(execute(host, "(peer.del (addr 192.0.2.9))"))[0] == ENOENT
+
+
+def test_varp_commands(host):
+    v4 = VnetId.parse("4")
+    host.core.receive_udp(b"\x00\x02\x00\x00\x00\x40" + v4.raw + bytes(6)
+                          + bytes.fromhex("aa0000000002") + b"\x08\x00",
+                          "192.0.2.2", "192.0.2.1", 99.0)
+    forms = sxp.parse_all(execute(host, "(varp.list)"))
+    assert [f[0] for f in forms] == ["varp", "ventry"]
+    assert sxp.child_value(forms[0], "device") == "eth0"
+    assert sxp.child_value(forms[1], "age") == "1000"
+    forms = sxp.parse_all(execute(host, "(varp.print)"))
+    assert [f[0] for f in forms] == ["vnet"] * 3 + ["viftable", "varp", "ventry"]
+    assert execute(host, "(varp.flush)") == ""
+    assert len(sxp.parse_all(execute(host, "(varp.list)"))) == 1
+
+
+def test_varp_mcaddr(host):
+    assert execute(host, "(varp.mcaddr (addr 239.1.2.3) (ttl 4))") == ""
+    assert execute(host, "(varp.mcaddr (addr 224.10.0.1))") == ""
+    assert host.groups == [("239.1.2.3", 4), ("224.10.0.1", None)]
+    for bad in ("(varp.mcaddr (addr 192.0.2.1))", "(varp.mcaddr (addr 224.10.0.1) (ttl 0))",
+                "(varp.mcaddr (addr 224.10.0.1) (ttl 256))", "(varp.mcaddr)"):
+        assert err(execute(host, bad))[0] == EINVAL, bad
+
+
+def test_engine_status(host):
+    assert sxp.parse_one(execute(host, "(engine.status)")) == [
+        "engine.status", ["pid", "42"], ["joined", "yes"]]
+
+
+def test_several_forms_stop_at_first_error(host):
+    reply = execute(host, "(vnet.add (id 97)) (vnet.add (id 97)) (vnet.add (id 98))")
+    assert err(reply)[0] == EEXIST
+    assert [c[0] for c in host.created] == [VnetId.parse("97")]
+    out = execute(host, "(vnet.list) (peer.list)")
+    assert len(sxp.parse_all(out)) == 4
+
+
+@pytest.mark.parametrize("text", ["(", ")", "(vnet.add (id 97", "'unterminated"])
+def test_parse_errors(host, text):
+    errno, message = err(execute(host, text))
+    assert errno == EINVAL and "cannot parse" in message
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("(bogus)", "unknown command 'bogus'"), ("bare", "not a command"), ("()", "not a command"),
+    ("((vnet.list))", "not a command")])
+def test_not_commands(host, text, fragment):
+    errno, message = err(execute(host, text))
+    assert errno == EINVAL and fragment in message
+
+
+def test_empty_request_is_empty_reply(host):
+    assert execute(host, "") == "" and execute(host, "  # comment only\n") == ""
+
+
+def test_check_ifname():
+    commands.check_ifname("vnif0097")
+    commands.check_ifname("a" * 15)
+    for bad in ("", "a" * 16, "a:b", "a\tb", ".", "bad\x01"):
+        with pytest.raises(ValueError):
+            commands.check_ifname(bad)
+
+
+NAMES = st.sampled_from(sorted(commands._COMMANDS) + ["id", "vnet", "vmac", "addr", "port",
+                                                      "ttl", "vnetif", "security", "key-file"])
+ATOMS = st.one_of(NAMES, st.sampled_from(["97", "4", "1", "0", "aa:bb:cc:dd:ee:ff",
+                                          "224.10.0.5", "192.0.2.4", "none", "auth", "7"]),
+                  st.text(max_size=12))
+FORMS = st.recursive(ATOMS, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.builds(lambda head, rest: [head, *rest], NAMES, st.lists(FORMS, max_size=3)),
+                max_size=3))
+def test_structured_requests_always_answer(forms):
+    host = FakeHost()
+    reply = execute(host, " ".join(sxp.to_string(f) for f in forms))
+    assert isinstance(reply, str) and "internal error" not in reply
+    sxp.parse_all(reply)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=80))
+def test_arbitrary_text_always_answers(text):
+    reply = execute(FakeHost(), text)
+    assert isinstance(reply, str) and "internal error" not in reply

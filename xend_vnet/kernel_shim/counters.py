@@ -1,0 +1,85 @@
+"""Engine counters: per vnet and per drop reason (issue 3, vnet.stats).
+
+Every datagram given to ``EngineCore.receive_udp`` ends in exactly one
+outcome: accepted as data, accepted as VARP, or dropped under one reason,
+so ``rx_datagrams == rx_data + rx_varp + sum(rx_dropped.values())``.  A VFWD
+message counts once, with the outcome of the packet it carries.  Frames
+read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
+``dropped`` when the vnet is known).
+"""
+
+from __future__ import annotations
+
+
+def count(table: dict[str, int], reason: str) -> None:
+    table[reason] = table.get(reason, 0) + 1
+
+
+class VnetCounters:
+    """One vnet: frames in from the network (rx) and out from its TAP (tx)."""
+
+    __slots__ = (
+        "announced",
+        "dropped",
+        "flooded",
+        "learned",
+        "rx_bytes",
+        "rx_packets",
+        "tx_bytes",
+        "tx_packets",
+    )
+
+    def __init__(self) -> None:
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.flooded = 0        # tx frames sent to the group (unknown or group dst)
+        self.learned = 0        # cache entries made or moved by frames and announces
+        self.announced = 0      # gratuitous announces for MACs new on the TAP
+        self.dropped: dict[str, int] = {}
+
+    FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
+              "flooded", "learned", "announced")
+
+    def fields(self) -> list[tuple[str, int]]:
+        """The numeric counters in listing order."""
+        return [(name, getattr(self, name)) for name in self.FIELDS]
+
+
+class EngineCounters:
+    """Counters of the engine as a whole."""
+
+    __slots__ = (
+        "rx_bytes",
+        "rx_data",
+        "rx_datagrams",
+        "rx_dropped",
+        "rx_varp",
+        "tap_dropped",
+        "tx_bytes",
+        "tx_datagrams",
+        "varp_replies",
+        "vfwd_rx",
+        "vfwd_tx",
+    )
+
+    def __init__(self) -> None:
+        self.rx_datagrams = 0
+        self.rx_bytes = 0
+        self.rx_data = 0
+        self.rx_varp = 0
+        self.tx_datagrams = 0
+        self.tx_bytes = 0
+        self.vfwd_rx = 0
+        self.vfwd_tx = 0
+        self.varp_replies = 0
+        self.rx_dropped: dict[str, int] = {}
+        self.tap_dropped: dict[str, int] = {}
+
+    FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
+              "tx_bytes", "vfwd_rx", "vfwd_tx", "varp_replies")
+
+    def fields(self) -> list[tuple[str, int]]:
+        """The numeric counters in listing order."""
+        return [(name, getattr(self, name)) for name in self.FIELDS]

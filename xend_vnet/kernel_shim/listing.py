@@ -1,0 +1,126 @@
+"""Listing texts of the control socket, in the exact era-C layout (wire.md 7, 8.5).
+
+Ids are always the full 39-character form (the 3.3+ truncation bug of
+wire.md 8.6 is not reproduced), times are jiffies at HZ=1000 as vnetd
+printed them.  Two legacy bugs of the peer listing are fixed: rx_packets
+prints the rx counter and the port prints as stored.  ``vnet.stats`` is
+ours, in the same one-child-per-line style.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..vnet_id import VnetId
+from .codec import mac_text
+from .core import EngineCore, Vnet
+from .varp_cache import STATE_NAMES
+
+HZ = 1000
+# Header room of UDP mode (outer IP 20 + UDP 8 + VnetMsgHdr 4 + etherip 18 +
+# slack), as the module printed it (wire.md 8.5).
+UDP_HEADER_ROOM = 64
+
+
+def jiffies(seconds: float) -> int:
+    return int(seconds * HZ)
+
+
+def _block(head: str, lines: Iterable[str], indent: str = " ") -> str:
+    return head + "\n" + "".join(f"{indent}{line}\n" for line in lines) + ")\n"
+
+
+def vnet_list(core: EngineCore) -> str:
+    """``(vnet.list)``: one line per vnet, sorted by id."""
+    return "".join(
+        f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security {v.security})"
+        f" (header {UDP_HEADER_ROOM}))\n" for v in core.vnets())
+
+
+def vif_list(core: EngineCore, now: float) -> str:
+    """``(vif.list)``: the table parameters, then one block per vif."""
+    opts = core.options
+    out = [_block("(viftable", [
+        f"(table_ttl {jiffies(opts.sweep_every)})",
+        f"(entry_ttl {jiffies(opts.vif_ttl)})",
+        f"(sweeps {core.vifs.sweeps})",
+    ])]
+    for vnet, mac, seen in core.vifs.entries():
+        out.append(_block("(vif", [
+            f"(vnet {VnetId(vnet).canonical})",
+            f"(vmac {mac_text(mac)})",
+            f"(age {jiffies(now - seen)})",
+        ]))
+    return "".join(out)
+
+
+def varp_list(core: EngineCore, now: float, device: str) -> str:
+    """``(varp.list)``: parameters, then one ``ventry`` per cache entry.
+    ``(varp `` and ``(ventry `` keep legacy's trailing space."""
+    out = [_block("(varp ", [
+        f"(device {device})",
+        f"(mcast_addr {core.mcaddr})",
+        f"(ucast_addr {core.self_address or '0.0.0.0'})",
+        f"(port {core.port})",
+        "(encapsulation etherip_in_udp)",
+        f"(entry_ttl {jiffies(core.options.varp_ttl)})",
+    ])]
+    for vnet, mac, entry in core.varp.entries():
+        out.append(_block("(ventry ", [
+            "(ref 1)",
+            f"(state {STATE_NAMES.get(entry.state, 'unknown')})",
+            "(flags -)",                 # nothing probes in era C (wire.md 3.5)
+            f"(addr {entry.addr or '0.0.0.0'})",
+            "(queue 0)",
+            f"(age {jiffies(now - entry.timestamp)})",
+            f"(vmac {mac_text(mac)})",
+            f"(vnet {VnetId(vnet).canonical})",
+        ]))
+    return "".join(out)
+
+
+def peer_list(core: EngineCore) -> str:
+    """``(peer.list)``: one ``vnet_peer`` block per peer, sorted by address."""
+    return "".join(_block("(vnet_peer", [
+        f"(addr {p.addr})",
+        f"(port {p.port})",
+        f"(tx_packets {p.tx_packets})",
+        f"(rx_packets {p.rx_packets})",
+    ], indent="  ") for p in core.peers.sorted())
+
+
+def varp_print(core: EngineCore, now: float, device: str) -> str:
+    """``(varp.print)``: vnets, vifs and varp together."""
+    return vnet_list(core) + vif_list(core, now) + varp_list(core, now, device)
+
+
+def _with_reasons(name: str, table: dict[str, int]) -> str:
+    """``(dropped (reason N) ...)``, reasons sorted; ``(dropped)`` when none."""
+    return "(" + " ".join([name] + [f"({r} {n})" for r, n in sorted(table.items())]) + ")"
+
+
+def vnet_stats_block(vnet: Vnet) -> str:
+    c = vnet.counters
+    return _block("(vnet_stats", [
+        f"(vnet {vnet.vid.canonical})",
+        f"(vnetif {vnet.ifname})",
+        *(f"({name} {value})" for name, value in c.fields()),
+        _with_reasons("dropped", c.dropped),
+    ])
+
+
+def engine_stats_block(core: EngineCore) -> str:
+    c = core.counters
+    return _block("(engine_stats", [
+        *(f"({name} {value})" for name, value in c.fields()),
+        _with_reasons("rx_dropped", c.rx_dropped),
+        _with_reasons("tap_dropped", c.tap_dropped),
+    ])
+
+
+def vnet_stats(core: EngineCore, vnets: list[Vnet] | None = None) -> str:
+    """``(vnet.stats)``: the engine block and one block per vnet; with given
+    vnets (``(vnet.stats (id ..))``) only theirs."""
+    if vnets is not None:
+        return "".join(vnet_stats_block(v) for v in vnets)
+    return engine_stats_block(core) + "".join(vnet_stats_block(v) for v in core.vnets())
