@@ -23,4 +23,4 @@ bench: setup
 	$(PYTHON) benchmarks/throughput.py
 
 lint:
-	ruff check --line-length 100 xend_vnet tests benchmarks
+	ruff check xend_vnet tests benchmarks conftest.py

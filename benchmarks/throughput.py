@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Throughput and latency of a vnet against plain veth and kernel VXLAN.
+
+Builds, in network namespaces named ``xvb-*``, two hosts joined by a veth
+underlay (192.0.2.1 and 192.0.2.2, multicast routed on the link) and two
+domains, each domain wired to its host twice like Xen's vif-bridge does:
+one veth on the host's VXLAN bridge (10.42.0.0/24) and one on the host's
+vnet bridge, whose other port is vnetd's TAP (10.99.0.0/24).  Then, for
+
+  veth   the underlay itself, host to host (the baseline),
+  vxlan  domain to domain through kernel VXLAN (id 42, UDP 4789),
+  vnetd  domain to domain through two vnetd engines (vnet 99, UDP 1798),
+
+it runs iperf3 (TCP, one stream) and ping, ``--runs`` times each, and prints
+the medians with their ratios to the baseline.  Everything it creates is
+removed on exit, also on failure or Ctrl-C.  Needs root, iproute2, iperf3
+and ping.  The benchmark uses ``ip`` itself; the product never does.
+
+    python3 benchmarks/throughput.py [--runs 3] [--seconds 5] [--json FILE]
+                                     [--vnet-mtu 1500] [--profile PREFIX]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PREFIX = "xvb-"
+H1, H2, D1, D2 = (PREFIX + n for n in ("h1", "h2", "d1", "d2"))
+UNDERLAY = {H1: ("xvb-u1", "192.0.2.1"), H2: ("xvb-u2", "192.0.2.2")}
+VNET_ID = "99"
+VNET_TAP = "vnif0099"
+VXLAN_MTU = 1450  # 1500 minus VXLAN's 50 bytes of headers
+PATHS = (
+    # name, label, client namespace, server namespace, server address
+    ("veth", "veth (baseline)", H1, H2, "192.0.2.2"),
+    ("vxlan", "kernel VXLAN", D1, D2, "10.42.0.2"),
+    ("vnetd", "vnetd (xend-vnet)", D1, D2, "10.99.0.2"),
+)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BenchError(Exception):
+    pass
+
+
+def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout)
+    if check and done.returncode != 0:
+        raise BenchError(f"{' '.join(args)}: {done.stderr.strip() or done.returncode}")
+    return done
+
+
+def ip(*args: str) -> None:
+    sh("ip", *args)
+
+
+def in_ns(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *args]
+
+
+def wait_for(what: str, test, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not test():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Testbed:
+    """The namespaces, links and processes of one benchmark run."""
+
+    def __init__(self, vnet_mtu: int, profile: str | None):
+        self.vnet_mtu = vnet_mtu
+        self.profile = profile
+        self.procs: list[subprocess.Popen] = []
+        self.workdir = tempfile.mkdtemp(prefix=PREFIX)
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def build(self) -> None:
+        remove_namespaces()  # leftovers of an interrupted run
+        for ns in (H1, H2, D1, D2):
+            ip("netns", "add", ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+        u1, u2 = UNDERLAY[H1][0], UNDERLAY[H2][0]
+        ip("link", "add", u1, "netns", H1, "type", "veth", "peer", "name", u2, "netns", H2)
+        for host, (dev, addr) in UNDERLAY.items():
+            ip("-n", host, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", host, "link", "set", dev, "up")
+            # platform.md: multicast between namespaces needs the route.
+            ip("-n", host, "route", "add", "224.0.0.0/4", "dev", dev)
+        for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
+            self._vxlan(host, dom, i)
+            self._vnet(host, dom, i)
+        for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
+            wait_for(f"{VNET_TAP} in {host}", lambda h=host: sh(
+                *in_ns(h, "ip", "link", "show", VNET_TAP), check=False).returncode == 0)
+            ip("-n", host, "link", "set", VNET_TAP, "master", "xvb-brvn")
+            ip("-n", host, "link", "set", f"xvb-d{i}vn", "master", "xvb-brvn")
+        for ns in (H2, D2):
+            self.start([*in_ns(ns, "iperf3", "-s")], f"iperf3-{ns}")
+        # Resolve ARP and let vnetd learn before anything is measured.
+        for _, _, client, _, addr in PATHS:
+            sh(*in_ns(client, "ping", "-c", "3", "-i", "0.2", "-W", "2", addr), check=False)
+
+    def _vxlan(self, host: str, dom: str, i: int) -> None:
+        dev, local = UNDERLAY[host]
+        remote = UNDERLAY[H2 if host == H1 else H1][1]
+        ip("-n", host, "link", "add", "xvb-vx", "type", "vxlan", "id", "42", "local", local,
+           "remote", remote, "dstport", "4789", "dev", dev)
+        self._bridge_with_domain(host, dom, i, "vx", "xvb-vx", f"10.42.0.{i}", VXLAN_MTU)
+
+    def _vnet(self, host: str, dom: str, i: int) -> None:
+        control = os.path.join(self.workdir, f"{host}.sock")
+        startup = os.path.join(self.workdir, f"{host}.conf")
+        with open(startup, "w") as f:
+            f.write(f"(vnet.add (id {VNET_ID}))\n")
+        python = [sys.executable]
+        if self.profile:
+            python += ["-m", "cProfile", "-o", f"{self.profile}-{host}.prof"]
+        env_cmd = ["env", f"PYTHONPATH={REPO}"]
+        self.start([*in_ns(host, *env_cmd, *python, "-m", "xend_vnet.kernel_shim.daemon",
+                           "--control", control, "--no-default-vnets", "-f", startup,
+                           "--mtu", str(self.vnet_mtu), "--device", UNDERLAY[host][0],
+                           "--log-file", os.path.join(self.workdir, f"{host}.log"))],
+                   f"vnetd-{host}")
+        self._bridge_with_domain(host, dom, i, "vn", None, f"10.99.0.{i}", self.vnet_mtu)
+
+    def _bridge_with_domain(self, host: str, dom: str, i: int, tag: str, port: str | None,
+                            addr: str, mtu: int) -> None:
+        bridge, host_end = f"xvb-br{tag}", f"xvb-d{i}{tag}"
+        ip("-n", host, "link", "add", bridge, "type", "bridge", "stp_state", "0",
+           "forward_delay", "0")
+        ip("-n", host, "link", "set", bridge, "up")
+        if port:
+            ip("-n", host, "link", "set", port, "master", bridge, "up")
+        ip("link", "add", host_end, "netns", host, "mtu", str(mtu), "type", "veth",
+           "peer", "name", tag + "0", "netns", dom, "mtu", str(mtu))
+        if port:
+            ip("-n", host, "link", "set", host_end, "master", bridge)
+        ip("-n", host, "link", "set", host_end, "up")
+        ip("-n", dom, "addr", "add", f"{addr}/24", "dev", tag + "0")
+        ip("-n", dom, "link", "set", tag + "0", "up")
+
+    def start(self, argv: list[str], name: str) -> None:
+        with open(os.path.join(self.workdir, f"{name}.out"), "w") as log:
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=log,
+                                               stdin=subprocess.DEVNULL))
+        time.sleep(0.3)
+        if self.procs[-1].poll() is not None:
+            with open(os.path.join(self.workdir, f"{name}.out")) as f:
+                raise BenchError(f"{name} exited at start: {f.read().strip()}")
+
+    # -- measurements ----------------------------------------------------------------------
+
+    def iperf(self, client: str, addr: str, seconds: float) -> dict:
+        for attempt in range(3):
+            done = sh(*in_ns(client, "iperf3", "-c", addr, "-t", f"{seconds:g}", "-J"),
+                      check=False, timeout=seconds + 60)
+            try:
+                result = json.loads(done.stdout)
+            except ValueError:
+                result = {"error": done.stderr.strip() or "no output"}
+            if "error" not in result:
+                end = result["end"]
+                return {"bits_per_second": end["sum_received"]["bits_per_second"],
+                        "retransmits": end["sum_sent"].get("retransmits", 0)}
+            time.sleep(1)
+        raise BenchError(f"iperf3 to {addr} from {client}: {result['error']}")
+
+    def ping(self, client: str, addr: str, count: int) -> dict:
+        done = sh(*in_ns(client, "ping", "-q", "-c", str(count), "-i", "0.05", "-W", "2", addr),
+                  check=False, timeout=count + 30)
+        rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", done.stdout)
+        loss = re.search(r"([\d.]+)% packet loss", done.stdout)
+        if rtt is None:
+            raise BenchError(f"ping {addr} from {client}: {done.stdout.strip()}")
+        return {"rtt_avg_ms": float(rtt.group(2)), "rtt_min_ms": float(rtt.group(1)),
+                "loss_percent": float(loss.group(1)) if loss else None}
+
+    # -- tear-down ---------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        remove_namespaces()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def remove_namespaces() -> None:
+    """Delete this benchmark's namespaces (links inside them go with them)."""
+    listed = sh("ip", "netns", "list", check=False).stdout.split("\n")
+    for line in listed:
+        name = line.split(" ")[0]
+        if name.startswith(PREFIX):
+            sh("ip", "netns", "del", name, check=False)
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "python": platform.python_version(),
+            "iperf3": sh("iperf3", "--version", check=False).stdout.split("\n")[0]}
+
+
+def measure(bed: Testbed, runs: int, seconds: float, pings: int) -> dict:
+    results: dict = {}
+    for name, label, client, _, addr in PATHS:
+        samples = []
+        for _ in range(runs):
+            sample = bed.iperf(client, addr, seconds)
+            sample.update(bed.ping(client, addr, pings))
+            samples.append(sample)
+        results[name] = {
+            "label": label, "samples": samples,
+            "gbit_per_second": statistics.median(s["bits_per_second"] for s in samples) / 1e9,
+            "rtt_avg_ms": statistics.median(s["rtt_avg_ms"] for s in samples),
+            "retransmits": statistics.median(s["retransmits"] for s in samples),
+        }
+    return results
+
+
+def table(results: dict, vnet_mtu: int) -> str:
+    base = results["veth"]
+    mtus = {"veth": 1500, "vxlan": VXLAN_MTU, "vnetd": vnet_mtu}
+    header = (f"{'path':<20} {'MTU':>5} {'Gbit/s':>8} {'x veth':>7} "
+              f"{'RTT ms':>8} {'x veth':>7} {'retrans':>8}")
+    lines = [header]
+    for name, r in results.items():
+        lines.append(
+            f"{r['label']:<20} {mtus[name]:>5} {r['gbit_per_second']:>8.3f} "
+            f"{r['gbit_per_second'] / base['gbit_per_second']:>7.3f} "
+            f"{r['rtt_avg_ms']:>8.3f} {r['rtt_avg_ms'] / base['rtt_avg_ms']:>7.2f} "
+            f"{r['retransmits']:>8g}")
+    return "\n".join(lines)
+
+
+def profile_summary(prefix: str, top: int = 12) -> str:
+    import pstats
+    out = []
+    for host in (H1, H2):
+        path = f"{prefix}-{host}.prof"
+        if not os.path.exists(path):
+            continue
+        role = "sender (TAP -> UDP)" if host == H1 else "receiver (UDP -> TAP)"
+        out.append(f"--- vnetd in {host}, {role}: top {top} by own time")
+        stream = _Capture()
+        pstats.Stats(path, stream=stream).sort_stats("tottime").print_stats(top)
+        body = stream.text()
+        start = body.find("   ncalls")
+        out.append(body[start:].rstrip() if start >= 0 else body.rstrip())
+    return "\n".join(out)
+
+
+class _Capture:
+    def __init__(self):
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.parts.append(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3, help="runs per path; medians shown")
+    p.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per run")
+    p.add_argument("--pings", type=int, default=20, help="pings per run (0.05 s apart)")
+    p.add_argument("--vnet-mtu", type=int, default=1500,
+                   help="MTU of the vnet TAPs and domain links (default 1500, the engine's)")
+    p.add_argument("--json", metavar="FILE", help="write every sample and the medians here")
+    p.add_argument("--profile", metavar="PREFIX",
+                   help="run both vnetd under cProfile, write PREFIX-<host>.prof and print "
+                        "where they spend time (slows the engines: figures are not comparable)")
+    opts = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("throughput.py: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    for tool in ("ip", "iperf3", "ping"):
+        if shutil.which(tool) is None:
+            print(f"throughput.py: {tool} is not installed", file=sys.stderr)
+            return 1
+    profile = os.path.abspath(opts.profile) if opts.profile else None
+    bed = Testbed(opts.vnet_mtu, profile)
+    # SIGTERM and SIGHUP end the run through the same clean-up as Ctrl-C.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(1))
+    try:
+        bed.build()
+        results = measure(bed, opts.runs, opts.seconds, opts.pings)
+    except BenchError as e:
+        print(f"throughput.py: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bed.cleanup()
+    info = machine()
+    print(f"# {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
+          f"Python {info['python']}, {info['iperf3']}")
+    print(f"# iperf3 TCP one stream {opts.seconds:g} s, {opts.pings} pings at 0.05 s, "
+          f"median of {opts.runs} run{'s' if opts.runs != 1 else ''}")
+    print(table(results, opts.vnet_mtu))
+    if profile:
+        print(profile_summary(profile))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"machine": info, "options": vars(opts), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The engine launcher of ``vn insmod``/``vn rmmod`` (design.md 5): parameter
+mapping, pid-file checks (never signal a process that is not vnetd), start
+and wait, stop and purge.  The engine is a small fake process named vnetd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+from vn_fake_engine import FakeEngine, vnet_form
+
+from xend_vnet.engine_client import DEFAULT_CONTROL
+from xend_vnet.kernel_shim import launcher
+from xend_vnet.kernel_shim.launcher import LauncherError
+
+# A stand-in for vnetd: its command line names a file called vnetd.  With a
+# control path it detaches like ``vnetd --daemon``: the child writes the pid
+# file, answers every request with (engine.status ...), and exits on SIGTERM.
+FAKE_VNETD = textwrap.dedent("""\
+    import os, signal, socket, sys, time
+    if len(sys.argv) < 2:
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+        time.sleep(60)
+        sys.exit(0)
+    control = sys.argv[1]
+    if os.fork():
+        while not os.path.exists(control + ".pid"):
+            time.sleep(0.02)
+        sys.exit(0)
+    os.setsid()
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(control)
+    s.listen(8)
+    with open(control + ".pid", "w") as f:
+        f.write(str(os.getpid()) + "\\n")
+    while True:
+        c, _ = s.accept()
+        while c.recv(4096):
+            pass
+        c.sendall(("(engine.status (pid %d))" % os.getpid()).encode())
+        c.close()
+    """)
+
+
+@pytest.fixture
+def fake_vnetd(tmp_path):
+    path = tmp_path / "vnetd"
+    path.write_text(FAKE_VNETD)
+    return str(path)
+
+
+@pytest.fixture
+def sleeper(fake_vnetd):
+    """A running process named vnetd, ended at teardown."""
+    procs = []
+
+    def start(script=fake_vnetd):
+        p = subprocess.Popen([sys.executable, script])
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+# -- parameters ----------------------------------------------------------------------
+
+def test_legacy_parameters():
+    assert launcher.parse_params({"varp_mcaddr": "224.10.0.9", "varp_device": "eth1",
+                                  "vnet_encaps": "udp"}) == [
+        "--mcaddr", "224.10.0.9", "--device", "eth1"]
+
+
+def test_engine_options_in_parameter_form():
+    assert launcher.parse_params({"mtu": "1400", "port": "1799", "mcast-ttl": "2",
+                                  "address": "192.0.2.1", "no_default_vnets": "yes",
+                                  "allow_foreign_netns": "no"}) == [
+        "--mtu", "1400", "--port", "1799", "--mcast-ttl", "2", "--address", "192.0.2.1",
+        "--no-default-vnets"]
+
+
+def test_etherip_refused():
+    with pytest.raises(LauncherError, match="vnet_encaps=etherip is not supported"):
+        launcher.parse_params({"vnet_encaps": "etherip"})
+    with pytest.raises(LauncherError, match="invalid vnet_encaps 'gre'"):
+        launcher.parse_params({"vnet_encaps": "gre"})
+
+
+def test_unknown_parameters_named():
+    with pytest.raises(LauncherError, match="unknown parameters frob, knob"):
+        launcher.parse_params({"frob": "1", "varp_mcaddr": "224.10.0.1", "knob": "2"})
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"varp_mcaddr": ""}, "needs a value"),
+    ({"no_default_vnets": "maybe"}, "expected yes or no")])
+def test_bad_parameter_values(params, message):
+    with pytest.raises(LauncherError, match=message):
+        launcher.parse_params(params)
+
+
+def test_daemon_command(tmp_path):
+    control = str(tmp_path / "c.sock")
+    cmd = launcher.daemon_command(control, ["--mcaddr", "224.10.0.9"])
+    assert cmd[:4] == [sys.executable, "-m", "xend_vnet.kernel_shim.daemon", "--daemon"]
+    assert cmd[4:] == ["--control", control, "--log-file", control + ".log",
+                       "--mcaddr", "224.10.0.9"]
+    assert launcher.default_log_file(DEFAULT_CONTROL) == "/var/log/vnetd.log"
+    assert "--log-file" not in launcher.daemon_command(control, ["--log-file", "x"])[4:-2]
+
+
+# -- pid file ----------------------------------------------------------------------------
+
+def test_engine_pid(tmp_path, sleeper):
+    control = str(tmp_path / "c.sock")
+    assert launcher.engine_pid(control) is None
+    pid_file = launcher.pid_file_of(control)
+    for junk in ("", "x\n", "-5", "0"):
+        with open(pid_file, "w") as f:
+            f.write(junk)
+        assert launcher.engine_pid(control) is None
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    assert launcher.engine_pid(control) is None  # alive, but not a vnetd
+    p = sleeper()
+    with open(pid_file, "w") as f:
+        f.write(f"{p.pid}\n")
+    assert launcher.engine_pid(control) == p.pid
+
+
+class _Proc:
+    def __init__(self, cmdline):
+        self._cmdline = cmdline
+
+    def cmdline(self):
+        return self._cmdline
+
+
+@pytest.mark.parametrize("cmdline,expected", [
+    (["/usr/bin/python3", "/usr/local/bin/vnetd", "--daemon"], True),
+    (["/usr/local/sbin/vnetd"], True),
+    (["python3", "-m", "xend_vnet.kernel_shim.daemon", "--control", "x"], True),
+    (["python3", "-m", "cProfile", "-o", "p", "-m", "xend_vnet.kernel_shim.daemon"], True),
+    (["python3", "-m", "pytest"], False),
+    (["vi", "notes", "/tmp/vnetd"], False),
+    (["sleep", "60"], False),
+    ([], False)])
+def test_is_vnetd(cmdline, expected):
+    assert launcher.is_vnetd(_Proc(cmdline)) is expected
+    assert launcher.is_vnetd(psutil.Process()) is False
+
+
+def test_stop_never_signals_another_process(tmp_path, sleeper, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other") / "sleeper"
+    other.write_text("import time\ntime.sleep(60)\n")
+    p = sleeper(str(other))
+    control = str(tmp_path / "c.sock")
+    with open(launcher.pid_file_of(control), "w") as f:
+        f.write(f"{p.pid}\n")
+    assert launcher.stop_engine(control, purge=False) is False
+    time.sleep(0.2)
+    assert p.poll() is None
+
+
+def test_stop_sends_sigterm_and_waits(tmp_path, sleeper):
+    p = sleeper()
+    control = str(tmp_path / "c.sock")
+    with open(launcher.pid_file_of(control), "w") as f:
+        f.write(f"{p.pid}\n")
+    time.sleep(0.3)  # let the fake install its SIGTERM handler
+    assert launcher.stop_engine(control, purge=False) is True
+    assert p.wait(5) == 0
+
+
+def test_stop_with_purge_deletes_every_vnet_first(tmp_path, sleeper):
+    control = str(tmp_path / "c.sock")
+    engine = FakeEngine(control)
+    try:
+        engine.replies["vnet.list"] = vnet_form(2) + vnet_form(0x97)
+        p = sleeper()
+        with open(launcher.pid_file_of(control), "w") as f:
+            f.write(f"{p.pid}\n")
+        time.sleep(0.3)
+        assert launcher.stop_engine(control, purge=True) is True
+        assert [f[1][1][-4:] for f in engine.sent("vnet.del")] == ["0002", "0097"]
+        assert p.wait(5) == 0
+    finally:
+        engine.close()
+
+
+def test_stop_purge_error_reported(tmp_path, sleeper):
+    control = str(tmp_path / "c.sock")
+    engine = FakeEngine(control)
+    try:
+        engine.replies["vnet.list"] = vnet_form(2)
+        engine.replies["vnet.del"] = '(err (errno 16) (message "device busy"))'
+        p = sleeper()
+        with open(launcher.pid_file_of(control), "w") as f:
+            f.write(f"{p.pid}\n")
+        with pytest.raises(LauncherError, match="cannot purge the vnets .*device busy"):
+            launcher.stop_engine(control, purge=True)
+        assert p.poll() is None
+    finally:
+        engine.close()
+
+
+def test_stop_when_nothing_runs(tmp_path):
+    assert launcher.stop_engine(str(tmp_path / "c.sock"), purge=True) is False
+
+
+# -- start ---------------------------------------------------------------------------------
+
+def test_ensure_engine_already_running(tmp_path, monkeypatch):
+    engine = FakeEngine(str(tmp_path / "c.sock"))
+    try:
+        monkeypatch.setattr(launcher, "_run", lambda *a: pytest.fail("must not start"))
+        launcher.ensure_engine(engine.path, {"varp_mcaddr": "224.10.0.9"})
+        assert engine.requests == [["engine.status"]]
+    finally:
+        engine.close()
+
+
+def test_ensure_engine_refused_by_a_running_engine(tmp_path, monkeypatch):
+    # Something serves the socket but refuses us: starting another engine
+    # on the same path would not help.
+    engine = FakeEngine(str(tmp_path / "c.sock"))
+    try:
+        engine.replies["engine.status"] = (
+            '(err (errno 1) (message "caller from another network namespace refused"))')
+        monkeypatch.setattr(launcher, "_run", lambda *a: pytest.fail("must not start"))
+        with pytest.raises(LauncherError, match="does not serve us: caller from another"):
+            launcher.ensure_engine(engine.path, {})
+    finally:
+        engine.close()
+
+
+def test_ensure_engine_checks_params_first(tmp_path):
+    with pytest.raises(LauncherError, match="unknown parameter"):
+        launcher.ensure_engine(str(tmp_path / "c.sock"), {"bogus": "1"})
+
+
+def test_ensure_engine_starts_detached_daemon_and_stop(tmp_path, fake_vnetd, monkeypatch):
+    control = str(tmp_path / "c.sock")
+    seen = []
+
+    def command(path, options):
+        seen.append(options)
+        return [sys.executable, fake_vnetd, path, "--log-file", path + ".log"]
+    monkeypatch.setattr(launcher, "daemon_command", command)
+    launcher.ensure_engine(control, {"varp_mcaddr": "224.10.0.9"})
+    try:
+        assert seen == [["--mcaddr", "224.10.0.9"]]
+        pid = launcher.engine_pid(control)
+        assert pid is not None and launcher.engine_answers(control)
+        # The daemon has its own session: not a child of this process.
+        assert os.getsid(pid) == pid
+    finally:
+        assert launcher.stop_engine(control, purge=False) is True
+    assert not launcher.engine_answers(control)
+
+
+def test_ensure_engine_start_failure_points_at_log(tmp_path, monkeypatch):
+    script = tmp_path / "vnetd"
+    script.write_text("import sys\nsys.stderr.write('vnetd: bad option --frob\\n')\nsys.exit(2)\n")
+    monkeypatch.setattr(launcher, "daemon_command", lambda path, options: [
+        sys.executable, str(script), "--log-file", "/tmp/xv3-somewhere.log"])
+    with pytest.raises(LauncherError, match=r"vnetd failed to start: vnetd: bad option --frob; "
+                                            r"see /tmp/xv3-somewhere.log"):
+        launcher.ensure_engine(str(tmp_path / "c.sock"), {})
+
+
+def test_ensure_engine_timeout_points_at_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "daemon_command", lambda path, options: [
+        sys.executable, "-c", "pass", "--log-file", path + ".log"])
+    control = str(tmp_path / "c.sock")
+    with pytest.raises(LauncherError, match=f"did not answer within 0.5 s; see {control}.log"):
+        launcher.ensure_engine(control, {}, timeout=0.5)
+
+
+def test_systemd_used_for_the_default_engine(monkeypatch):
+    runs = []
+    answers = iter([False, True])
+    monkeypatch.setattr(launcher, "engine_answers", lambda path, **kw: next(answers))
+    monkeypatch.setattr(launcher, "systemd_booted", lambda: True)
+    monkeypatch.setattr(launcher, "systemd_unit_installed", lambda: True)
+    monkeypatch.setattr(launcher, "_run", lambda cmd, timeout: runs.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "", ""))
+    launcher.ensure_engine(DEFAULT_CONTROL, {})
+    assert runs == [["systemctl", "start", "vnetd.service"]]
+
+
+def test_systemd_not_used_with_parameters(monkeypatch):
+    # The unit's command line cannot take insmod parameters: detached daemon.
+    runs = []
+    answers = iter([False, True])
+    monkeypatch.setattr(launcher, "engine_answers", lambda path, **kw: next(answers))
+    monkeypatch.setattr(launcher, "systemd_booted", lambda: True)
+    monkeypatch.setattr(launcher, "systemd_unit_installed", lambda: True)
+    monkeypatch.setattr(launcher, "_run", lambda cmd, timeout: runs.append(cmd) or
+                        subprocess.CompletedProcess(cmd, 0, "", ""))
+    launcher.ensure_engine(DEFAULT_CONTROL, {"varp_mcaddr": "224.10.0.9"})
+    assert runs[0][1:5] == ["-m", "xend_vnet.kernel_shim.daemon", "--daemon", "--control"]
+
+
+def test_systemctl_failure(monkeypatch):
+    monkeypatch.setattr(launcher, "engine_answers", lambda path, **kw: False)
+    monkeypatch.setattr(launcher, "systemd_booted", lambda: True)
+    monkeypatch.setattr(launcher, "systemd_unit_installed", lambda: True)
+    monkeypatch.setattr(launcher, "_run", lambda cmd, timeout: subprocess.CompletedProcess(
+        cmd, 5, "", "Unit vnetd.service failed"))
+    with pytest.raises(LauncherError, match="systemctl start vnetd.service failed .*journalctl"):
+        launcher.ensure_engine(DEFAULT_CONTROL, {})

@@ -1,0 +1,312 @@
+"""Start and stop the engine for ``vn insmod`` / ``vn rmmod`` (design.md 5).
+
+``vn insmod`` stands for loading the legacy kernel module: it makes sure a
+vnetd answers on the control socket.  Under systemd (PID 1, unit installed,
+default socket, no parameters) the engine is started as ``vnetd.service`` so
+it never lives in the caller's cgroup; otherwise it is started as a detached
+daemon (``vnetd --daemon``: own session, pid file beside the control socket)
+and this returns once the control socket answers.
+
+Only a process whose command line is a vnetd is ever signalled: a pid file
+may be stale and its pid reused by something else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+from .. import sxp
+from ..engine_client import DEFAULT_CONTROL, EngineClient, EngineError, EngineUnavailable
+
+SYSTEMD_UNIT = "vnetd.service"
+DAEMON_MODULE = "xend_vnet.kernel_shim.daemon"
+_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+              "/usr/lib/systemd/system", "/lib/systemd/system")
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+_POLL = 0.1
+
+# Legacy module parameters (management.md 4) and engine options given in the
+# same key=value form; the value is the vnetd option it becomes.
+_VALUE_PARAMS = {
+    "varp_mcaddr": "--mcaddr",
+    "varp_device": "--device",
+    "mcaddr": "--mcaddr",
+    "device": "--device",
+    "address": "--address",
+    "port": "--port",
+    "mtu": "--mtu",
+    "mcast_ttl": "--mcast-ttl",
+    "varp_ttl": "--varp-ttl",
+    "file": "--file",
+    "log_file": "--log-file",
+    "log_level": "--log-level",
+}
+_FLAG_PARAMS = {
+    "no_default_vnets": "--no-default-vnets",
+    "allow_foreign_netns": "--allow-foreign-netns",
+}
+_TRUE = ("1", "yes", "true", "on")
+_FALSE = ("0", "no", "false", "off")
+
+
+class LauncherError(Exception):
+    """The engine could not be started or stopped; the message says why."""
+
+
+def pid_file_of(control_path: str) -> str:
+    """vnetd's default pid file: ``<control>.pid`` (design.md 5)."""
+    return control_path + ".pid"
+
+
+def default_log_file(control_path: str) -> str:
+    """Where a vnetd started by ``vn insmod`` logs."""
+    if control_path == DEFAULT_CONTROL:
+        return "/var/log/vnetd.log"
+    return control_path + ".log"
+
+
+def parse_params(params: dict[str, str]) -> list[str]:
+    """The vnetd options for ``insmod`` parameters; LauncherError names bad ones.
+
+    ``vnet_encaps=udp`` is the only encapsulation vnetd sends (wire.md 4.2):
+    etherip (IP protocol 97) is refused rather than silently ignored.
+    """
+    options: list[str] = []
+    unknown = []
+    for raw_key, value in params.items():
+        key = raw_key.replace("-", "_")
+        if key == "vnet_encaps":
+            if value == "udp":
+                continue
+            if value == "etherip":
+                raise LauncherError(
+                    "vnet_encaps=etherip is not supported: vnetd sends etherip in UDP "
+                    "port 1798 only (use vnet_encaps=udp, the legacy default)")
+            raise LauncherError(f"invalid vnet_encaps {value!r}: expected udp")
+        if key in _VALUE_PARAMS:
+            if value == "":
+                raise LauncherError(f"parameter {raw_key} needs a value ({raw_key}=VALUE)")
+            options += [_VALUE_PARAMS[key], value]
+        elif key in _FLAG_PARAMS:
+            if value.lower() in _TRUE:
+                options.append(_FLAG_PARAMS[key])
+            elif value.lower() not in _FALSE:
+                raise LauncherError(f"invalid {raw_key} {value!r}: expected yes or no")
+        else:
+            unknown.append(raw_key)
+    if unknown:
+        known = sorted(set(_VALUE_PARAMS) | set(_FLAG_PARAMS) | {"vnet_encaps"})
+        raise LauncherError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"(known: {', '.join(known)})")
+    return options
+
+
+def is_vnetd(proc: psutil.Process) -> bool:
+    """True when the process runs vnetd (console script or ``-m`` module)."""
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.Error, OSError):
+        return False
+    # The console script (its path is argv[0] or the interpreter's argv[1]),
+    # or the module run with -m, possibly under a profiler.
+    if any(os.path.basename(arg) == "vnetd" for arg in cmdline[:2]):
+        return True
+    return any(cmdline[i] == "-m" and cmdline[i + 1] == DAEMON_MODULE
+               for i in range(len(cmdline) - 1))
+
+
+def engine_pid(control_path: str) -> int | None:
+    """The pid in the pid file beside the socket, if that process is a live vnetd."""
+    try:
+        with open(pid_file_of(control_path)) as f:
+            pid = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
+        return None
+    return pid if is_vnetd(proc) else None
+
+
+def running_pid(control_path: str) -> int | None:
+    """The engine's pid: from the pid file, else as the engine reports it
+    (a vnetd started with another ``--pid-file``), if that is a vnetd."""
+    pid = engine_pid(control_path)
+    if pid is not None:
+        return pid
+    try:
+        status = EngineClient(control_path, timeout=2.0).call(["engine.status"])
+        pid = int(sxp.child_value(status[0], "pid", ""))
+        return pid if is_vnetd(psutil.Process(pid)) else None
+    except (EngineError, IndexError, ValueError, psutil.Error):
+        return None
+
+
+def engine_answers(control_path: str, timeout: float = 2.0, strict: bool = False) -> bool:
+    """True when an engine answers ``(engine.status)`` on the control socket.
+
+    With ``strict``, an engine that is there but answers with an error (a
+    caller from another network namespace, design.md 5) or not at all is a
+    LauncherError: starting a second engine would not help.
+    """
+    try:
+        EngineClient(control_path, timeout=timeout).call(["engine.status"])
+        return True
+    except EngineUnavailable:
+        return False
+    except EngineError as e:
+        if strict:
+            raise LauncherError(f"the engine on {control_path} does not serve us: {e}") from None
+        return False
+
+
+def systemd_booted() -> bool:
+    """sd_booted(3): systemd is PID 1."""
+    return os.path.isdir("/run/systemd/system")
+
+
+def systemd_unit_installed() -> bool:
+    return any(os.path.exists(os.path.join(d, SYSTEMD_UNIT)) for d in _UNIT_DIRS)
+
+
+def _use_systemd(control_path: str, options: list[str]) -> bool:
+    # The unit has its own command line: it can only serve the default socket
+    # with default options.  Anything else runs as a detached daemon.
+    return (not options and control_path == DEFAULT_CONTROL
+            and systemd_booted() and systemd_unit_installed())
+
+
+def daemon_command(control_path: str, options: list[str]) -> list[str]:
+    """The command line that starts a detached vnetd for ``control_path``."""
+    command = [sys.executable, "-m", DAEMON_MODULE, "--daemon",
+               "--control", control_path]
+    if "--log-file" not in options:
+        command += ["--log-file", default_log_file(control_path)]
+    return command + options
+
+
+def _child_env() -> dict[str, str]:
+    # The engine must import this same package, wherever the caller found it.
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if package_root not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + paths)
+    return env
+
+
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    # stderr goes to a file, not a pipe: the detached grandchild could keep a
+    # pipe open and make the wait last as long as the engine.
+    with tempfile.TemporaryFile(mode="w+") as err:
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                  env=_child_env(), timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise LauncherError(
+                f"{' '.join(command[:4])} did not return within {timeout:g} s") from None
+        except OSError as e:
+            raise LauncherError(f"cannot run {command[0]}: {e.strerror or e}") from None
+        err.seek(0)
+        done.stderr = err.read().strip()
+    return done
+
+
+def _wait_until_answers(control_path: str, timeout: float, log_file: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if engine_answers(control_path, timeout=1.0):
+            return
+        if time.monotonic() >= deadline:
+            raise LauncherError(
+                f"vnetd started but its control socket {control_path} did not answer "
+                f"within {timeout:g} s; see {log_file}")
+        time.sleep(_POLL)
+
+
+def ensure_engine(control_path: str, params: dict[str, str],
+                  timeout: float = START_TIMEOUT) -> None:
+    """Make sure a vnetd answers on ``control_path``, starting one if needed."""
+    options = parse_params(params)
+    if engine_answers(control_path, strict=True):
+        return
+    if _use_systemd(control_path, options):
+        done = _run(["systemctl", "start", SYSTEMD_UNIT], timeout)
+        if done.returncode != 0:
+            raise LauncherError(
+                f"systemctl start {SYSTEMD_UNIT} failed ({done.stderr or done.returncode}); "
+                f"see journalctl -u {SYSTEMD_UNIT}")
+        _wait_until_answers(control_path, timeout, f"journalctl -u {SYSTEMD_UNIT}")
+        return
+    command = daemon_command(control_path, options)
+    log_file = command[command.index("--log-file") + 1]
+    done = _run(command, timeout)
+    if done.returncode != 0:
+        detail = done.stderr.splitlines()[-1] if done.stderr else f"exit status {done.returncode}"
+        raise LauncherError(f"vnetd failed to start: {detail}; see {log_file}")
+    _wait_until_answers(control_path, timeout, log_file)
+
+
+def _systemd_managed(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return f"/{SYSTEMD_UNIT}" in f.read()
+    except OSError:
+        return False
+
+
+def purge_vnets(control_path: str) -> None:
+    """Delete every vnet, so the engine removes their persistent TAPs (design.md 5)."""
+    client = EngineClient(control_path)
+    for form in client.call(["vnet.list"]):
+        vid = sxp.child_value(form, "id")
+        if isinstance(form, list) and form[:1] == ["vnet"] and isinstance(vid, str):
+            client.call(["vnet.del", ["id", vid]])
+
+
+def stop_engine(control_path: str, purge: bool, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop the vnetd of ``control_path``; False when none was running.
+
+    With ``purge`` every vnet is deleted first, so its TAP goes too; without
+    it the TAPs stay for the next start.
+    """
+    pid = running_pid(control_path)
+    if pid is None:
+        return False
+    if purge:
+        try:
+            purge_vnets(control_path)
+        except EngineError as e:
+            raise LauncherError(f"cannot purge the vnets of vnetd (pid {pid}): {e}") from None
+    if _systemd_managed(pid):
+        # A plain SIGTERM could make systemd restart the unit.
+        done = _run(["systemctl", "stop", SYSTEMD_UNIT], timeout)
+        if done.returncode != 0:
+            raise LauncherError(f"systemctl stop {SYSTEMD_UNIT} failed: {done.stderr}")
+        return True
+    try:
+        proc = psutil.Process(pid)
+        if not is_vnetd(proc):
+            return False
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise LauncherError(
+            f"vnetd (pid {pid}) did not stop within {timeout:g} s of SIGTERM") from None
+    return True
