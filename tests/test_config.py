@@ -1,0 +1,144 @@
+"""Vnet config validation (design.md 4, management.md 3.1)."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xend_vnet import sxp
+from xend_vnet.config import ConfigError, VnetConfig, check_collisions, check_ifname
+
+
+def cfg(text, **kw):
+    return VnetConfig.from_text(text, **kw)
+
+
+def test_full_config_kept_verbatim():
+    text = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
+    c = cfg(text)
+    assert (c.id_text, c.bridge, c.vnetif, c.security, c.key_file) == (
+        "97", "vnet97", "vnif97", "none", None)
+    assert c.canonical == "0000:0000:0000:0000:0000:0000:0000:0097"
+    assert c.to_string() == text
+    assert c.sxpr == sxp.parse_one(text)
+
+
+def test_defaults_short_id_as_written():
+    c = cfg("(vnet (id 0097))")
+    assert (c.bridge, c.vnetif, c.security) == ("vnet0097", "vnif0097", "none")
+    assert c.to_string() == "(vnet (id 0097))"   # defaults are not written in
+    assert cfg("(vnet (id 97))").bridge == "vnet97"
+
+
+def test_defaults_long_id():
+    c = cfg("(vnet (id 1:0:0:0:0:0:0:abc))")
+    assert (c.bridge, c.vnetif) == ("vnet0abc", "vnif0abc")
+
+
+def test_unknown_keys_and_order_kept():
+    c = cfg("(vnet (comment 'my net') (id 97) (vnif oops) (x (y z)))")
+    assert c.extra_keys == ["comment", "vnif", "x"]
+    assert c.to_string() == "(vnet (comment 'my net') (id 97) (vnif oops) (x (y z)))"
+    assert c.vnetif == "vnif0097"   # the misspelt key of vnet99.sxp is not a vnetif
+
+
+@pytest.mark.parametrize("text, field, reason", [
+    ("(vnet)", "id", "missing"),
+    ("(vnet (id))", "id", "missing"),
+    ("(vnet (bridge b))", "id", "missing"),
+    ("(vnet (id 0))", "id", "id 0 is not a vnet"),
+    ("(vnet (id 1))", "id", "reserved"),
+    ("(vnet (id zz))", "id", "'zz'"),
+    ("(vnet (id 1:2))", "id", "colon-separated"),
+    ("(vnet (id 97) (id 98))", "id", "given 2 times"),
+    ("(vnet (id (97)))", "id", "expected a single value"),
+    ("(vnet (id 97 98))", "id", "expected one value"),
+    ("(vif (id 97))", "vnet", "must start with 'vnet'"),
+    ("(vnet (id 97) stray)", "vnet", "not a (key value) list"),
+    ("(vnet (id 97) (bridge 'a b'))", "bridge", "contains ' '"),
+    ("(vnet (id 97) (bridge a/b))", "bridge", "contains '/'"),
+    ("(vnet (id 97) (vnetif a:b))", "vnetif", "contains ':'"),
+    ("(vnet (id 97) (vnetif vnif%d))", "vnetif", "contains '%'"),
+    ("(vnet (id 97) (vnetif ..))", "vnetif", "not a valid interface name"),
+    ("(vnet (id 97) (vnetif ''))", "vnetif", "empty"),
+    ("(vnet (id 97) (bridge abcdefghijklmnop))", "bridge", "16 characters"),
+    ("(vnet (id 97) (bridge x) (vnetif x))", "bridge", "must differ"),
+    ("(vnet (id 97) (security high))", "security", "'high' is not a security level"),
+    ("(vnet (id 97) (security auth))", "security", "not available yet"),
+    ("(vnet (id 97) (security conf) (key-file /k))", "security", "not available yet"),
+    ("(vnet (id 97) (key-file /etc/k))", "key-file", "only secured vnets"),
+    ("vnet", "vnet", "one (vnet ...) list"),
+    ("(vnet (id 97)", "vnet", "cannot parse"),
+    ("(vnet (id 97)) (vnet (id 98))", "vnet", "found 2"),
+])
+def test_rejected_configs_name_the_field(text, field, reason):
+    with pytest.raises(ConfigError) as info:
+        cfg(text)
+    assert info.value.field == field
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"invalid vnet config: {field}: ")
+
+
+def test_derived_names_are_always_valid():
+    assert cfg("(vnet (id ffff))").bridge == "vnetffff"
+    assert cfg("(vnet (id ' 97 '))").bridge == "vnet97"
+
+
+def test_fifteen_character_names_are_accepted_with_a_warning():
+    c = cfg("(vnet (id 97) (bridge abcdefghijklmno))")
+    assert c.bridge == "abcdefghijklmno"
+    assert c.warnings() and "14" in c.warnings()[0]
+    assert cfg("(vnet (id 97))").warnings() == []
+
+
+def test_secured_vnets_path_kept_for_later():
+    c = cfg("(vnet (id 98) (security auth) (key-file /etc/xen/vnet98.key))", allow_secure=True)
+    assert (c.security, c.key_file) == ("auth", "/etc/xen/vnet98.key")
+    with pytest.raises(ConfigError) as info:
+        cfg("(vnet (id 98) (security conf))", allow_secure=True)
+    assert info.value.field == "key-file" and "vn key-gen" in info.value.reason
+    with pytest.raises(ConfigError, match="not an absolute path"):
+        cfg("(vnet (id 98) (security conf) (key-file k))", allow_secure=True)
+
+
+def test_from_sxpr_refuses_non_lists():
+    for bad in (None, "vnet", [], 97):
+        with pytest.raises(ConfigError):
+            VnetConfig.from_sxpr(bad)
+
+
+def test_check_ifname():
+    assert check_ifname("vnetif", "vnif0097") == "vnif0097"
+    with pytest.raises(ConfigError, match="contains"):
+        check_ifname("vnetif", "tab\there")
+    with pytest.raises(ConfigError, match="expected an interface name"):
+        check_ifname("vnetif", ["a"])
+
+
+def test_collisions_name_both_ids():
+    a = cfg("(vnet (id 97))")
+    same_bridge = cfg("(vnet (id 98) (bridge vnet97))")
+    with pytest.raises(ConfigError) as info:
+        check_collisions(same_bridge, [a])
+    assert info.value.field == "bridge"
+    assert "vnet 98" in str(info.value) and "vnet 97" in str(info.value)
+    # A long id whose last field is 97 derives the same TAP name vnif0097.
+    long_id = cfg("(vnet (id 1:0:0:0:0:0:0:97))")
+    with pytest.raises(ConfigError) as info:
+        check_collisions(long_id, [a])
+    assert info.value.field == "vnetif" and "vnif0097" in str(info.value)
+    # A bridge name that is another vnet's vnetif.
+    with pytest.raises(ConfigError, match="vnetif of vnet 97"):
+        check_collisions(cfg("(vnet (id 99) (bridge vnif0097))"), [a])
+    check_collisions(cfg("(vnet (id 98))"), [a])
+    check_collisions(cfg("(vnet (id 0097))"), [a])   # the same vnet is no collision
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet="(vnet id bridge vnetif security key-file 0197:abc'\"#)\n", max_size=80))
+def test_arbitrary_config_text_gives_config_or_config_error(text):
+    try:
+        c = VnetConfig.from_text(text)
+    except ConfigError as e:
+        assert e.field in ("vnet", "id", "bridge", "vnetif", "security", "key-file")
+        return
+    assert c.canonical and c.bridge and c.vnetif

@@ -1,0 +1,117 @@
+"""The vnet store: atomic writes, crash leftovers, corrupt files (design.md 4)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from xend_vnet import store as store_mod
+from xend_vnet.config import VnetConfig
+from xend_vnet.store import StoreError, VnetStore
+from xend_vnet.vnet_id import VnetId
+
+D97 = "0000-0000-0000-0000-0000-0000-0000-0097"
+
+
+def cfg(text):
+    return VnetConfig.from_text(text)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return VnetStore(str(tmp_path))
+
+
+def test_save_writes_one_line_per_vnet(store, tmp_path):
+    path = store.save(cfg("(vnet (id 0097) (extra 'a b'))"))
+    assert path == str(tmp_path / "vnet" / f"{D97}.sxp")
+    assert Path(path).read_text() == "(vnet (id 0097) (extra 'a b'))\n"
+    assert store.exists(VnetId.parse("97"))
+    configs, problems = store.load_all()
+    assert problems == []
+    assert [c.to_string() for c in configs] == ["(vnet (id 0097) (extra 'a b'))"]
+
+
+def test_load_all_sorted_by_id(store):
+    for i in ("ff", "3", "1:0:0:0:0:0:0:5", "a0"):
+        store.save(cfg(f"(vnet (id {i}))"))
+    configs, _ = store.load_all()
+    assert [c.id_text for c in configs] == ["3", "a0", "ff", "1:0:0:0:0:0:0:5"]
+
+
+def test_empty_or_missing_dir(store):
+    assert store.load_all() == ([], [])
+
+
+def test_overwrite_and_delete(store):
+    store.save(cfg("(vnet (id 97))"))
+    store.save(cfg("(vnet (id 97) (bridge b2))"))
+    configs, _ = store.load_all()
+    assert configs[0].bridge == "b2"
+    assert store.delete(VnetId.parse("97"))
+    assert not store.delete(VnetId.parse("97"))
+    assert store.load_all() == ([], [])
+
+
+def test_crash_between_temp_write_and_rename(store, monkeypatch):
+    store.save(cfg("(vnet (id 97) (bridge old))"))
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(store_mod.os, "rename", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.save(cfg("(vnet (id 97) (bridge new))"))
+    monkeypatch.undo()
+    configs, problems = store.load_all()
+    assert [c.bridge for c in configs] == ["old"] and problems == []
+
+
+def test_leftover_temp_file_from_a_dead_process_is_dropped(store):
+    store.save(cfg("(vnet (id 97))"))
+    leftover = os.path.join(store.dir, f".{D97}.sxp.tmp-99999")
+    with open(leftover, "w") as f:
+        f.write("(vnet (id 97) (half")
+    configs, problems = store.load_all()
+    assert len(configs) == 1 and problems == []
+    assert not os.path.exists(leftover)
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("(vnet (id 97)", "unexpected EOF"),
+    ("", "no s-expression"),
+    ("(vnet (id zz))", "'zz'"),
+    ("(vnet (id 98))", "does not match"),
+    (b"(vnet (id \xff))", "not UTF-8"),
+])
+def test_corrupt_file_moved_aside_and_reported(store, content, reason):
+    store.save(cfg("(vnet (id 99))"))
+    path = os.path.join(store.dir, f"{D97}.sxp")
+    with open(path, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    configs, problems = store.load_all()
+    assert [c.id_text for c in configs] == ["99"]
+    assert len(problems) == 1
+    assert problems[0].path == path and reason in problems[0].reason
+    assert problems[0].moved_to == path + ".corrupt"
+    assert os.path.exists(path + ".corrupt") and not os.path.exists(path)
+    assert reason in str(problems[0]) and ".corrupt" in str(problems[0])
+    # A second corrupt file of the same name never overwrites the first.
+    with open(path, "w") as f:
+        f.write("(")
+    _, problems = store.load_all()
+    assert problems[0].moved_to == path + ".corrupt.1"
+    assert store.load_all()[1] == []   # .corrupt files are not read again
+
+
+def test_other_files_ignored(store):
+    os.makedirs(store.dir)
+    open(os.path.join(store.dir, "README"), "w").close()
+    assert store.load_all() == ([], [])
+
+
+def test_unwritable_store_raises_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot store vnet 97"):
+        VnetStore(str(blocker)).save(cfg("(vnet (id 97))"))

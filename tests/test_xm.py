@@ -1,0 +1,168 @@
+"""xm vnet-create/-delete/-list: exact output and exit codes (management.md 1.2-1.3)."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+from vnet_server_harness import Harness
+
+from xend_vnet.xm_commands import main as xm
+from xend_vnet.xm_commands.main import usage_text
+
+VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LIST_USAGE = ("Usage: xm vnet-list [-l|--long]\n\nList Vnets.\n"
+              "  -l, --long                     List Vnets as SXP" + " " * 26 + "\n\n")
+CREATE_USAGE = "Usage: xm vnet-create <ConfigFile>\n\nCreate a vnet from ConfigFile.\n"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    h = Harness()
+    monkeypatch.setenv("XM_SERVER", f"httpu://{h.sock}")
+    yield h
+    h.close()
+
+
+def run(capsys, *args):
+    code = xm.main(["xm", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_usage_layout_is_xms():
+    assert usage_text("vnet-list") == LIST_USAGE
+    assert usage_text("vnet-create") == CREATE_USAGE
+    assert usage_text("vnet-delete").startswith(
+        "Usage: xm vnet-delete <VnetId>\n\nDelete a Vnet.\n")
+
+
+def test_create_list_long_delete(server, capsys, tmp_path, monkeypatch):
+    conf = tmp_path / "vnet97.sxp"
+    conf.write_text("# vnet 97\n" + VNET97 + "\n")
+    assert run(capsys, "vnet-create", str(conf)) == (0, "", "")
+    assert run(capsys, "vnet-list") == (0, "97\n", "")
+    assert run(capsys, "vnet-list", "-l") == (0, VNET97 + "\n", "")
+    assert run(capsys, "vnet-list", "--long") == (0, VNET97 + "\n", "")
+    assert run(capsys, "vnet-list", "0097", "98") == (
+        0, VNET97 + "\n98 <Fault 2: 'No such vnet 98'>\n", "")
+    assert run(capsys, "vnet-list", "97", "-l") == (0, VNET97 + "\n", "")  # gnu_getopt
+    assert run(capsys, "vnet-delete", "97") == (0, "", "")
+    assert run(capsys, "vnet-list") == (0, "", "")
+
+
+def test_relative_path_from_another_directory(server, capsys, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "v.sxp").write_text(VNET97)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert run(capsys, "vnet-create", "v.sxp") == (0, "", "")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "vnet-create", "--", "sub/v.sxp")[2] == "Error: vnet 97 already exists\n"
+
+
+def test_faults_print_error_and_usage(server, capsys, tmp_path):
+    conf = tmp_path / "v.sxp"
+    conf.write_text(VNET97)
+    run(capsys, "vnet-create", str(conf))
+    assert run(capsys, "vnet-create", str(conf)) == (
+        1, CREATE_USAGE, "Error: vnet 97 already exists\n")
+    code, out, err = run(capsys, "vnet-delete", "98")
+    assert (code, err) == (1, "Error: No such vnet 98\n")
+    assert out == usage_text("vnet-delete")
+
+
+def test_delete_force(server, capsys, tmp_path):
+    conf = tmp_path / "v.sxp"
+    conf.write_text(VNET97)
+    run(capsys, "vnet-create", str(conf))
+    server.net.add_link("vif1.0", "vif")
+    server.net.enslave("vnet97", "vif1.0")
+    code, _, err = run(capsys, "vnet-delete", "97")
+    assert code == 1 and "vif1.0" in err
+    assert run(capsys, "vnet-delete", "--force", "97") == (0, "", "")
+    assert run(capsys, "vnet-list") == (0, "", "")
+
+
+def test_command_line_errors(server, capsys):
+    assert run(capsys, "vnet-create", "/nonexistent/v.sxp") == (
+        1, "File not found: /nonexistent/v.sxp\n", "")
+    assert run(capsys, "vnet-create") == (
+        1, CREATE_USAGE, "Error: 'xm vnet-create' requires 1 argument.\n\n")
+    code, _, err = run(capsys, "vnet-delete", "1", "2")
+    assert code == 1 and err == "Error: 'xm vnet-delete' requires 1 argument.\n\n"
+    assert run(capsys, "vnet-list", "-x") == (1, LIST_USAGE, "Error: option -x not recognized\n")
+    assert server.engine.requests == []
+
+
+def test_no_server(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("XM_SERVER", f"httpu://{tmp_path}/none.sock")
+    assert run(capsys, "vnet-list") == (
+        1, "", "Error: Unable to connect to xend: No such file or directory. Is xend running?\n")
+    monkeypatch.setenv("XM_SERVER", "ftp://x")
+    code, _, err = run(capsys, "vnet-list")
+    assert code == 1 and "unsupported server URI" in err
+
+
+def test_broken_server_reply(capsys, monkeypatch):
+    class Broken(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_error(500, "boom")
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Broken)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        monkeypatch.setenv("XM_SERVER", f"http://127.0.0.1:{srv.server_address[1]}/RPC2")
+        code, _, err = run(capsys, "vnet-list")
+        assert code == 1 and err == "Xend has probably crashed!  ProtocolError(500, boom).\n"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _script(path, body):
+    path.write_text(body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def test_other_subcommands_go_to_the_next_real_xm(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    ours.mkdir()
+    theirs.mkdir()
+    _script(ours / "xm", f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {ROOT!r})\n"
+            "from xend_vnet.xm_commands.main import main\nsys.exit(main())\n")
+    (theirs / "xm-link").symlink_to(ours / "xm")
+    env = dict(os.environ, PATH=f"{ours}:{theirs}")
+    done = subprocess.run(["xm", "list"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "not provided by xend-vnet" in done.stderr and "xl" in done.stderr
+    # Our own script reached through a symlink further down PATH is skipped too.
+    os.rename(theirs / "xm-link", theirs / "xm")
+    done = subprocess.run(["xm", "list"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 1 and "not provided" in done.stderr
+    os.unlink(theirs / "xm")
+    _script(theirs / "xm", "#!/bin/sh\necho \"real xm $*\"\nexit 7\n")
+    done = subprocess.run(["xm", "list", "-l"], env=env, capture_output=True, text=True,
+                          check=False)
+    assert (done.returncode, done.stdout) == (7, "real xm list -l\n")
+
+
+def test_next_xm_skips_itself(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    _script(a / "xm", "#!/bin/sh\n")
+    _script(b / "xm", "#!/bin/sh\n")
+    assert xm.next_xm(str(a / "xm"), f"{a}:{b}") == str(b / "xm")
+    assert xm.next_xm(str(b / "xm"), f"{a}:{b}") == str(a / "xm")
+    assert xm.next_xm(str(a / "xm"), str(a)) is None

@@ -1,0 +1,172 @@
+"""Linux bridges for vnets, through netlink (pyroute2); never brctl/ip.
+
+Everything acts in the caller's current network namespace.  The legacy
+sequence was ``brctl addbr``, hello 0, forward delay 0, STP off, up, addif
+(management.md 2.2); hello time cannot be 0 on Linux and does not matter
+with STP off, so it is left alone.
+"""
+
+from __future__ import annotations
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+
+class BridgeError(Exception):
+    """A bridge or link operation failed; names the interface and the reason."""
+
+    def __init__(self, ifname: str, reason: str):
+        self.ifname = ifname
+        self.reason = reason
+        super().__init__(f"{ifname}: {reason}")
+
+
+def _reason(e: NetlinkError) -> str:
+    return e.args[1] if len(e.args) > 1 else str(e)
+
+
+def _link(ipr: IPRoute, name: str):
+    try:
+        found = ipr.get_links(ifname=name)
+    except NetlinkError as e:
+        if e.code == 19:  # ENODEV
+            return None
+        raise BridgeError(name, _reason(e)) from None
+    return found[0] if found else None
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    link = _link(ipr, name)
+    if link is None:
+        raise BridgeError(name, "no such interface")
+    return link["index"]
+
+
+def _kind(link) -> str | None:
+    return link.get(("linkinfo", "kind")) if link is not None else None
+
+
+def link_exists(name: str) -> bool:
+    with IPRoute() as ipr:
+        return _link(ipr, name) is not None
+
+
+def is_bridge(name: str) -> bool:
+    with IPRoute() as ipr:
+        return _kind(_link(ipr, name)) == "bridge"
+
+
+def ensure_bridge(name: str) -> bool:
+    """Create the bridge or adopt an existing one; STP off, forward delay 0, up.
+
+    Returns True if this call created it.  A non-bridge of that name is refused.
+    """
+    with IPRoute() as ipr:
+        link = _link(ipr, name)
+        created = False
+        if link is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as e:
+                raise BridgeError(name, f"cannot create bridge: {_reason(e)}") from None
+            created = True
+            link = _link(ipr, name)
+            if link is None:
+                raise BridgeError(name, "bridge vanished right after it was created")
+        elif _kind(link) != "bridge":
+            raise BridgeError(name, f"exists and is not a bridge (kind {_kind(link) or 'unknown'})")
+        try:
+            ipr.link("set", index=link["index"], kind="bridge",
+                     br_stp_state=0, br_forward_delay=0)
+            ipr.link("set", index=link["index"], state="up")
+        except NetlinkError as e:
+            if created:
+                _delete_quietly(ipr, link["index"])
+            raise BridgeError(name, f"cannot configure bridge: {_reason(e)}") from None
+        return created
+
+
+def enslave(bridge: str, ifname: str) -> None:
+    """Make ``ifname`` a port of ``bridge`` (moving it from another master)."""
+    with IPRoute() as ipr:
+        master = _index(ipr, bridge)
+        index = _index(ipr, ifname)
+        try:
+            ipr.link("set", index=index, master=master)
+        except NetlinkError as e:
+            raise BridgeError(ifname, f"cannot add to bridge {bridge}: {_reason(e)}") from None
+
+
+def release(ifname: str) -> None:
+    """Take ``ifname`` off its bridge (nothing if it has none)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        try:
+            ipr.link("set", index=index, master=0)
+        except NetlinkError as e:
+            raise BridgeError(ifname, f"cannot release from its bridge: {_reason(e)}") from None
+
+
+def set_up(ifname: str) -> None:
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        try:
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as e:
+            raise BridgeError(ifname, f"cannot bring up: {_reason(e)}") from None
+
+
+def delete_bridge(name: str) -> None:
+    """Delete a bridge (its ports are released by the kernel); refuse a non-bridge."""
+    with IPRoute() as ipr:
+        link = _link(ipr, name)
+        if link is None:
+            raise BridgeError(name, "no such interface")
+        if _kind(link) != "bridge":
+            raise BridgeError(name, "is not a bridge; refusing to delete it")
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError as e:
+            raise BridgeError(name, f"cannot delete bridge: {_reason(e)}") from None
+
+
+def _delete_quietly(ipr: IPRoute, index: int) -> None:
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError:
+        pass
+
+
+def bridge_ports(name: str) -> list[str]:
+    """Names of the ports of ``name``, sorted."""
+    with IPRoute() as ipr:
+        master = _index(ipr, name)
+        return sorted(link.get("ifname") for link in ipr.get_links()
+                      if link.get("master") == master)
+
+
+def master_of(ifname: str) -> str | None:
+    """The bridge ``ifname`` is a port of, or None."""
+    with IPRoute() as ipr:
+        link = _link(ipr, ifname)
+        if link is None:
+            raise BridgeError(ifname, "no such interface")
+        master = link.get("master")
+        if not master:
+            return None
+        found = ipr.get_links(master)
+        return found[0].get("ifname") if found else None
+
+
+def list_bridges() -> dict[str, list[str]]:
+    """Every bridge with its ports: {bridge: [port, ...]}."""
+    with IPRoute() as ipr:
+        links = ipr.get_links()
+    names = {link["index"]: link.get("ifname") for link in links}
+    bridges: dict[str, list[str]] = {names[link["index"]]: [] for link in links
+                                     if _kind(link) == "bridge"}
+    for link in links:
+        master = link.get("master")
+        if master and names.get(master) in bridges:
+            bridges[names[master]].append(link.get("ifname"))
+    return {b: sorted(p) for b, p in sorted(bridges.items())}

@@ -1,0 +1,197 @@
+"""Vnet configs: the validated form of ``(vnet (id ..) (bridge ..) ...)``.
+
+Legacy xend checked nothing (management.md 2.2, 3.1); this module applies
+the rules of design.md section 4: ids in the short or the full form, names
+that are valid Linux interface names, defaults that match what the engine
+really creates, and security levels that are refused until they work.  The
+config is kept exactly as written (``sxpr``), because ``xend_vnet(id)``
+returns it verbatim (management.md 1.1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import sxp
+from .vnet_id import VnetId, VnetIdError, parse_usable
+
+KNOWN_KEYS = ("id", "bridge", "vnetif", "security", "key-file")
+SECURITY_LEVELS = ("none", "auth", "conf")
+SECURED_LEVELS = ("auth", "conf")
+IFNAMSIZ = 16
+# management.md 3.1: the legacy docs promised "at most 14" characters.
+NAME_WARN_LENGTH = 14
+# Characters the kernel refuses in a device name (dev_valid_name), plus '%',
+# which the kernel treats as a "pick a free number" template.
+_BAD_NAME_CHARS = frozenset("/:%")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``field`` names the offending key."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid vnet config: {field}: {reason}")
+
+
+def check_ifname(field: str, name: object) -> str:
+    """Return ``name`` if it is a valid Linux interface name, else ConfigError."""
+    if not isinstance(name, str):
+        raise ConfigError(
+            field, f"expected an interface name, found the list {sxp.to_string(name)}")
+    if not name:
+        raise ConfigError(field, "empty interface name")
+    if len(name) >= IFNAMSIZ:
+        raise ConfigError(
+            field, f"interface name {name!r} is {len(name)} characters; at most 15 are allowed")
+    if name in (".", ".."):
+        raise ConfigError(field, f"{name!r} is not a valid interface name")
+    bad = sorted({c for c in name if c in _BAD_NAME_CHARS or not c.isprintable()
+                  or c.isspace() or not c.isascii()})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise ConfigError(field, f"interface name {name!r} contains {shown}")
+    return name
+
+
+def _single_value(sxpr: list, key: str) -> object | None:
+    """Value of the ``(key value)`` child; refuse a key given twice or with extra values."""
+    found = [c for c in sxp.children(sxpr) if isinstance(c, list) and c[:1] == [key]]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConfigError(key, f"given {len(found)} times; give it once")
+    entry = found[0]
+    if len(entry) == 1:
+        return None
+    if len(entry) > 2:
+        raise ConfigError(key, f"expected one value, found {sxp.to_string(entry)}")
+    return entry[1]
+
+
+def _text_value(sxpr: list, key: str) -> str | None:
+    value = _single_value(sxpr, key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(key, f"expected a single value, found the list {sxp.to_string(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class VnetConfig:
+    """One vnet, validated; ``sxpr`` is the config exactly as the user wrote it."""
+
+    sxpr: list = field(compare=False)
+    id_text: str
+    vid: VnetId
+    bridge: str
+    vnetif: str
+    security: str
+    key_file: str | None
+
+    @classmethod
+    def from_sxpr(cls, sxpr: object, allow_secure: bool = False) -> VnetConfig:
+        """Validate a parsed config; ``allow_secure`` is for when secured vnets exist."""
+        if not isinstance(sxpr, list) or not sxpr:
+            raise ConfigError("vnet", "the config must be one (vnet ...) list")
+        if sxpr[0] != "vnet":
+            raise ConfigError(
+                "vnet", f"the config must start with 'vnet', found {sxp.to_string(sxpr[0])}")
+        for element in sxp.children(sxpr):
+            if not isinstance(element, list) or not element or not isinstance(element[0], str):
+                raise ConfigError(
+                    "vnet", f"element {sxp.to_string(element)} is not a (key value) list")
+        id_text = _text_value(sxpr, "id")
+        if id_text is None:
+            raise ConfigError("id", "missing: every vnet needs (id ...), e.g. (id 97)")
+        try:
+            vid = parse_usable(id_text)
+        except VnetIdError as e:
+            raise ConfigError("id", str(e)) from None
+        id_text = id_text.strip()
+
+        bridge = _text_value(sxpr, "bridge")
+        if bridge is None:
+            # design.md 4: vnet<id as written> keeps domain configs' 'bridge=vnet97';
+            # at most 4 hex digits, so the name is always valid.
+            bridge = f"vnet{id_text}" if ":" not in id_text else f"vnet{vid.last_field:04x}"
+        else:
+            check_ifname("bridge", bridge)
+        vnetif = _text_value(sxpr, "vnetif")
+        if vnetif is None:
+            vnetif = vid.default_vnetif
+        else:
+            check_ifname("vnetif", vnetif)
+        if bridge == vnetif:
+            raise ConfigError("bridge", f"{bridge!r} is also the vnetif; they must differ")
+
+        security = _text_value(sxpr, "security")
+        security = "none" if security is None else security
+        if security not in SECURITY_LEVELS:
+            raise ConfigError(
+                "security", f"{security!r} is not a security level; use none, auth or conf")
+        key_file = _text_value(sxpr, "key-file")
+        _check_security(security, key_file, allow_secure)
+        return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file)
+
+    @classmethod
+    def from_text(cls, text: str, allow_secure: bool = False) -> VnetConfig:
+        """Parse config text (one s-expression, '#' comments allowed)."""
+        try:
+            form = sxp.parse_one(text)
+        except sxp.ParseError as e:
+            raise ConfigError("vnet", f"cannot parse the config: {e}") from None
+        return cls.from_sxpr(form, allow_secure)
+
+    @property
+    def canonical(self) -> str:
+        return self.vid.canonical
+
+    @property
+    def extra_keys(self) -> list[str]:
+        """Keys this project does not use (kept and returned verbatim)."""
+        return [c[0] for c in sxp.children(self.sxpr) if c[0] not in KNOWN_KEYS]
+
+    def to_string(self) -> str:
+        """The config on one line, as stored (management.md 3.3)."""
+        return sxp.to_string(self.sxpr)
+
+    def warnings(self) -> list[str]:
+        out = []
+        for what, name in (("bridge", self.bridge), ("vnetif", self.vnetif)):
+            if len(name) > NAME_WARN_LENGTH:
+                out.append(f"vnet {self.id_text}: {what} name {name!r} is 15 characters; "
+                           "some legacy tools allow only 14")
+        return out
+
+
+def _check_security(security: str, key_file: str | None, allow_secure: bool) -> None:
+    if security in SECURED_LEVELS:
+        if not allow_secure:
+            # design.md 4: never run a secured vnet as 'none'.
+            raise ConfigError(
+                "security", f"{security!r} vnets are not available yet; they are refused "
+                "rather than run without protection (use (security none))")
+        if key_file is None:
+            raise ConfigError(
+                "key-file", f"a {security!r} vnet needs (key-file /ABSOLUTE/PATH): make one with "
+                "'vn key-gen PATH' and copy it to every host of the vnet")
+    elif key_file is not None:
+        raise ConfigError("key-file", "only secured vnets (security auth or conf) use a key file")
+    if key_file is not None and not os.path.isabs(key_file):
+        raise ConfigError("key-file", f"{key_file!r} is not an absolute path")
+
+
+def check_collisions(config: VnetConfig, existing: Iterable[VnetConfig]) -> None:
+    """Refuse names already used by another vnet (design.md 4), naming both ids."""
+    for other in existing:
+        if other.vid == config.vid:
+            continue
+        taken = {other.bridge: "bridge", other.vnetif: "vnetif"}
+        for field_name, name in (("bridge", config.bridge), ("vnetif", config.vnetif)):
+            if name in taken:
+                raise ConfigError(
+                    field_name, f"{name!r} of vnet {config.id_text} is already the "
+                    f"{taken[name]} of vnet {other.id_text}")

@@ -1,0 +1,183 @@
+"""``xm vnet-create``, ``xm vnet-delete``, ``xm vnet-list`` as Xen 3.x printed them.
+
+Outputs, errors and exit codes follow management.md 1.2-1.3: a Fault prints
+``Error: <message>`` on stderr and the subcommand's usage on stdout, exit 1;
+``vnet-list -l`` prints one error line per failing id and carries on.  The
+server is ``$XM_SERVER`` (default ``httpu:///var/run/xend/xmlrpc.sock``).
+Every other subcommand is handed to the next real ``xm`` on PATH.
+"""
+
+from __future__ import annotations
+
+import getopt
+import http.client
+import os
+import shutil
+import sys
+import textwrap
+import xml.parsers.expat
+import xmlrpc.client
+
+from .. import sxp
+from .httpu import DEFAULT_URI, server_proxy
+
+VNET_COMMANDS = ("vnet-create", "vnet-delete", "vnet-list")
+
+# (arguments, description, options) as xm's SUBCOMMAND_HELP/SUBCOMMAND_OPTIONS.
+HELP = {
+    "vnet-create": ("<ConfigFile>", "Create a vnet from ConfigFile.", ()),
+    "vnet-delete": ("<VnetId>", "Delete a Vnet.",
+                    (("", "--force", "Delete even if domain interfaces are attached"),)),
+    "vnet-list": ("[-l|--long]", "List Vnets.", (("-l", "--long", "List Vnets as SXP"),)),
+}
+
+
+class Usage(Exception):
+    """Wrong command line: print the message, then the usage, exit 1."""
+
+
+def usage_text(cmd: str) -> str:
+    """xm's cmdHelp layout: usage line, blank, description, option lines, blank."""
+    args, desc, options = HELP[cmd]
+    lines = [f"Usage: xm {cmd} {args}", "", desc]
+    if options:
+        for short, long_, text in options:
+            optdesc = f"{short}, {long_}" if short and long_ else (short or long_)
+            wrapped = textwrap.wrap(text, 43) or [""]
+            lines.append(f"  {optdesc:<30} {wrapped[0]:<43}")
+            lines.extend(" " * 33 + line for line in wrapped[1:])
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def err(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr)
+
+
+def arg_check(args: list[str], name: str, count: int) -> None:
+    if len([a for a in args if a != "--"]) != count:
+        raise Usage(f"'xm {name}' requires {count} argument{'' if count == 1 else 's'}.\n")
+
+
+def vnet_list(server, args: list[str], out) -> None:
+    try:
+        options, params = getopt.gnu_getopt(args, "l", ["long"])
+    except getopt.GetoptError as e:
+        raise Usage(str(e)) from None
+    use_long = any(k in ("-l", "--long") for k, _ in options)
+    if params:
+        use_long = True
+        vnets = params
+    else:
+        vnets = server.xend_vnets()
+    for vnet in vnets:
+        if not use_long:
+            print(vnet, file=out)
+            continue
+        try:
+            out.write(sxp.pretty(server.xend_vnet(vnet)))
+        except (xmlrpc.client.Error, OSError, http.client.HTTPException, TypeError) as e:
+            # management.md 1.3: long mode reports per id and carries on.
+            print(vnet, _legacy_str(e), file=out)
+
+
+def _legacy_str(e: Exception) -> str:
+    """str() of a Fault as Python 2's xmlrpclib printed it."""
+    if isinstance(e, xmlrpc.client.Fault):
+        return f"<Fault {e.faultCode}: {e.faultString!r}>"
+    return str(e)
+
+
+def vnet_create(server, args: list[str], out) -> None:
+    arg_check(args, "vnet-create", 1)
+    conf = next(a for a in args if a != "--")
+    if not os.access(conf, os.R_OK):
+        print(f"File not found: {conf}", file=out)
+        raise SystemExit(1)
+    server.xend_vnet_create(conf)
+
+
+def vnet_delete(server, args: list[str], out) -> None:
+    try:
+        options, params = getopt.gnu_getopt(args, "", ["force"])
+    except getopt.GetoptError as e:
+        raise Usage(str(e)) from None
+    arg_check(params, "vnet-delete", 1)
+    if options:
+        server.xend_vnet_delete(params[0], True)
+    else:
+        # Exactly what an unmodified xm sends.
+        server.xend_vnet_delete(params[0])
+
+
+COMMANDS = {"vnet-create": vnet_create, "vnet-delete": vnet_delete, "vnet-list": vnet_list}
+
+
+def run_vnet_command(cmd: str, args: list[str], uri: str, out=None) -> int:
+    out = sys.stdout if out is None else out
+    try:
+        server = server_proxy(uri)
+        COMMANDS[cmd](server, args, out)
+    except Usage as e:
+        err(str(e))
+        out.write(usage_text(cmd))
+        return 1
+    except xmlrpc.client.Fault as e:
+        err(e.faultString)
+        out.write(usage_text(cmd))
+        return 1
+    except xmlrpc.client.ProtocolError as e:
+        print(f"Xend has probably crashed!  ProtocolError({e.errcode}, {e.errmsg}).",
+              file=sys.stderr)
+        return 1
+    except (http.client.HTTPException, xmlrpc.client.ResponseError,
+            xml.parsers.expat.ExpatError):
+        print("Xend has probably crashed!  Invalid or missing HTTP status code.",
+              file=sys.stderr)
+        return 1
+    except ValueError as e:
+        err(str(e))
+        return 1
+    except OSError as e:
+        if os.geteuid() != 0:
+            err("Most commands need root access.  Please try again as root.")
+        else:
+            err(f"Unable to connect to xend: {e.strerror or e}. Is xend running?")
+        return 1
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        out.flush()
+    return 0
+
+
+def next_xm(argv0: str, path: str | None = None) -> str | None:
+    """The first ``xm`` on PATH that is not this program (compared by real path)."""
+    me = os.path.realpath(shutil.which(argv0) or argv0)
+    for directory in (path if path is not None else os.environ.get("PATH", "")).split(
+            os.pathsep):
+        candidate = os.path.join(directory or ".", "xm")
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        if os.path.realpath(candidate) != me:
+            return candidate
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    cmd = argv[1] if len(argv) > 1 else None
+    if cmd in VNET_COMMANDS:
+        return run_vnet_command(cmd, argv[2:], os.environ.get("XM_SERVER") or DEFAULT_URI)
+    other = next_xm(argv[0])
+    if other is not None:
+        os.execv(other, [other] + argv[1:])
+    what = f"'xm {cmd}'" if cmd else "xm without a subcommand"
+    err(f"{what} is not provided by xend-vnet, which serves only "
+        f"{', '.join(VNET_COMMANDS)}, and no other xm was found on PATH; "
+        "on an xl-era host use xl for domain commands")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

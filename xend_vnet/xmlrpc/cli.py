@@ -1,0 +1,338 @@
+"""The ``xend-vnet`` command: start|stop|status|restart the server, import.
+
+``start`` daemonizes unless ``--foreground`` and returns once the server
+listens (or with its error).  ``stop`` and ``status`` work from another
+process through the pid file beside the socket (``<socket>.pid``), so one
+server per network namespace can run on a machine.  Status exit codes
+follow LSB: 0 running, 3 not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import xmlrpc.client
+
+import psutil
+
+from ..engine_client import EngineClient, EngineError
+from ..store import StoreError, VnetStore
+from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
+from ..xm_commands.httpu import server_proxy
+from . import importer
+from .api import VnetAPI
+from .server import ServerError, XMLRPCServers
+from .service import ReconcileLoop, VnetService
+
+log = logging.getLogger("xend-vnet")
+
+DEFAULT_PID_FILE = "/var/run/xend-vnet.pid"
+DEFAULT_LOG_FILE = "/var/log/xen/xend-vnet.log"
+STATUS_RUNNING = 0
+STATUS_NOT_RUNNING = 3
+STOP_TIMEOUT = 15.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="xend-vnet", description="The xend vnet API server.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("start", "stop", "status", "restart"):
+        s = sub.add_parser(name, help=f"{name} the server")
+        s.add_argument("--foreground", action="store_true", help="do not daemonize")
+        s.add_argument("--config", metavar="FILE",
+                       help="xend config (default $XEND_CONFIG or /etc/xen/xend-config.sxp)")
+        s.add_argument("--socket", metavar="PATH", help="unix socket to serve")
+        s.add_argument("--state-dir", metavar="DIR", help="state directory (vnets in DIR/vnet)")
+        s.add_argument("--engine-control", metavar="PATH", help="vnetd control socket")
+        s.add_argument("--no-engine", action="store_true",
+                       help="do not start vnetd; only talk to it when it runs")
+        s.add_argument("--pid-file", metavar="PATH", help="default <socket>.pid")
+        s.add_argument("--log-file", metavar="PATH", help="default: stderr in the foreground")
+        s.add_argument("--reconcile-interval", metavar="SECONDS", type=float, default=2.0,
+                       help="how often to check the engine (default 2)")
+    s = sub.add_parser("import", help="import the vnets of a legacy xend")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--xenstore", action="store_true", help="from xenstore /vnet (default)")
+    src.add_argument("--dir", metavar="PATH", help="from a Xen 2.0 xend-db/vnet directory")
+    s.add_argument("--config", metavar="FILE", help="xend config")
+    s.add_argument("--state-dir", metavar="DIR", help="state directory")
+    return p.parse_args(argv)
+
+
+def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
+    """The config file's settings with the command-line options on top, and the
+    config's warnings (logged by ``start`` only)."""
+    cfg = XendConfig.read(config_path(args.config))
+    s = server_settings(cfg)
+    return ServerSettings(
+        deployment=s.deployment,
+        unix_path=getattr(args, "socket", None) or s.unix_path,
+        tcp=s.tcp,
+        upstream=s.upstream,
+        log_file=getattr(args, "log_file", None) or s.log_file,
+        state_dir=args.state_dir or s.state_dir,
+        engine_control=getattr(args, "engine_control", None) or s.engine_control,
+    ), cfg.warnings
+
+
+def pid_file_of(args: argparse.Namespace, settings: ServerSettings) -> str:
+    if args.pid_file:
+        return args.pid_file
+    return settings.unix_path + ".pid" if settings.unix_path else DEFAULT_PID_FILE
+
+
+def running_pid(pid_file: str) -> int | None:
+    """The pid of the xend-vnet this pid file names, if it still runs."""
+    try:
+        with open(pid_file, encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        proc = psutil.Process(pid)
+        cmdline = proc.cmdline()
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    # Never signal a process that merely reuses the pid (vnetd's command line
+    # also names the package, so look for this command precisely).
+    if not any(os.path.basename(a) == "xend-vnet" or a == __spec__.name for a in cmdline[:3]):
+        return None
+    return pid
+
+
+def write_pid_file(path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(tmp, path)
+
+
+def remove_pid_file(path: str) -> None:
+    try:
+        with open(path, encoding="ascii") as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def setup_logging(log_file: str | None) -> None:
+    handler: logging.Handler
+    if log_file:
+        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s xend-vnet[%(process)d] %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def ensure_engine(control: str) -> str | None:
+    """Start vnetd if nothing answers on its control socket (design.md 5);
+    return why it could not be started, or None."""
+    from ..kernel_shim import launcher
+    try:
+        launcher.ensure_engine(control, {})
+    except (EngineError, launcher.LauncherError, OSError) as e:
+        return str(getattr(e, "message", e))
+    return None
+
+
+def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str],
+          pid_file: str, ready=None) -> int:
+    """Run the server until SIGTERM/SIGINT; ``ready(error)`` is called once listening."""
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    for w in warnings:
+        log.warning("%s", w)
+    service = VnetService(VnetStore(settings.state_dir), EngineClient(settings.engine_control))
+    try:
+        service.load()
+    except StoreError as e:
+        log.error("%s", e)
+        if ready:
+            ready(str(e))
+        return 1
+    api = VnetAPI(service, forward_unknown=bool(settings.upstream))
+    try:
+        servers = XMLRPCServers(api, settings.unix_path, settings.tcp, settings.upstream)
+    except ServerError as e:
+        log.error("%s", e)
+        if ready:
+            ready(str(e))
+        return 1
+    loop = ReconcileLoop(service, args.reconcile_interval)
+    try:
+        write_pid_file(pid_file)
+        if not args.no_engine:
+            reason = ensure_engine(settings.engine_control)
+            if reason:
+                log.error("cannot start vnetd: %s; stored vnets are restored once it runs",
+                          reason)
+        service.reconcile()
+        servers.start()
+        log.info("serving %s%s (%s), state in %s, engine %s",
+                 settings.unix_path or "",
+                 f" and {settings.tcp[0]}:{settings.tcp[1]}" if settings.tcp else "",
+                 settings.deployment, settings.state_dir, settings.engine_control)
+        if ready:
+            ready(None)
+        loop.start()
+        while not stopping.wait(1.0):
+            pass
+        log.info("stopping")
+    finally:
+        loop.stop()
+        servers.close()
+        remove_pid_file(pid_file)
+    return 0
+
+
+def daemon_start(args: argparse.Namespace, settings: ServerSettings, warnings: list[str],
+                 pid_file: str) -> int:
+    """Fork a detached server; return once it listens or failed."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(w)
+        os.waitpid(child, 0)    # the first child exits once the daemon is forked
+        with os.fdopen(r, "rb") as f:
+            message = f.read().decode("utf-8", "replace").strip()
+        if message == "ok":
+            return 0
+        print(f"xend-vnet: {message or 'failed to start; see ' + (settings.log_file or '')}",
+              file=sys.stderr)
+        return 1
+    os.close(r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    setup_logging(settings.log_file or DEFAULT_LOG_FILE)
+
+    def ready(error: str | None) -> None:
+        os.write(w, b"ok\n" if error is None else error.encode("utf-8") + b"\n")
+        os.close(w)
+
+    try:
+        code = serve(args, settings, warnings, pid_file, ready)
+    except BaseException:
+        log.exception("xend-vnet died")
+        code = 1
+    os._exit(code)
+
+
+def cmd_start(args: argparse.Namespace, settings: ServerSettings, warnings: list[str],
+              pid_file: str) -> int:
+    pid = running_pid(pid_file)
+    if pid is not None:
+        print(f"xend-vnet is already running (pid {pid})")
+        return 0
+    if args.foreground:
+        setup_logging(settings.log_file)
+        return serve(args, settings, warnings, pid_file)
+    return daemon_start(args, settings, warnings, pid_file)
+
+
+def cmd_stop(pid_file: str) -> int:
+    pid = running_pid(pid_file)
+    if pid is None:
+        print("xend-vnet is not running")
+        return 0
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(STOP_TIMEOUT)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        print(f"xend-vnet (pid {pid}) did not stop within {STOP_TIMEOUT:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_status(settings: ServerSettings, pid_file: str) -> int:
+    pid = running_pid(pid_file)
+    if pid is None:
+        print("xend-vnet is not running")
+        return STATUS_NOT_RUNNING
+    where = settings.unix_path or (f"{settings.tcp[0]}:{settings.tcp[1]}" if settings.tcp else "")
+    print(f"xend-vnet is running (pid {pid}) on {where}")
+    uri = (f"httpu://{settings.unix_path}" if settings.unix_path
+           else f"http://{settings.tcp[0]}:{settings.tcp[1]}/RPC2")
+    try:
+        status = server_proxy(uri, timeout=10).vnet_status()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException) as e:
+        print(f"  cannot ask it for details: {e}")
+        return STATUS_RUNNING
+    print(f"  vnets: {' '.join(status.get('vnets', [])) or '(none)'}")
+    for line in status.get("problems", []):
+        print(f"  not up: {line}")
+    for line in status.get("store_problems", []):
+        print(f"  store: {line}")
+    return STATUS_RUNNING
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir or server_settings(
+        XendConfig.read(config_path(args.config))).state_dir
+    try:
+        entries = (importer.read_xend_db(args.dir) if args.dir
+                   else importer.read_xenstore())
+    except importer.ImportSourceError as e:
+        print(f"xend-vnet import: {e}", file=sys.stderr)
+        return 1
+    result = importer.import_configs(VnetStore(state_dir), entries)
+    for id_text in result.imported:
+        print(f"imported vnet {id_text}")
+    for source, reason in result.skipped:
+        print(f"skipped {source}: {reason}")
+    print(f"{len(result.imported)} imported, {len(result.skipped)} skipped"
+          + ("; restart xend-vnet to bring them up" if result.imported else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "import":
+            return cmd_import(args)
+        settings, warnings = settings_of(args)
+    except XendConfigError as e:
+        print(f"xend-vnet: {e}", file=sys.stderr)
+        return 1
+    pid_file = pid_file_of(args, settings)
+    if args.command == "start":
+        return cmd_start(args, settings, warnings, pid_file)
+    if args.command == "stop":
+        return cmd_stop(pid_file)
+    if args.command == "status":
+        return cmd_status(settings, pid_file)
+    code = cmd_stop(pid_file)
+    if code:
+        return code
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while running_pid(pid_file) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cmd_start(args, settings, warnings, pid_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

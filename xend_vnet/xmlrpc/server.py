@@ -1,0 +1,264 @@
+"""XML-RPC over HTTP on a unix socket (the ``httpu`` scheme) and optional TCP.
+
+HTTP/1.0 and 1.1, POST ``/RPC2`` or ``/`` (management.md 1.4, 7).
+Hardening: a request size cap (HTTP 413 before reading the body), a socket
+timeout per connection (accept() does not pass the listener's timeout on,
+platform.md), a cap on concurrent connections, defusedxml parsing (api.py),
+no dotted-name dispatch.  A unix socket that still accepts connections is
+never unlinked (design.md 9).  Beside xend, methods this server does not
+serve are forwarded to the upstream xend byte for byte, with no timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import urlsplit
+
+from ..xm_commands.httpu import UnixHTTPConnection
+from .api import ERROR_INTERNAL, VnetAPI, fault_reply
+from .caller import Caller, peer_of
+
+log = logging.getLogger("xend-vnet")
+
+MAX_REQUEST = 1024 * 1024
+REQUEST_TIMEOUT = 30.0
+MAX_CONNECTIONS = 64
+RPC_PATHS = ("/RPC2", "/")
+
+
+class ServerError(Exception):
+    """The server cannot listen where it was asked to."""
+
+
+def socket_answers(path: str) -> bool:
+    """True if something accepts connections on the unix socket ``path``."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2.0)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def prepare_unix_path(path: str) -> None:
+    """Create the parent directory (mode 0700, as xend) and remove a stale socket."""
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ServerError(f"{path} exists and is not a socket; not touching it")
+    if socket_answers(path):
+        raise ServerError(f"{path} already accepts connections (is another xend or "
+                          "xend-vnet running?); not taking it over")
+    os.unlink(path)
+
+
+def upstream_connection(uri: str) -> http.client.HTTPConnection:
+    """A connection to the upstream xend, with no timeout (xm create, migrations)."""
+    parts = urlsplit(uri)
+    if parts.scheme == "httpu":
+        return UnixHTTPConnection(parts.path, timeout=None)
+    if parts.scheme == "http":
+        return http.client.HTTPConnection(parts.hostname or "localhost", parts.port or 8006,
+                                          timeout=None)
+    raise ServerError(f"unsupported upstream {uri!r}: use httpu:///PATH or http://HOST:PORT")
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # A request line without a version gets a real status line, not HTTP/0.9.
+    default_request_version = "HTTP/1.0"
+    server_version = "xend-vnet"
+    timeout = REQUEST_TIMEOUT
+
+    def do_POST(self) -> None:
+        if self.path not in RPC_PATHS:
+            self._plain(404, f"no XML-RPC endpoint at {self.path}; use /RPC2")
+            return
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._plain(411, "chunked requests are not accepted; send a Content-Length")
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self._plain(411, "Content-Length required")
+            return
+        try:
+            length = int(length_text)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._plain(400, f"invalid Content-Length {length_text!r}")
+            return
+        if self._too_large(length):
+            return
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            return
+        reply = self.server.api.dispatch(self.server.caller_of(self.request), body)
+        if reply is None:
+            self._forward(body)
+            return
+        self._send(200, "text/xml", reply)
+
+    def handle_expect_100(self) -> bool:
+        # Refuse an oversized body before inviting the client to send it.
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and self._too_large(int(length)):
+            return False
+        return super().handle_expect_100()
+
+    def _too_large(self, length: int) -> bool:
+        if length <= self.server.max_request:
+            return False
+        log.warning("refused a %d-byte request (limit %d)", length, self.server.max_request)
+        self._plain(413, f"request of {length} bytes is larger than the limit of "
+                    f"{self.server.max_request} bytes")
+        return True
+
+    def _forward(self, body: bytes) -> None:
+        conn = upstream_connection(self.server.upstream)
+        try:
+            conn.request("POST", self.path, body, {"Content-Type": "text/xml"})
+            response = conn.getresponse()
+            data = response.read()
+        except OSError as e:
+            log.error("upstream xend %s: %s", self.server.upstream, e)
+            self._send(200, "text/xml", fault_reply(
+                ERROR_INTERNAL, f"upstream xend {self.server.upstream} is not reachable: {e}"))
+            return
+        finally:
+            conn.close()
+        self._send(response.status, response.getheader("Content-Type", "text/xml"), data)
+
+    def _plain(self, code: int, message: str) -> None:
+        self.close_connection = True
+        self._send(code, "text/plain; charset=utf-8", (message + "\n").encode("utf-8"))
+
+    def _send(self, code: int, content_type: str, data: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def address_string(self) -> str:
+        # AF_UNIX peers have no address; client_address is ''.
+        return str(self.client_address[0]) if self.client_address else "unix"
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Serving(socketserver.ThreadingMixIn):
+    """Threads per connection, at most MAX_CONNECTIONS at once."""
+
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def setup_serving(self, api: VnetAPI, upstream: str | None, max_request: int) -> None:
+        self.api = api
+        self.upstream = upstream
+        self.max_request = max_request
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class UnixXMLRPCServer(_Serving, socketserver.UnixStreamServer):
+    def caller_of(self, sock: socket.socket) -> Caller:
+        return peer_of(sock)
+
+
+class TCPXMLRPCServer(_Serving, socketserver.TCPServer):
+    allow_reuse_address = True
+
+    def caller_of(self, sock: socket.socket) -> Caller:
+        return Caller("tcp")
+
+
+class XMLRPCServers:
+    """The listening sockets of one xend-vnet, each served by its own thread."""
+
+    def __init__(self, api: VnetAPI, unix_path: str | None, tcp: tuple[str, int] | None,
+                 upstream: str | None = None, max_request: int = MAX_REQUEST):
+        self.unix_path = unix_path
+        self.servers: list[socketserver.BaseServer] = []
+        self.threads: list[threading.Thread] = []
+        try:
+            if unix_path:
+                prepare_unix_path(unix_path)
+                try:
+                    server = UnixXMLRPCServer(unix_path, RequestHandler)
+                except OSError as e:
+                    raise ServerError(f"cannot listen on {unix_path}: {e.strerror}") from None
+                server.setup_serving(api, upstream, max_request)
+                self.servers.append(server)
+            if tcp:
+                try:
+                    server = TCPXMLRPCServer(tcp, RequestHandler)
+                except OSError as e:
+                    raise ServerError(f"cannot listen on {tcp[0]}:{tcp[1]}: "
+                                      f"{e.strerror}") from None
+                server.setup_serving(api, upstream, max_request)
+                self.servers.append(server)
+        except BaseException:
+            self.close()
+            raise
+        if not self.servers:
+            raise ServerError("nothing to listen on: no unix socket and no TCP server configured")
+
+    def start(self) -> None:
+        for server in self.servers:
+            t = threading.Thread(target=server.serve_forever, args=(0.1,), name="xmlrpc",
+                                 daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def close(self) -> None:
+        for server in self.servers:
+            if self.threads:
+                server.shutdown()
+            server.server_close()
+        for t in self.threads:
+            t.join(timeout=5)
+        if self.unix_path and self.servers:
+            try:
+                if stat.S_ISSOCK(os.lstat(self.unix_path).st_mode):
+                    os.unlink(self.unix_path)
+            except OSError:
+                pass
+        self.servers = []
+        self.threads = []
