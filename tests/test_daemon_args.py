@@ -1,0 +1,43 @@
+"""vnetd's command line (no root): defaults, legacy aliases, $VNETD_SOCKET, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from xend_vnet.kernel_shim import daemon
+
+
+def test_defaults(monkeypatch):
+    monkeypatch.delenv("VNETD_SOCKET", raising=False)
+    o = daemon.parse_args([])
+    assert (o.control, o.pid_file) == ("/var/run/vnetd.sock", "/var/run/vnetd.sock.pid")
+    assert (o.port, o.mcaddr, o.mcast_ttl, o.mtu, o.varp_ttl) == (1798, "224.10.0.1", 1,
+                                                                  1500, 60.0)
+    assert not o.no_default_vnets and not o.daemon and not o.allow_foreign_netns
+
+
+def test_environment_and_legacy_aliases(monkeypatch):
+    monkeypatch.setenv("VNETD_SOCKET", "/run/x/e.sock")
+    o = daemon.parse_args(["-a", "224.10.0.3", "--varp_device", "xen-br0", "-V"])
+    assert o.control == "/run/x/e.sock" and o.pid_file == "/run/x/e.sock.pid"
+    assert (o.mcaddr, o.device, o.verbose) == ("224.10.0.3", "xen-br0", True)
+    assert daemon.parse_args(["--varp_mcaddr", "224.10.0.4"]).mcaddr == "224.10.0.4"
+    assert daemon.parse_args(["--control", "/c", "--pid-file", "/p"]).pid_file == "/p"
+
+
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--address", "1.2.3"],
+                                  ["--mcaddr", "x"], ["--mcaddr", "192.0.2.1"],
+                                  ["--mtu", "67"], ["--varp-ttl", "0"],
+                                  ["--log-level", "loud"], ["--bogus"]])
+def test_refused(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        daemon.parse_args(argv)
+    assert e.value.code == 2
+    assert "vnetd" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        daemon.parse_args(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("vnetd 1.0 (xend-vnet ")

@@ -1,0 +1,667 @@
+"""vnetd: the tunnel engine daemon (wire.md 9.1, design.md 4-6).
+
+Owns every file descriptor of the engine (TAPs, the UDP socket, the
+control socket) and runs one ``selectors`` event loop that moves bytes
+between them and the sans-IO ``EngineCore``.  It also implements the
+``EngineHost`` that control commands act on, and the daemon's life: one
+engine per network namespace, pid file, startup file (``-f``) with
+reconciliation on SIGHUP, clean shutdown on SIGTERM that keeps the
+persistent TAPs on their bridges for the next start (design.md 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import time
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .. import __version__, sxp
+from ..engine_client import error_of
+from ..vnet_id import VnetId, VnetIdError
+from . import commands
+from .codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
+from .commands import CommandError
+from .control_server import ControlServer, ControlSocketError
+from .core import CoreOptions, DeliverFrame, EngineCore, SendUdp
+from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
+from .udp import EngineSocket
+
+log = logging.getLogger("vnetd")
+
+VERSION_TEXT = f"vnetd 1.0 (xend-vnet {__version__})"
+DEFAULT_CONTROL = "/var/run/vnetd.sock"
+LOCK_NAME = b"\0xend-vnet-vnetd"   # abstract: scoped to the network namespace
+DEFAULT_VNETS = (2, 3, 4)          # wire.md 1.3, design.md 4
+FILE_COMMANDS = ("vnet.add", "peer.add", "varp.mcaddr")  # wire.md 8.3
+BATCH = 64                 # datagrams or frames drained per wakeup
+ADDRESS_REFRESH = 5.0      # seconds between looks at the host's addresses
+JOIN_RETRY = 1.0           # while the group is not joined (design.md 5)
+DROP_LOG_INTERVAL = 1.0    # drop reasons are logged at most this often
+DETACH_TIMEOUT = 30.0      # --daemon: how long the caller waits for the engine
+
+
+class StartupError(Exception):
+    """vnetd cannot start; the message is for the operator."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="vnetd", description="The xend-vnet tunnel engine (user-space vnet_module).")
+    p.add_argument("--control", metavar="PATH",
+                   default=os.environ.get("VNETD_SOCKET") or DEFAULT_CONTROL,
+                   help="control socket (default $VNETD_SOCKET or %(default)s)")
+    p.add_argument("--port", type=int, default=VARP_PORT, help="UDP port (default 1798)")
+    p.add_argument("-a", "--mcaddr", "--varp_mcaddr", dest="mcaddr", default=VARP_MCADDR,
+                   help="VARP multicast group (default 224.10.0.1)")
+    p.add_argument("--mcast-ttl", type=int, default=1, help="multicast TTL (default 1)")
+    p.add_argument("--mtu", type=int, default=DEFAULT_MTU,
+                   help="MTU of the vnet TAPs (default 1500; guests do best with 1436, "
+                        "or the legacy advice 1400, to avoid fragmented outer packets)")
+    p.add_argument("--no-default-vnets", action="store_true",
+                   help="do not create vnets 2, 3 and 4 at start")
+    p.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
+                   help="VARP cache and vif entry lifetime (default 60)")
+    p.add_argument("--address", help="care-of address to announce (default: from the host)")
+    p.add_argument("--device", "--varp_device", dest="device",
+                   help="interface whose address the engine uses and joins the group on")
+    p.add_argument("-f", "--file", help="startup file: vnet.add, peer.add, varp.mcaddr forms")
+    p.add_argument("--pid-file", help="pid file (default <control>.pid)")
+    p.add_argument("--daemon", action="store_true",
+                   help="detach; return once the control socket answers")
+    p.add_argument("--log-file", help="log here (default stderr; /dev/null with --daemon)")
+    p.add_argument("-V", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-level", default=None,
+                   choices=["debug", "info", "warning", "error"], help="log level")
+    p.add_argument("--allow-foreign-netns", action="store_true",
+                   help="accept control callers from other network namespaces")
+    p.add_argument("-v", "--version", action="version", version=VERSION_TEXT)
+    opts = p.parse_args(argv)
+    if not 0 < opts.port < 65536:
+        p.error(f"invalid --port {opts.port}: expected 1 to 65535")
+    if not 0 <= opts.mcast_ttl <= 255:
+        p.error(f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255")
+    if not 68 <= opts.mtu <= 65521:
+        p.error(f"invalid --mtu {opts.mtu}: expected 68 to 65521")
+    if not opts.varp_ttl > 0:
+        p.error(f"invalid --varp-ttl {opts.varp_ttl}: expected a positive number of seconds")
+    for name in ("mcaddr", "address"):
+        value = getattr(opts, name)
+        if value is not None:
+            try:
+                setattr(opts, name, parse_ipv4(value))
+            except ValueError:
+                p.error(f"invalid --{name} {value!r}: expected a dotted-quad IPv4 address")
+    if not is_multicast(opts.mcaddr):
+        p.error(f"invalid --mcaddr {opts.mcaddr}: expected a multicast address "
+                "(224.0.0.0 to 239.255.255.255)")
+    if opts.pid_file is None:
+        opts.pid_file = opts.control + ".pid"
+    return opts
+
+
+def take_netns_lock() -> socket.socket:
+    """One engine per network namespace (design.md 5): hold an abstract socket name."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.bind(LOCK_NAME)
+    except OSError as e:
+        s.close()
+        if e.errno != errno.EADDRINUSE:
+            raise StartupError(f"cannot take the engine lock: {e.strerror}") from None
+        raise StartupError("another vnetd is already running in this network namespace"
+                           + _lock_holder()) from None
+    s.listen(1)  # lets a refused second vnetd name the holder through SO_PEERCRED
+    return s
+
+
+def _lock_holder() -> str:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(LOCK_NAME)
+        pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        return f" (pid {pid})"
+    except OSError:
+        return ""
+    finally:
+        probe.close()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Vnetd:
+    """The engine: event loop, adapters, and the EngineHost of commands.py."""
+
+    def __init__(self, opts: argparse.Namespace):
+        self.opts = opts
+        self.core = EngineCore(CoreOptions(mcaddr=opts.mcaddr, port=opts.port,
+                                           varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl))
+        self.selector = selectors.DefaultSelector()
+        self.taps: dict[VnetId, TapDevice] = {}
+        self.udp: EngineSocket | None = None
+        self.control: ControlServer | None = None
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.io_dropped: dict[str, int] = {}
+        self.file_vnets: set[VnetId] = set()
+        self.file_peers: set[str] = set()
+        self._stopping = False
+        self._signal_r = -1
+        self._next_refresh = 0.0
+        self._next_drop_log = 0.0
+        self._next_error_log = 0.0
+        self._drop_snapshot: dict[str, int] = {}
+        self._device_index = 0
+        self.device = opts.device or ""   # shown as (device ...) by varp.list
+        self.max_frame = opts.mtu + ETH_HEADER_LEN + 4   # room for one 802.1Q tag
+
+    def now(self) -> float:
+        """The clock the core is driven with."""
+        return time.monotonic()
+
+    # -- EngineHost ----------------------------------------------------------
+
+    def create_vnet(self, vid: VnetId, ifname: str, security: str,
+                    key_file: str | None) -> None:
+        """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
+        try:
+            tap = open_tap(ifname, self.opts.mtu)
+        except TapError as e:
+            raise CommandError(e.errno, e.message) from None
+        try:
+            self.core.add_vnet(vid, ifname, security)
+        except BaseException:
+            tap.close()
+            raise
+        self.taps[vid] = tap
+        self.selector.register(tap.fd, selectors.EVENT_READ,
+                               lambda mask, now, vid=vid, tap=tap: self._on_tap(vid, tap, now))
+        log.info("vnet %s up on %s", vid.canonical, ifname)
+
+    def delete_vnet(self, vid: VnetId) -> None:
+        """Remove the vnet from the core and delete its TAP (design.md 5)."""
+        self.core.remove_vnet(vid)
+        tap = self.taps.pop(vid, None)
+        if tap is None:
+            return
+        self.selector.unregister(tap.fd)
+        try:
+            delete_tap(tap)
+        except TapError as e:
+            raise CommandError(e.errno, e.message) from None
+        log.info("vnet %s deleted with %s", vid.canonical, tap.ifname)
+
+    def set_mcaddr(self, addr: str, ttl: int | None) -> None:
+        """Move to another VARP group (varp.mcaddr, wire.md 3.1)."""
+        try:
+            joined = self.udp.set_group(addr, ttl)
+        except OSError as e:
+            raise CommandError(errno.EINVAL, f"invalid multicast group {addr!r}: {e}") from None
+        self.core.set_mcaddr(addr)
+        if joined:
+            log.info("joined VARP group %s", addr)
+        else:
+            log.warning("cannot join VARP group %s yet (%s); retrying", addr, self.udp.join_error)
+
+    def status(self) -> list:
+        """Children of the (engine.status) reply (design.md 6)."""
+        now = time.monotonic()
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started_wall))
+        udp = self.udp
+        return [
+            ["pid", str(os.getpid())],
+            ["version", VERSION_TEXT],
+            ["started", started],
+            ["uptime", str(int(now - self.started))],
+            ["group-joined", "yes" if udp.joined else "no"],
+            ["mcaddr", udp.mcaddr],
+            ["port", str(udp.port)],
+            ["address", self.core.self_address or ""],
+            ["vnets", str(len(self.core.vnets()))],
+            ["peers", str(len(self.core.peers))],
+            ["control", self.opts.control],
+            ["mtu", str(self.opts.mtu)],
+            ["mcast-ttl", str(udp.mcast_ttl)],
+            ["varp-ttl", f"{self.opts.varp_ttl:g}"],
+            ["rcvbuf", str(udp.rcvbuf)],
+            ["sndbuf", str(udp.sndbuf)],
+            ["io-dropped"] + [[k, str(v)] for k, v in sorted(self.io_dropped.items())],
+        ]
+
+    # -- start and stop ----------------------------------------------------------
+
+    def start(self) -> None:
+        opts = self.opts
+        self._setup_signals()   # a signal during startup waits for the loop
+        self._refresh_addresses()
+        try:
+            self.udp = EngineSocket(opts.port, opts.mcaddr, opts.mcast_ttl, self._device_index)
+        except OSError as e:
+            raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
+        self.selector.register(self.udp.sock, selectors.EVENT_READ, self._on_udp)
+        if self.udp.try_join():
+            log.info("joined VARP group %s", opts.mcaddr)
+        else:
+            log.warning("cannot join VARP group %s yet (%s); retrying",
+                        opts.mcaddr, self.udp.join_error)
+        self.control = ControlServer(opts.control, self.handle_request, self.selector,
+                                     opts.allow_foreign_netns)
+        try:
+            self.control.listen()
+        except (ControlSocketError, OSError) as e:
+            raise StartupError(str(e)) from None
+        if not opts.no_default_vnets:
+            for n in DEFAULT_VNETS:
+                self._command(["vnet.add", ["id", f"{n:x}"]], f"default vnet {n}")
+        if opts.file:
+            self.load_file(initial=True)
+        _write_pid_file(opts.pid_file)
+        log.info("%s started: port %d, group %s, address %s, control %s", VERSION_TEXT,
+                 opts.port, opts.mcaddr, self.core.self_address, opts.control)
+
+    def shutdown(self) -> None:
+        """Close every socket and detach the TAPs; the devices stay (design.md 5)."""
+        if self.control is not None:
+            self.control.close()
+        if self.udp is not None:
+            self.udp.close()
+        for tap in self.taps.values():
+            tap.close()
+        self.taps.clear()
+        _remove_pid_file(self.opts.pid_file)
+        log.info("vnetd stopped")
+
+    def _setup_signals(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_r = r
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _ignore_signal)  # the wakeup fd carries the number
+        self.selector.register(r, selectors.EVENT_READ, self._on_signal)
+
+    def _on_signal(self, _mask: int, _now: float) -> None:
+        try:
+            data = os.read(self._signal_r, 64)
+        except BlockingIOError:
+            return
+        for sig in data:
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("signal %s: shutting down", signal.Signals(sig).name)
+                self._stopping = True
+            elif sig == signal.SIGHUP:
+                if self.opts.file:
+                    log.info("SIGHUP: re-reading %s", self.opts.file)
+                    self.load_file(initial=False)
+                else:
+                    log.info("SIGHUP: no startup file (-f) to re-read")
+
+    # -- control -----------------------------------------------------------------
+
+    def handle_request(self, text: str) -> str:
+        return commands.execute(self, text)
+
+    def _command(self, form: list, what: str) -> bool:
+        """Run one command as if from the control socket; log a failure."""
+        reply = commands.execute(self, sxp.to_string(form))
+        try:
+            forms = sxp.parse_all(reply)
+        except sxp.ParseError:
+            forms = []
+        for f in forms:
+            err = error_of(f)
+            if err is not None:
+                log.error("%s: %s failed: %s", what, sxp.to_string(form), err.message)
+                return False
+        return True
+
+    def load_file(self, initial: bool) -> None:
+        """Apply the -f file; on reload add what is new, remove what it no longer lists."""
+        path = self.opts.file
+        try:
+            with open(path, encoding="utf-8") as f:
+                forms = sxp.parse_all(f.read())
+        except (OSError, UnicodeDecodeError, sxp.ParseError) as e:
+            if initial:
+                raise StartupError(f"cannot read {path}: {e}") from None
+            log.error("cannot read %s: %s; nothing changed", path, e)
+            return
+        listed_vnets: set[VnetId] = set()
+        listed_peers: set[str] = set()
+        for form in forms:
+            name = form[0] if isinstance(form, list) and form else None
+            if name not in FILE_COMMANDS:
+                log.error("%s: %s ignored: only %s are accepted here", path,
+                          sxp.to_string(form), ", ".join(FILE_COMMANDS))
+                continue
+            if name == "varp.mcaddr":
+                self._command(form, path)
+            elif name == "vnet.add":
+                try:
+                    vid = VnetId.parse(str(sxp.child_value(form, "id", "")))
+                except VnetIdError as e:
+                    log.error("%s: %s ignored: %s", path, sxp.to_string(form), e)
+                    continue
+                listed_vnets.add(vid)
+                if not self.core.has_vnet(vid) and self._command(form, path):
+                    self.file_vnets.add(vid)
+            else:
+                try:
+                    addr = parse_ipv4(str(sxp.child_value(form, "addr", "")))
+                except ValueError as e:
+                    log.error("%s: %s ignored: %s", path, sxp.to_string(form), e)
+                    continue
+                known = self.core.peers.get(addr) is not None
+                if self._command(form, path):
+                    listed_peers.add(addr)
+                    if not known:
+                        self.file_peers.add(addr)
+        for vid in sorted(self.file_vnets - listed_vnets):
+            self.file_vnets.discard(vid)
+            if self.core.has_vnet(vid):
+                self._command(["vnet.del", ["id", vid.canonical]], path)
+        for addr in sorted(self.file_peers - listed_peers):
+            self.file_peers.discard(addr)
+            self._command(["peer.del", ["addr", addr]], path)
+
+    # -- event loop ----------------------------------------------------------------
+
+    def run(self) -> None:
+        select = self.selector.select
+        control = self.control
+        while not self._stopping:
+            now = time.monotonic()
+            deadline = self._next_refresh
+            timer = self.core.next_timer()
+            if timer is not None and timer < deadline:
+                deadline = timer
+            conn_deadline = control.next_deadline()
+            if conn_deadline is not None and conn_deadline < deadline:
+                deadline = conn_deadline
+            events = select(max(0.0, deadline - now))
+            now = time.monotonic()
+            for key, mask in events:
+                key.data(mask, now)
+            timer = self.core.next_timer()
+            if timer is not None and timer <= now:
+                self._perform(self.core.handle_timer(now))
+            conn_deadline = control.next_deadline()
+            if conn_deadline is not None and conn_deadline <= now:
+                control.expire(now)
+            if now >= self._next_refresh:
+                self._refresh(now)
+
+    def _on_udp(self, _mask: int, now: float) -> None:
+        receive = self.core.receive_udp
+        perform = self._perform
+        for payload, src, dst in self.udp.recv_batch(BATCH):
+            try:
+                actions = receive(payload, src, dst, now)
+            except Exception:  # noqa: BLE001 -- one bad datagram must not stop the engine
+                self._engine_error("datagram from " + src)
+                continue
+            if actions:
+                perform(actions)
+
+    def _on_tap(self, vid: VnetId, tap: TapDevice, now: float) -> None:
+        receive = self.core.receive_tap
+        perform = self._perform
+        for frame in tap.read_batch(BATCH):
+            try:
+                actions = receive(vid, frame, now)
+            except Exception:  # noqa: BLE001 -- one bad frame must not stop the engine
+                self._engine_error("frame from " + tap.ifname)
+                continue
+            if actions:
+                perform(actions)
+
+    def _perform(self, actions: list) -> None:
+        sendto = self.udp.sock.sendto
+        port = self.udp.port
+        max_frame = self.max_frame
+        for action in actions:
+            if action.__class__ is SendUdp:
+                try:
+                    sendto(action.payload, (action.dst_ip, port))
+                except OSError as e:
+                    self._io_drop("udp_send_" + errno.errorcode.get(e.errno, "error").lower())
+            elif action.__class__ is DeliverFrame:
+                if len(action.frame) > max_frame:
+                    self._io_drop("frame_too_big")   # larger than the vnet's MTU allows
+                    continue
+                tap = self.taps.get(action.vid)
+                if tap is None:
+                    self._io_drop("tap_missing")
+                    continue
+                try:
+                    os.write(tap.fd, action.frame)
+                except OSError as e:
+                    self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
+            else:
+                log.error("unknown engine action %r", action)
+
+    def _io_drop(self, reason: str) -> None:
+        self.io_dropped[reason] = self.io_dropped.get(reason, 0) + 1
+
+    def _engine_error(self, what: str) -> None:
+        """Count a core failure; log the first of each second with its traceback."""
+        self._io_drop("engine_error")
+        now = time.monotonic()
+        if now >= self._next_error_log:
+            self._next_error_log = now + DROP_LOG_INTERVAL
+            log.exception("engine error on a %s (dropped)", what)
+
+    # -- periodic work -------------------------------------------------------------
+
+    def _refresh(self, now: float) -> None:
+        self._refresh_addresses()
+        udp = self.udp
+        if udp.joined and not udp.check_membership():
+            log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)
+        if not udp.joined:
+            udp.ifindex = self._device_index
+            if udp.try_join():
+                log.info("joined VARP group %s", udp.mcaddr)
+            self._next_refresh = now + (ADDRESS_REFRESH if udp.joined else JOIN_RETRY)
+        else:
+            self._next_refresh = now + ADDRESS_REFRESH
+        if log.isEnabledFor(logging.DEBUG) and now >= self._next_drop_log:
+            self._log_drops()
+            self._next_drop_log = now + DROP_LOG_INTERVAL
+            self._next_refresh = min(self._next_refresh, self._next_drop_log)
+
+    def _refresh_addresses(self) -> None:
+        """Own addresses (own packets are ignored) and the care-of address (wire.md 3.4).
+
+        The care-of address is ``--address``, else the first address of
+        ``--device``, else of the interface the group is routed on.
+        """
+        opts = self.opts
+        mcaddr = self.udp.mcaddr if self.udp is not None else opts.mcaddr
+        try:
+            with IPRoute() as ipr:
+                addrs = [(a["index"], a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"))
+                         for a in ipr.get_addr(family=socket.AF_INET)]
+                if opts.device:
+                    found = ipr.link_lookup(ifname=opts.device)
+                    index = found[0] if found else 0
+                else:
+                    try:
+                        index = ipr.route("get", dst=mcaddr)[0].get_attr("RTA_OIF") or 0
+                    except NetlinkError:
+                        index = 0  # no route to the group yet
+                links = ipr.link("get", index=index) if index else []
+        except (OSError, NetlinkError) as e:
+            log.warning("cannot read the host's addresses: %s", e)
+            return
+        if opts.device:
+            self._device_index = index
+        else:
+            self.device = links[0].get_attr("IFLA_IFNAME") if links else ""
+        self.core.own_addresses = {a for _, a in addrs if a}
+        if opts.address:
+            address = opts.address
+        else:
+            preferred = [a for i, a in addrs if i == index and a]
+            others = [a for _, a in addrs if a and not a.startswith("127.")]
+            address = (preferred or others or [None])[0]
+        if address != self.core.self_address:
+            log.info("care-of address %s", address or "(none yet)")
+            self.core.self_address = address
+
+    def _log_drops(self) -> None:
+        """One debug line per drop reason that grew since the last look (rate-limited)."""
+        counters = self.core.counters
+        current: dict[str, int] = {}
+        for reason, n in counters.rx_dropped.items():
+            current["rx " + reason] = n
+        for reason, n in counters.tap_dropped.items():
+            current["tap " + reason] = n
+        for v in self.core.vnets():
+            for reason, n in v.counters.dropped.items():
+                current[f"vnet {v.vid.canonical} {reason}"] = n
+        for reason, n in self.io_dropped.items():
+            current["io " + reason] = n
+        for key, n in current.items():
+            delta = n - self._drop_snapshot.get(key, 0)
+            if delta:
+                where, _, reason = key.rpartition(" ")
+                log.debug("dropped where=%s reason=%s count=%d", where, reason, delta)
+        self._drop_snapshot = current
+
+
+def _ignore_signal(_signum, _frame) -> None:
+    """Python-level handler so the signal only wakes the loop through the wakeup fd."""
+
+
+def _write_pid_file(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(tmp, path)
+
+
+def _remove_pid_file(path: str) -> None:
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _setup_logging(opts: argparse.Namespace) -> None:
+    level = logging.DEBUG if opts.verbose else logging.INFO
+    if opts.log_level:
+        level = getattr(logging, opts.log_level.upper())
+    if opts.log_file:
+        handler: logging.Handler = logging.FileHandler(opts.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s vnetd[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # -V is about the engine: libraries (pyroute2's netlink traces) stay quiet.
+    root.setLevel(logging.WARNING)
+    log.setLevel(level)
+
+
+def _detach(opts: argparse.Namespace) -> int:
+    """Double fork and setsid; the first process waits for the engine's verdict.
+
+    Returns, in the daemon, the fd to report readiness on.
+    """
+    r, w = os.pipe()
+    if os.fork() > 0:
+        os.close(w)
+        chunks = []
+        ended = False
+        deadline = time.monotonic() + DETACH_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(r, selectors.EVENT_READ)
+            while not ended and sel.select(max(0.0, deadline - time.monotonic())):
+                data = os.read(r, 4096)
+                chunks.append(data)
+                ended = not data
+        verdict = b"".join(chunks).decode("utf-8", "replace")
+        if verdict.startswith("ok"):
+            os._exit(0)
+        where = opts.log_file or "its log (--log-file)"
+        if not verdict:
+            verdict = ("vnetd: the engine died while starting" if ended else
+                       f"vnetd: the engine did not report ready within {DETACH_TIMEOUT:g} s")
+            verdict += f"; see {where}\n"
+        sys.stderr.write(verdict)
+        os._exit(1)
+    os.close(r)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    if opts.log_file:
+        out = os.open(opts.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+    else:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+    os.close(null)
+    return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    opts.control = os.path.abspath(opts.control)
+    opts.pid_file = os.path.abspath(opts.pid_file)
+    if opts.file:
+        opts.file = os.path.abspath(opts.file)
+    ready = _detach(opts) if opts.daemon else -1
+    _setup_logging(opts)
+    engine = None
+    try:
+        lock = take_netns_lock()
+        raise_fd_limit()
+        engine = Vnetd(opts)
+        engine.start()
+    except StartupError as e:
+        if opts.log_file:
+            log.error("%s", e)
+        if ready >= 0:
+            os.write(ready, f"vnetd: {e}\n".encode())
+        else:
+            sys.stderr.write(f"vnetd: {e}\n")
+        if engine is not None:
+            engine.shutdown()
+        return 1
+    if ready >= 0:
+        os.write(ready, b"ok\n")
+        os.close(ready)
+    try:
+        engine.run()
+    finally:
+        engine.shutdown()
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

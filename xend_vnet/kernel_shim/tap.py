@@ -1,0 +1,142 @@
+"""TAP devices of the engine: one persistent TAP per vnet (wire.md 9.1, design.md 4-5).
+
+A vnet's device is created with pyroute2 when its name is free, then
+attached through /dev/net/tun as a single-queue TAP without packet
+information, marked persistent so it survives the engine (and stays on its
+bridge), and configured (MTU, up) with pyroute2.  When the vnet is added
+again the existing TAP is reattached by name.  A name held by a device that
+is not a TAP is refused before anything is opened; a TAP already attached
+by another vnet (or process) answers EBUSY, which is refused too.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+TUN_DEVICE = "/dev/net/tun"
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFLA_TUN_TYPE_TAP = 2
+DEFAULT_MTU = 1500
+MAX_FRAME = 65536
+
+
+class TapError(Exception):
+    """A TAP device could not be created, attached or removed."""
+
+    def __init__(self, errno_: int, message: str):
+        self.errno = errno_
+        self.message = message
+        super().__init__(message)
+
+
+def _link_kind(ipr: IPRoute, ifname: str) -> str | None:
+    """None when no device has that name, "tap" for a TAP, else the device kind."""
+    try:
+        links = ipr.link("get", ifname=ifname)
+    except NetlinkError as e:
+        if e.code == errno.ENODEV:
+            return None
+        raise
+    info = links[0].get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind == "tun":
+        data = info.get_attr("IFLA_INFO_DATA")
+        if data is not None and data.get_attr("IFLA_TUN_TYPE") == IFLA_TUN_TYPE_TAP:
+            return "tap"
+        return "tun"
+    return kind or "device"
+
+
+class TapDevice:
+    """An attached TAP: a non-blocking fd that reads and writes whole frames."""
+
+    def __init__(self, ifname: str, fd: int, index: int):
+        self.ifname = ifname
+        self.fd = fd
+        self.index = index
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def read_batch(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` frames waiting on the device (none when it is drained)."""
+        frames = []
+        read = os.read
+        fd = self.fd
+        try:
+            for _ in range(limit):
+                frames.append(read(fd, MAX_FRAME))
+        except BlockingIOError:
+            pass
+        return frames
+
+    def write(self, frame: bytes) -> None:
+        """Inject one frame as received on the device (wire.md 4.4 step 6)."""
+        os.write(self.fd, frame)
+
+    def close(self) -> None:
+        """Detach; the persistent device stays (design.md 5)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
+    """Create or reattach the persistent TAP ``ifname``, set its MTU and bring it up."""
+    with IPRoute() as ipr:
+        try:
+            kind = _link_kind(ipr, ifname)
+            if kind is None:
+                ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
+            elif kind != "tap":
+                # design.md 4: never take over a name another device holds.
+                raise TapError(errno.EEXIST,
+                               f"interface {ifname} exists and is a {kind}, not a TAP device")
+        except NetlinkError as e:
+            raise TapError(e.code, f"cannot create TAP {ifname}: {os.strerror(e.code)}") from None
+        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.ioctl(fd, TUNSETIFF,
+                            struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+            except OSError as e:
+                if e.errno == errno.EBUSY:
+                    raise TapError(errno.EBUSY,
+                                   f"TAP {ifname} is already attached by another vnet "
+                                   "or process") from None
+                raise TapError(e.errno, f"cannot attach TAP {ifname}: {e.strerror}") from None
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            index = ipr.link_lookup(ifname=ifname)[0]
+            ipr.link("set", index=index, mtu=mtu, state="up")
+        except NetlinkError as e:
+            os.close(fd)
+            raise TapError(e.code, f"cannot configure TAP {ifname}: {os.strerror(e.code)}") \
+                from None
+        except BaseException:
+            os.close(fd)
+            raise
+    return TapDevice(ifname, fd, index)
+
+
+def delete_tap(tap: TapDevice) -> None:
+    """Remove the device for good (vnet.del, vn rmmod --purge)."""
+    if tap.fd >= 0:
+        fcntl.ioctl(tap.fd, TUNSETPERSIST, 0)
+        tap.close()
+    with IPRoute() as ipr:
+        try:
+            for index in ipr.link_lookup(ifname=tap.ifname):
+                ipr.link("del", index=index)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise TapError(e.code,
+                               f"cannot delete TAP {tap.ifname}: {os.strerror(e.code)}") from None
