@@ -1,0 +1,88 @@
+"""Peer forwarding helpers, sans-IO: the duplicate window and the re-multicast packet (wire.md 7).
+
+Legacy vnet's only loop avoidance is not sending a packet back to the peer
+named as its inner source, so two forwarders on one subnet, or a ring of
+peers, relay each multicast forever.  ``DuplicateWindow`` remembers, for a
+short time, which (original sender, UDP payload) pairs were already
+handled; a second copy arriving by another path within the window is
+dropped.  The key ignores everything a hop rewrites (the inner IPv4 and UDP
+headers: TTL, id, lengths, checksums, destination group), so a copy relayed
+by a legacy host matches the original.
+
+``remulticast_packet`` builds the packet a VFWD receiver sends onto its own
+link: the legacy relay leaves the inner header zeroed (version, IHL,
+lengths, TTL, checksum), and Linux refuses an IPPROTO_RAW send with IHL 0,
+so the header is rebuilt with the original source kept.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import OrderedDict
+from hashlib import blake2b
+
+DUPLICATE_WINDOW = 0.5     # seconds; the issue allows at most about 500 ms
+DUPLICATE_LIMIT = 8192     # entries; bounded memory under any flood
+REMULTICAST_TTL = 1        # link-local, like legacy vnetd's multicast TTL (wire.md 3.1)
+
+_IP_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
+
+
+class DuplicateWindow:
+    """(original sender, payload digest) -> first seen, for ``window`` seconds."""
+
+    def __init__(self, window: float = DUPLICATE_WINDOW, limit: int = DUPLICATE_LIMIT):
+        self.window = window
+        self.limit = limit
+        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def seen(self, sender: str, payload: bytes, now: float) -> bool:
+        """True if this (sender, payload) was handled within the window; else remember it.
+
+        The first copy opens the window and later copies do not extend it, so a
+        payload repeated on purpose (an ARP retry a second later) still passes.
+        """
+        self._expire(now)
+        key = (sender, blake2b(payload, digest_size=16).digest())
+        if key in self._seen:
+            return True
+        if len(self._seen) >= self.limit:
+            self._seen.popitem(last=False)
+        self._seen[key] = now
+        return False
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        horizon = now - self.window
+        while seen:
+            key, first = next(iter(seen.items()))
+            if first > horizon:
+                break
+            del seen[key]
+
+
+def ipv4_checksum(header: bytes) -> int:
+    """The one's-complement sum of RFC 791 over an even-length header."""
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def remulticast_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    """A complete IPv4+UDP packet for an IP_HDRINCL socket (wire.md 7, receiver step 4).
+
+    Version 4, IHL 5, the real total length, id 0 (the kernel picks one), DF
+    clear, TTL 1, protocol 17, a valid checksum, the original ``src`` kept,
+    UDP length filled and UDP checksum 0 as legacy sends it.
+    """
+    udp_len = 8 + len(payload)
+    header = bytearray(_IP_UDP.pack(0x45, 0, 20 + udp_len, 0, 0, REMULTICAST_TTL, 17, 0,
+                                    socket.inet_aton(src), socket.inet_aton(dst),
+                                    sport, dport, udp_len, 0))
+    header[10:12] = ipv4_checksum(bytes(header[:20])).to_bytes(2, "big")
+    return bytes(header) + payload
