@@ -27,6 +27,7 @@ IFF_NO_PI = 0x1000
 IFLA_TUN_TYPE_TAP = 2
 DEFAULT_MTU = 1500
 MAX_FRAME = 65536
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class TapError(Exception):
@@ -68,7 +69,10 @@ class TapDevice:
         return self.fd
 
     def read_batch(self, limit: int) -> list[bytes]:
-        """Up to ``limit`` frames waiting on the device (none when it is drained)."""
+        """Up to ``limit`` frames waiting on the device (none when it is drained).
+
+        Raises TapError when the device is gone (deleted from outside: the
+        fd then reports EBADFD), so the engine can drop it, not die."""
         frames = []
         read = os.read
         fd = self.fd
@@ -77,6 +81,11 @@ class TapDevice:
                 frames.append(read(fd, MAX_FRAME))
         except BlockingIOError:
             pass
+        except OSError as e:
+            if frames:
+                return frames   # deliver what was read; the error shows again next time
+            raise TapError(e.errno or errno.EIO,
+                           f"TAP {self.ifname} failed: {e.strerror or e}") from None
         return frames
 
     def write(self, frame: bytes) -> None:
@@ -90,20 +99,38 @@ class TapDevice:
             self.fd = -1
 
 
+def check_tap_name(ifname: str) -> None:
+    """Refuse names the kernel would reject or treat as a template (``%d``)."""
+    if not (0 < len(ifname) <= 15) or ifname in (".", "..") or any(
+            c not in _NAME_CHARS for c in ifname):
+        raise TapError(errno.EINVAL,
+                       f"invalid interface name {ifname!r}: 1 to 15 characters from "
+                       "letters, digits, '.', '_' and '-'")
+
+
 def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
-    """Create or reattach the persistent TAP ``ifname``, set its MTU and bring it up."""
+    """Create or reattach the persistent TAP ``ifname``, set its MTU and bring it up.
+
+    A device this call created is removed again if a later step fails."""
+    check_tap_name(ifname)
     with IPRoute() as ipr:
+        created = False
         try:
             kind = _link_kind(ipr, ifname)
             if kind is None:
                 ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
+                created = True
             elif kind != "tap":
                 # design.md 4: never take over a name another device holds.
                 raise TapError(errno.EEXIST,
                                f"interface {ifname} exists and is a {kind}, not a TAP device")
         except NetlinkError as e:
             raise TapError(e.code, f"cannot create TAP {ifname}: {os.strerror(e.code)}") from None
-        fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            _undo_create(ipr, ifname, created)
+            raise TapError(e.errno, f"cannot open {TUN_DEVICE}: {e.strerror}") from None
         try:
             try:
                 fcntl.ioctl(fd, TUNSETIFF,
@@ -119,19 +146,36 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
             ipr.link("set", index=index, mtu=mtu, state="up")
         except NetlinkError as e:
             os.close(fd)
+            _undo_create(ipr, ifname, created)
             raise TapError(e.code, f"cannot configure TAP {ifname}: {os.strerror(e.code)}") \
                 from None
         except BaseException:
             os.close(fd)
+            _undo_create(ipr, ifname, created)
             raise
     return TapDevice(ifname, fd, index)
+
+
+def _undo_create(ipr: IPRoute, ifname: str, created: bool) -> None:
+    """A failed create leaves nothing behind (design.md 4)."""
+    if not created:
+        return
+    try:
+        for index in ipr.link_lookup(ifname=ifname):
+            ipr.link("del", index=index)
+    except NetlinkError:
+        pass   # already gone; the original error is the one to report
 
 
 def delete_tap(tap: TapDevice) -> None:
     """Remove the device for good (vnet.del, vn rmmod --purge)."""
     if tap.fd >= 0:
-        fcntl.ioctl(tap.fd, TUNSETPERSIST, 0)
-        tap.close()
+        try:
+            fcntl.ioctl(tap.fd, TUNSETPERSIST, 0)
+        except OSError:
+            pass   # the device is already gone: deleting by name below settles it
+        finally:
+            tap.close()
     with IPRoute() as ipr:
         try:
             for index in ipr.link_lookup(ifname=tap.ifname):
