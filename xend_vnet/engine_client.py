@@ -7,6 +7,7 @@ EngineError; a socket nobody listens on becomes EngineUnavailable.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import List, Optional
@@ -66,9 +67,12 @@ class EngineClient:
         try:
             try:
                 s.connect(self.path)
-            except (FileNotFoundError, ConnectionRefusedError) as e:
-                raise EngineUnavailable(self.path, e.strerror or str(e)) from None
             except PermissionError as e:
+                # Someone is there, but not for us: not the same as "not running".
+                raise EngineError(
+                    errno.EACCES, f"permission denied on the control socket {self.path}"
+                    " (vnetd accepts root only)") from e
+            except OSError as e:
                 raise EngineUnavailable(self.path, e.strerror or str(e)) from None
             s.sendall(text.encode("utf-8"))
             s.shutdown(socket.SHUT_WR)
@@ -84,13 +88,20 @@ class EngineClient:
                 chunks.append(data)
         except socket.timeout:
             raise EngineError(0, f"vnetd did not answer within {self.timeout:g} s") from None
+        except OSError as e:
+            # The engine went away mid-request (restart, crash): callers retry later.
+            raise EngineUnavailable(self.path, e.strerror or str(e)) from None
         finally:
             s.close()
         return b"".join(chunks).decode("utf-8", "replace")
 
     def call(self, form: sxp.Sxpr) -> List[sxp.Sxpr]:
         """Send one command form; return the reply forms or raise EngineError."""
-        reply = sxp.parse_all(self.request(sxp.to_string(form)))
+        text = self.request(sxp.to_string(form))
+        try:
+            reply = sxp.parse_all(text)
+        except sxp.ParseError as e:
+            raise EngineError(0, f"unreadable reply from vnetd: {e}") from None
         for f in reply:
             err = error_of(f)
             if err is not None:

@@ -15,7 +15,9 @@ Deviations from xend, all towards failing loudly: end of input inside a
 list is always ``unexpected EOF`` (xend silently returned nothing when the
 input ended inside a comment), a one-digit ``\\x`` escape followed by a
 non-hex character is accepted (xend crashed with NameError), and an empty
-string prints as ``''`` (xend printed nothing, which did not read back).
+string prints as ``''`` (xend printed nothing, which did not read back),
+and lists nested deeper than MAX_DEPTH are a ParseError (untrusted input
+must not exhaust the recursive printers).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _ESCAPES = {
 _HEX = "0123456789abcdefABCDEF"
 _OCT = "01234567"
 _EOT = "\x04"  # ctrl-D ends the input, as in xend
+MAX_DEPTH = 100  # deeper nesting is refused: no config or command needs it
 
 
 class ParseError(ValueError):
@@ -74,6 +77,8 @@ class _Reader:
                 end = text.find("\n", self.pos)
                 self.pos = n if end < 0 else end + 1
             elif c == "(":
+                if len(stack) >= MAX_DEPTH:
+                    raise self.error(f"nested deeper than {MAX_DEPTH} lists")
                 stack.append([])
                 self.pos += 1
             elif c == ")":
