@@ -1,10 +1,11 @@
-"""The ``xend-vnet`` command: start|stop|status|restart the server, import.
+"""The ``xend-vnet`` command: start|stop|status|restart the server, import, install.
 
 ``start`` daemonizes unless ``--foreground`` and returns once the server
 listens (or with its error).  ``stop`` and ``status`` work from another
 process through the pid file beside the socket (``<socket>.pid``), so one
 server per network namespace can run on a machine.  Status exit codes
-follow LSB: 0 running, 3 not running.
+follow LSB: 0 running, 3 not running.  Under systemd (``Type=notify``)
+the server says READY=1 once its sockets are served (sdnotify).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import xmlrpc.client
 
 import psutil
 
+from .. import install, sdnotify
 from ..engine_client import EngineClient, EngineError
 from ..store import StoreError, VnetStore
 from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
@@ -62,6 +64,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     src.add_argument("--dir", metavar="PATH", help="from a Xen 2.0 xend-db/vnet directory")
     s.add_argument("--config", metavar="FILE", help="xend config")
     s.add_argument("--state-dir", metavar="DIR", help="state directory")
+    s = sub.add_parser("install", help="install network-vnet, systemd units, sample config")
+    s.add_argument("--root", metavar="DIR", default="/",
+                   help="install under DIR instead of / (for packaging and tests)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--beside-xend", dest="beside_xend", action="store_true", default=None,
+                       help="also write the xend drop-in (default: if xend is installed)")
+    where.add_argument("--standalone", dest="beside_xend", action="store_false",
+                       help="no xend drop-in")
     return p.parse_args(argv)
 
 
@@ -190,10 +200,12 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
                  settings.deployment, settings.state_dir, settings.engine_control)
         if ready:
             ready(None)
+        sdnotify.notify("READY=1")
         loop.start()
         while not stopping.wait(1.0):
             pass
         log.info("stopping")
+        sdnotify.notify("STOPPING=1")
     finally:
         loop.stop()
         servers.close()
@@ -218,6 +230,8 @@ def daemon_start(args: argparse.Namespace, settings: ServerSettings, warnings: l
         return 1
     os.close(r)
     os.setsid()
+    # A detached server is no unit's main process: it must not claim readiness.
+    os.environ.pop(sdnotify.ENV, None)
     if os.fork():
         os._exit(0)
     os.chdir("/")
@@ -309,11 +323,22 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    try:
+        install.install(args.root, args.beside_xend)
+    except install.InstallError as e:
+        print(f"xend-vnet install: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "import":
             return cmd_import(args)
+        if args.command == "install":
+            return cmd_install(args)
         settings, warnings = settings_of(args)
     except XendConfigError as e:
         print(f"xend-vnet: {e}", file=sys.stderr)
