@@ -10,6 +10,8 @@ vnet bridge, whose other port is vnetd's TAP (10.99.0.0/24).  Then, for
   veth   the underlay itself, host to host (the baseline),
   vxlan  domain to domain through kernel VXLAN (id 42, UDP 4789),
   vnetd  domain to domain through two vnetd engines (vnet 99, UDP 1798),
+  vnetd-auth, vnetd-conf  the same through secured vnets 9a (auth) and 9b
+         (conf) of the same engines (docs/security.md), one key file each,
 
 it runs iperf3 (TCP, one stream) and ping, ``--runs`` times each, and prints
 the medians with their ratios to the baseline.  Everything it creates is
@@ -38,14 +40,18 @@ import time
 PREFIX = "xvb-"
 H1, H2, D1, D2 = (PREFIX + n for n in ("h1", "h2", "d1", "d2"))
 UNDERLAY = {H1: ("xvb-u1", "192.0.2.1"), H2: ("xvb-u2", "192.0.2.2")}
-VNET_ID = "99"
-VNET_TAP = "vnif0099"
+# id, TAP, bridge tag, domain subnet, security: one vnet per security level.
+VNETS = (("99", "vnif0099", "vn", "10.99.0", "none"),
+         ("9a", "vnif009a", "va", "10.154.0", "auth"),
+         ("9b", "vnif009b", "vc", "10.155.0", "conf"))
 VXLAN_MTU = 1450  # 1500 minus VXLAN's 50 bytes of headers
 PATHS = (
     # name, label, client namespace, server namespace, server address
     ("veth", "veth (baseline)", H1, H2, "192.0.2.2"),
     ("vxlan", "kernel VXLAN", D1, D2, "10.42.0.2"),
     ("vnetd", "vnetd (xend-vnet)", D1, D2, "10.99.0.2"),
+    ("vnetd-auth", "vnetd auth", D1, D2, "10.154.0.2"),
+    ("vnetd-conf", "vnetd conf", D1, D2, "10.155.0.2"),
 )
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,10 +110,11 @@ class Testbed:
             self._vxlan(host, dom, i)
             self._vnet(host, dom, i)
         for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
-            wait_for(f"{VNET_TAP} in {host}", lambda h=host: sh(
-                *in_ns(h, "ip", "link", "show", VNET_TAP), check=False).returncode == 0)
-            ip("-n", host, "link", "set", VNET_TAP, "master", "xvb-brvn")
-            ip("-n", host, "link", "set", f"xvb-d{i}vn", "master", "xvb-brvn")
+            for _, tap, tag, _, _ in VNETS:
+                wait_for(f"{tap} in {host}", lambda h=host, t=tap: sh(
+                    *in_ns(h, "ip", "link", "show", t), check=False).returncode == 0)
+                ip("-n", host, "link", "set", tap, "master", f"xvb-br{tag}")
+                ip("-n", host, "link", "set", f"xvb-d{i}{tag}", "master", f"xvb-br{tag}")
         for ns in (H2, D2):
             self.start([*in_ns(ns, "iperf3", "-s")], f"iperf3-{ns}")
         # Resolve ARP and let vnetd learn before anything is measured.
@@ -124,8 +131,15 @@ class Testbed:
     def _vnet(self, host: str, dom: str, i: int) -> None:
         control = os.path.join(self.workdir, f"{host}.sock")
         startup = os.path.join(self.workdir, f"{host}.conf")
+        key = os.path.join(self.workdir, "vnet.key")
+        if not os.path.exists(key):
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, os.urandom(32).hex().encode() + b"\n")
+            os.close(fd)
         with open(startup, "w") as f:
-            f.write(f"(vnet.add (id {VNET_ID}))\n")
+            for vid, _, _, _, security in VNETS:
+                extra = f" (security {security}) (key-file {key})" if security != "none" else ""
+                f.write(f"(vnet.add (id {vid}){extra})\n")
         python = [sys.executable]
         if self.profile:
             python += ["-m", "cProfile", "-o", f"{self.profile}-{host}.prof"]
@@ -135,7 +149,8 @@ class Testbed:
                            "--mtu", str(self.vnet_mtu), "--device", UNDERLAY[host][0],
                            "--log-file", os.path.join(self.workdir, f"{host}.log"))],
                    f"vnetd-{host}")
-        self._bridge_with_domain(host, dom, i, "vn", None, f"10.99.0.{i}", self.vnet_mtu)
+        for _, _, tag, subnet, _ in VNETS:
+            self._bridge_with_domain(host, dom, i, tag, None, f"{subnet}.{i}", self.vnet_mtu)
 
     def _bridge_with_domain(self, host: str, dom: str, i: int, tag: str, port: str | None,
                             addr: str, mtu: int) -> None:
@@ -247,7 +262,8 @@ def measure(bed: Testbed, runs: int, seconds: float, pings: int) -> dict:
 
 def table(results: dict, vnet_mtu: int) -> str:
     base = results["veth"]
-    mtus = {"veth": 1500, "vxlan": VXLAN_MTU, "vnetd": vnet_mtu}
+    mtus = {"veth": 1500, "vxlan": VXLAN_MTU, "vnetd": vnet_mtu, "vnetd-auth": vnet_mtu,
+            "vnetd-conf": vnet_mtu}
     header = (f"{'path':<20} {'MTU':>5} {'Gbit/s':>8} {'x veth':>7} "
               f"{'RTT ms':>8} {'x veth':>7} {'retrans':>8}")
     lines = [header]

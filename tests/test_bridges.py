@@ -94,7 +94,8 @@ def test_bridge_life_cycle(ns):
 
 @needs_root
 def test_adopting_keeps_an_existing_bridge_and_its_ports(ns):
-    subprocess.run(["ip", "-n", ns, "link", "add", "br9", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "add", "br9", "type", "bridge", "stp_state", "1",
+                    "forward_delay", "1500"], check=True)
     subprocess.run(["ip", "-n", ns, "link", "set", "xv1", "master", "br9"], check=True)
 
     def scenario():
@@ -102,6 +103,10 @@ def test_adopting_keeps_an_existing_bridge_and_its_ports(ns):
         return b.ensure_bridge("br9"), b.bridge_ports("br9")
 
     assert run_in_ns(ns, scenario) == (False, ["xv1"])
+    # Adopted: brought up, but its owner's STP and forward delay are kept.
+    details = ip_details(ns, "br9")
+    assert "stp_state 1" in details and "forward_delay 1500" in details
+    assert "state UP" in details or ",UP" in details
 
 
 @needs_root

@@ -29,11 +29,11 @@ class FakeHost:
             vid = VnetId.parse(n)
             self.core.add_vnet(vid, vid.default_vnetif)
 
-    def create_vnet(self, vid, ifname, security, key_file):
+    def create_vnet(self, vid, ifname, security, key):
         if self.fail_create:
             raise self.fail_create
-        self.created.append((vid, ifname, security, key_file))
-        self.core.add_vnet(vid, ifname, security)
+        self.created.append((vid, ifname, security, key))
+        self.core.add_vnet(vid, ifname, security, key)
 
     def delete_vnet(self, vid):
         self.deleted.append(vid)
@@ -68,8 +68,6 @@ def test_vnet_add_forms(host):
     assert execute(host, "(vnet.add (security none) (bridge vnet98) (vnetif vnif98) "
                          "(id 0:0:0:0:0:0:0:98))") == ""
     assert host.created[-1][:3] == (VnetId.parse("98"), "vnif98", "none")
-    assert execute(host, "(vnet.add (id 99) (key-file /etc/xen/k))") == ""
-    assert host.created[-1][3] == "/etc/xen/k"
 
 
 @pytest.mark.parametrize("request_text,errno,fragment", [
@@ -88,9 +86,11 @@ def test_vnet_add_forms(host):
     ("(vnet.add (id 97) (vnetif a/b))", EINVAL, "'a/b'"),
     ("(vnet.add (id 97) (vnetif ..))", EINVAL, "'..'"),
     ("(vnet.add (id 97) (security high))", EINVAL, "'high'"),
-    ("(vnet.add (id 97) (security auth))", EINVAL, "not supported yet"),
-    ("(vnet.add (id 97) (security conf))", EINVAL, "not supported yet"),
-    ("(vnet.add (id 97) (key-file relative))", EINVAL, "absolute"),
+    ("(vnet.add (id 97) (security auth))", EINVAL, "vn key-gen PATH"),
+    ("(vnet.add (id 97) (security conf))", EINVAL, "needs (key-file /ABSOLUTE/PATH)"),
+    ("(vnet.add (id 97) (security conf) (key-file relative))", EINVAL, "absolute"),
+    ("(vnet.add (id 97) (security auth) (key-file /nonexistent/k))", EINVAL, "does not exist"),
+    ("(vnet.add (id 99) (key-file /etc/xen/k))", EINVAL, "only for security auth or conf"),
 ])
 def test_vnet_add_errors(host, request_text, errno, fragment):
     got_errno, message = err(execute(host, request_text))

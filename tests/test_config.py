@@ -63,8 +63,7 @@ def test_unknown_keys_and_order_kept():
     ("(vnet (id 97) (bridge abcdefghijklmnop))", "bridge", "16 characters"),
     ("(vnet (id 97) (bridge x) (vnetif x))", "bridge", "must differ"),
     ("(vnet (id 97) (security high))", "security", "'high' is not a security level"),
-    ("(vnet (id 97) (security auth))", "security", "not available yet"),
-    ("(vnet (id 97) (security conf) (key-file /k))", "security", "not available yet"),
+    ("(vnet (id 97) (security auth))", "key-file", "vn key-gen PATH"),
     ("(vnet (id 97) (key-file /etc/k))", "key-file", "only secured vnets"),
     ("vnet", "vnet", "one (vnet ...) list"),
     ("(vnet (id 97)", "vnet", "cannot parse"),
@@ -90,14 +89,14 @@ def test_fifteen_character_names_are_accepted_with_a_warning():
     assert cfg("(vnet (id 97))").warnings() == []
 
 
-def test_secured_vnets_path_kept_for_later():
-    c = cfg("(vnet (id 98) (security auth) (key-file /etc/xen/vnet98.key))", allow_secure=True)
+def test_secured_vnets_need_an_absolute_key_file():
+    c = cfg("(vnet (id 98) (security auth) (key-file /etc/xen/vnet98.key))")
     assert (c.security, c.key_file) == ("auth", "/etc/xen/vnet98.key")
     with pytest.raises(ConfigError) as info:
-        cfg("(vnet (id 98) (security conf))", allow_secure=True)
+        cfg("(vnet (id 98) (security conf))")
     assert info.value.field == "key-file" and "vn key-gen" in info.value.reason
     with pytest.raises(ConfigError, match="not an absolute path"):
-        cfg("(vnet (id 98) (security conf) (key-file k))", allow_secure=True)
+        cfg("(vnet (id 98) (security conf) (key-file k))")
 
 
 def test_from_sxpr_refuses_non_lists():

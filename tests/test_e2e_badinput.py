@@ -97,7 +97,7 @@ CASES = [  # (payload, reason it must be counted under)
     (varp(2, addr="0.0.0.0"), "varp_bad_address"),
     (varp(2, addr="224.1.2.3"), "varp_bad_address"),
     (b"\x00\x09\x00\x00" + bytes(40), "unknown_msg_id"),
-    (b"\x00\x04\x00\x00" + bytes(60), "secure_not_supported"),
+    (b"\x00\x04\x00\x00" + bytes(60), "secure_bad_suite"),
     (b"\x00\x03\x00\x00" + bytes(60), "vfwd_not_peer"),
     (b"\xff\xff" + os.urandom(65505), "unknown_msg_id"),
 ]

@@ -64,7 +64,7 @@ def test_import_validates_and_reports(tmp_path):
     reasons = dict(result.skipped)
     assert "already stored" in reasons["b"]
     assert "vnet 97" in reasons["c"]
-    assert "security" in reasons["d"]
+    assert "vn key-gen" in reasons["d"]
     assert "cannot parse" in reasons["e"]
     assert reasons["f"] == "could not read"
     configs, problems = store.load_all()

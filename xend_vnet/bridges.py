@@ -57,9 +57,11 @@ def is_bridge(name: str) -> bool:
 
 
 def ensure_bridge(name: str) -> bool:
-    """Create the bridge or adopt an existing one; STP off, forward delay 0, up.
+    """Create the bridge (STP off, forward delay 0, up) or adopt an existing one.
 
-    Returns True if this call created it.  A non-bridge of that name is refused.
+    An adopted bridge is someone else's: it is only brought up, its STP and
+    forward delay are left as its owner set them.  Returns True if this call
+    created it.  A non-bridge of that name is refused.
     """
     with IPRoute() as ipr:
         link = _link(ipr, name)
@@ -76,8 +78,9 @@ def ensure_bridge(name: str) -> bool:
         elif _kind(link) != "bridge":
             raise BridgeError(name, f"exists and is not a bridge (kind {_kind(link) or 'unknown'})")
         try:
-            ipr.link("set", index=link["index"], kind="bridge",
-                     br_stp_state=0, br_forward_delay=0)
+            if created:
+                ipr.link("set", index=link["index"], kind="bridge",
+                         br_stp_state=0, br_forward_delay=0)
             ipr.link("set", index=link["index"], state="up")
         except NetlinkError as e:
             if created:

@@ -3,7 +3,7 @@
 Legacy xend checked nothing (management.md 2.2, 3.1); this module applies
 the rules of design.md section 4: ids in the short or the full form, names
 that are valid Linux interface names, defaults that match what the engine
-really creates, and security levels that are refused until they work.  The
+really creates, and secured levels only with a key file (design.md 7).  The
 config is kept exactly as written (``sxpr``), because ``xend_vnet(id)``
 returns it verbatim (management.md 1.1).
 """
@@ -92,8 +92,8 @@ class VnetConfig:
     key_file: str | None
 
     @classmethod
-    def from_sxpr(cls, sxpr: object, allow_secure: bool = False) -> VnetConfig:
-        """Validate a parsed config; ``allow_secure`` is for when secured vnets exist."""
+    def from_sxpr(cls, sxpr: object) -> VnetConfig:
+        """Validate a parsed config."""
         if not isinstance(sxpr, list) or not sxpr:
             raise ConfigError("vnet", "the config must be one (vnet ...) list")
         if sxpr[0] != "vnet":
@@ -133,17 +133,17 @@ class VnetConfig:
             raise ConfigError(
                 "security", f"{security!r} is not a security level; use none, auth or conf")
         key_file = _text_value(sxpr, "key-file")
-        _check_security(security, key_file, allow_secure)
+        _check_security(security, key_file)
         return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file)
 
     @classmethod
-    def from_text(cls, text: str, allow_secure: bool = False) -> VnetConfig:
+    def from_text(cls, text: str) -> VnetConfig:
         """Parse config text (one s-expression, '#' comments allowed)."""
         try:
             form = sxp.parse_one(text)
         except sxp.ParseError as e:
             raise ConfigError("vnet", f"cannot parse the config: {e}") from None
-        return cls.from_sxpr(form, allow_secure)
+        return cls.from_sxpr(form)
 
     @property
     def canonical(self) -> str:
@@ -167,13 +167,9 @@ class VnetConfig:
         return out
 
 
-def _check_security(security: str, key_file: str | None, allow_secure: bool) -> None:
+def _check_security(security: str, key_file: str | None) -> None:
     if security in SECURED_LEVELS:
-        if not allow_secure:
-            # design.md 4: never run a secured vnet as 'none'.
-            raise ConfigError(
-                "security", f"{security!r} vnets are not available yet; they are refused "
-                "rather than run without protection (use (security none))")
+        # design.md 7: never a key made silently (each host's would differ).
         if key_file is None:
             raise ConfigError(
                 "key-file", f"a {security!r} vnet needs (key-file /ABSOLUTE/PATH): make one with "

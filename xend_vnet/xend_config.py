@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from . import sxp
 from .engine_client import default_control_path
@@ -111,6 +112,33 @@ class ServerSettings:
     engine_control: str
 
 
+_THIS_HOST = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
+
+
+def check_upstream(upstream: str, unix_path: str | None, tcp: tuple[str, int] | None) -> None:
+    """Refuse an ``xend-vnet-upstream`` that cannot work: a scheme other than httpu or
+    http, no socket path, or our own socket (every forwarded call would come back)."""
+    what = f"invalid xend config xend-vnet-upstream: {upstream!r}"
+    parts = urlsplit(upstream)
+    if parts.scheme == "httpu":
+        if not parts.path:
+            raise XendConfigError(f"{what} names no socket: use httpu:///PATH")
+        if unix_path and os.path.realpath(parts.path) == os.path.realpath(unix_path):
+            raise XendConfigError(f"{what} is xend-vnet's own socket {unix_path}; name the "
+                                  "socket of the xend it stands beside")
+        return
+    if parts.scheme != "http":
+        raise XendConfigError(f"{what}: use httpu:///PATH or http://HOST:PORT")
+    try:
+        port = parts.port or DEFAULT_TCP_PORT
+    except ValueError:
+        raise XendConfigError(f"{what} has an invalid port") from None
+    host = parts.hostname or "localhost"
+    if tcp and port == tcp[1] and (host == tcp[0] or (host in _THIS_HOST
+                                                      and tcp[0] in _THIS_HOST)):
+        raise XendConfigError(f"{what} is xend-vnet's own TCP server {tcp[0]}:{tcp[1]}")
+
+
 def server_settings(cfg: XendConfig) -> ServerSettings:
     """Apply the rules of design.md 9 to a parsed config."""
     upstream = cfg.get("xend-vnet-upstream")
@@ -137,10 +165,13 @@ def server_settings(cfg: XendConfig) -> ServerSettings:
             port = cfg.get_int("xend-tcp-xmlrpc-server-port", DEFAULT_TCP_PORT)
     if not 0 < port < 65536:
         raise XendConfigError(f"invalid xend config tcp port: {port} is not 1 to 65535")
+    tcp = (address or DEFAULT_TCP_ADDRESS, port) if tcp_on else None
+    if upstream:
+        check_upstream(upstream, unix_path, tcp)
     return ServerSettings(
         deployment=deployment,
         unix_path=unix_path,
-        tcp=(address or DEFAULT_TCP_ADDRESS, port) if tcp_on else None,
+        tcp=tcp,
         upstream=upstream,
         log_file=cfg.get("xend-vnet-logfile"),
         state_dir=cfg.get("xend-vnet-state-dir", DEFAULT_STATE_DIR),

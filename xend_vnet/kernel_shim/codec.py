@@ -31,7 +31,8 @@ ETH_HEADER_LEN = 14
 # VnetMsgHdr `00 02 00 00` + etherip `00 40`: the x86 legacy layout puts
 # the version in the high nibble of the second byte (wire.md 4.1).
 DATA_PREFIX = b"\x00\x02\x00\x00\x00\x40"
-DATA_HEADER_LEN = 4 + 18
+ETHERIP_HEADER_LEN = 18   # version/reserved + vnet id (wire.md 4.1)
+DATA_HEADER_LEN = 4 + ETHERIP_HEADER_LEN
 VFWD_PREFIX = b"\x00\x03\x00\x00"
 INNER_HEADER_LEN = 28   # fixed 20-byte IPv4 + 8-byte UDP header (wire.md 7)
 
@@ -72,6 +73,18 @@ def decode_data(payload: bytes) -> tuple[bytes, bytes]:
     if len(payload) < DATA_HEADER_LEN + ETH_HEADER_LEN:
         raise DecodeError("short_frame", f"{len(payload) - DATA_HEADER_LEN} bytes")
     return payload[6:22], payload[22:]
+
+
+def decode_etherip(packet: bytes) -> tuple[bytes, bytes]:
+    """``(vnet id bytes, ethernet frame)`` of an IP protocol 97 payload: the
+    18-byte etherip header and the frame, no VnetMsgHdr (wire.md 4.3)."""
+    if len(packet) < ETHERIP_HEADER_LEN:
+        raise DecodeError("etherip_truncated", f"{len(packet)} bytes")
+    if packet[1] >> 4 != ETHERIP_VERSION:
+        raise DecodeError("bad_etherip_version", f"byte 1 = {packet[1]:#04x}")
+    if len(packet) < ETHERIP_HEADER_LEN + ETH_HEADER_LEN:
+        raise DecodeError("short_frame", f"{len(packet) - ETHERIP_HEADER_LEN} bytes")
+    return packet[2:18], packet[18:]
 
 
 # -- VARP -------------------------------------------------------------------------

@@ -19,11 +19,13 @@ from ..vnet_id import VnetId, VnetIdError
 from . import listing
 from .codec import is_multicast, parse_ipv4, parse_mac
 from .core import EngineCore
+from .security import keys
 
 ENOENT = _errno.ENOENT   # 2
 EIO = _errno.EIO         # 5
 EEXIST = _errno.EEXIST   # 17
 EINVAL = _errno.EINVAL   # 22
+EBUSY = _errno.EBUSY     # 16
 
 IFNAMSIZ = 16
 SECURITY_LEVELS = ("none", "auth", "conf")
@@ -46,8 +48,9 @@ class EngineHost(Protocol):
     device: str     # the interface whose address is the care-of address (varp listing)
 
     def create_vnet(self, vid: VnetId, ifname: str, security: str,
-                    key_file: str | None) -> None:
-        """Create or reattach the TAP, then ``core.add_vnet``; CommandError on failure."""
+                    key: bytes | None) -> None:
+        """Create or reattach the TAP, then ``core.add_vnet`` (``key``: the file
+        key of a secured vnet, already read); CommandError on failure."""
 
     def delete_vnet(self, vid: VnetId) -> None:
         """``core.remove_vnet`` and remove the TAP."""
@@ -199,14 +202,65 @@ def _vnet_add(host: EngineHost, form: list) -> str:
     if security not in SECURITY_LEVELS:
         raise CommandError(EINVAL, f"vnet.add: invalid security {security!r}: "
                            "expected none, auth or conf")
-    if security != "none":
-        # design.md 4: refused, never run as none, until secured vnets exist.
-        raise CommandError(EINVAL, f"vnet.add: security {security} is not supported yet "
-                           "(secured vnets are not built); use (security none)")
     key_file = _arg(form, "key-file", required=False)
-    if key_file is not None and not key_file.startswith("/"):
-        raise CommandError(EINVAL, f"vnet.add: key-file {key_file!r} must be an absolute path")
-    host.create_vnet(vid, ifname, security, key_file)
+    key = None
+    if security == "none":
+        if key_file is not None:
+            raise CommandError(EINVAL, "vnet.add: (key-file ...) is only for security "
+                               "auth or conf")
+    elif key_file is None:
+        # design.md 7: never a key made silently (each host's would differ).
+        raise CommandError(EINVAL, f"vnet.add: security {security} needs "
+                           f"(key-file /ABSOLUTE/PATH): {keys.MAKE_ONE}")
+    else:
+        key = _read_key(form, key_file)
+    host.create_vnet(vid, ifname, security, key)
+    return ""
+
+
+def _read_key(form: list, path: str) -> bytes:
+    try:
+        return keys.read_key_file(path)
+    except keys.KeyFileError as e:
+        raise CommandError(EINVAL, f"{form[0]}: {e}") from None
+
+
+_KEY_OPS = ("add", "activate", "retire", "list")
+
+
+def _vnet_key(host: EngineHost, form: list) -> str:
+    """Key generations of a secured vnet: rotation in three steps (design.md 7)."""
+    vnet = _existing(host, form)
+    if vnet.keys is None:
+        raise CommandError(EINVAL, f"vnet.key: vnet {vnet.vid.canonical} has security "
+                           "none: it has no keys")
+    ops = [op for op in _KEY_OPS if sxp.child(form, op) is not None]
+    if len(ops) != 1:
+        raise CommandError(EINVAL, "vnet.key: expected exactly one of (add /ABSOLUTE/PATH), "
+                           "(activate GEN), (retire GEN) or (list)")
+    op = ops[0]
+    core = host.core
+    if op == "list":
+        return listing.key_list(vnet)
+    if op == "add":
+        key = _read_key(form, _arg(form, "add"))
+        try:
+            gen = core.key_add(vnet.vid, key)
+        except KeyError as e:
+            raise CommandError(EEXIST, f"vnet.key: {e.args[0]}") from None
+        except ValueError as e:
+            raise CommandError(EINVAL, f"vnet.key: {e}") from None
+        return listing.key_list(vnet, gen)
+    gen = _int(form, op, 1, 65535)
+    try:
+        if op == "activate":
+            core.key_activate(vnet.vid, gen)
+        else:
+            core.key_retire(vnet.vid, gen)
+    except KeyError as e:
+        raise CommandError(ENOENT, f"vnet.key: {e.args[0]} in vnet {vnet.vid.canonical}") from None
+    except ValueError as e:
+        raise CommandError(EBUSY, f"vnet.key: {e}") from None
     return ""
 
 
@@ -301,6 +355,7 @@ _COMMANDS: dict[str, Callable[[EngineHost, list], str]] = {
     "vnet.del": _vnet_del,
     "vnet.list": _vnet_list,
     "vnet.stats": _vnet_stats,
+    "vnet.key": _vnet_key,
     "vif.add": _vif_add,
     "vif.del": _vif_del,
     "vif.list": _vif_list,

@@ -1,14 +1,15 @@
 """EngineCore: the era-C forwarding state machine, sans-IO (wire.md 3-5, 7).
 
 Bytes and events go in with the time as an argument; actions come out
-(``SendUdp``, ``DeliverFrame``).  The daemon owns every socket and TAP.
+(``SendUdp``, ``DeliverFrame``, ``SendRaw``).  The daemon owns every socket
+and TAP.
 
 Receive side (wire.md 4.4): packets from our own addresses and multicast to
 another group are ignored; the VnetMsgHdr id picks VARP, data or VFWD; data
 for a known vnet teaches (vnet, inner source MAC) -> outer source IP and is
 delivered to the vnet's TAP.  VARP requests are answered only for local
 vifs, announces are learned, requests are never sent.  Secured messages
-(id 4) are dropped and counted until secured vnets exist (design.md 7).
+(id 4) belong to secured vnets (below).
 
 TAP side (wire.md 3.5, 5, design.md 8): the source MAC goes into the vif
 table (a new MAC gets one gratuitous announce to the group); group and
@@ -16,10 +17,25 @@ unknown unicast destinations are flooded to the group, known unicast goes to
 the learned address.  Everything sent to the group is also sent to each
 peer as VFWD, and multicast received for the group is relayed to the peers
 (wire.md 7).
+
+Peer forwarding (wire.md 7): a VFWD from a configured peer is processed as
+if multicast (hosts learn the original sender) and its inner packet is
+re-multicast onto the local link with the original source (``SendRaw``), so
+hosts there learn it too.  Beyond legacy, a short duplicate window keyed on
+(original sender, UDP payload) drops the copies that a mesh of peers or two
+forwarders on one subnet would otherwise relay forever (``vfwd.py``).
+Etherip without UDP (IP protocol 97, wire.md 4.3) is accepted on receive.
+
+Secured vnets (design.md 7, docs/security.md): the clear-mode message is
+sealed (``security/``) before it leaves; a secured message (id 4) is
+verified before anything changes, and teaches the care-of address carried
+in its authenticated header, never the outer source.  Clear data and VARP
+for a secured vnet are dropped and counted.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,6 +54,9 @@ from .codec import (
 )
 from .counters import EngineCounters, VnetCounters, count
 from .peer_table import PeerTable
+from .security import secure_codec
+from .security.keystore import Generation, SecurityContext, VnetKeys
+from .vfwd import DuplicateWindow, remulticast_packet
 from .varp_cache import VarpCache
 from .vif_table import VifTable
 
@@ -69,13 +88,23 @@ class DeliverFrame(NamedTuple):
     frame: bytes
 
 
-class Vnet:
-    __slots__ = ("counters", "ifname", "security", "vid")
+class SendRaw(NamedTuple):
+    """Send a complete IPv4 packet (header included) to ``dst_ip`` from a raw
+    socket with multicast loop off: the re-multicast of a VFWD (wire.md 7)."""
 
-    def __init__(self, vid: VnetId, ifname: str, security: str):
+    dst_ip: str
+    packet: bytes
+
+
+class Vnet:
+    __slots__ = ("counters", "ifname", "keys", "security", "vid")
+
+    def __init__(self, vid: VnetId, ifname: str, security: str,
+                 keys: VnetKeys | None = None):
         self.vid = vid
         self.ifname = ifname
         self.security = security
+        self.keys = keys            # None for security none
         self.counters = VnetCounters()
 
 
@@ -84,8 +113,13 @@ _GROUP_KIND_LIMIT = 256
 
 
 class EngineCore:
-    def __init__(self, options: CoreOptions | None = None):
+    def __init__(self, options: CoreOptions | None = None,
+                 security: SecurityContext | None = None):
         self.options = options or CoreOptions()
+        # Sender id, wall clock and epoch source of secured vnets (injected).
+        self.security = security or SecurityContext.system()
+        self._spis: dict[int, tuple[Vnet, Generation]] = {}
+        self._care_of: tuple[str | None, bytes] = (None, b"")   # self_address packed
         self.mcaddr = self.options.mcaddr
         self.port = self.options.port
         self.own_addresses: set[str] = set()
@@ -93,6 +127,7 @@ class EngineCore:
         self.varp = VarpCache()
         self.vifs = VifTable()
         self.peers = PeerTable()
+        self.duplicates = DuplicateWindow()
         self.counters = EngineCounters()
         self._vnets: dict[bytes, Vnet] = {}
         self._next_sweep: float | None = None
@@ -102,21 +137,66 @@ class EngineCore:
 
     # -- configuration ---------------------------------------------------------
 
-    def add_vnet(self, vid: VnetId, ifname: str, security: str = "none") -> None:
-        """KeyError if the vnet exists; ValueError for a name in use or a
-        security level other than none (secured vnets do not exist yet)."""
+    def add_vnet(self, vid: VnetId, ifname: str, security: str = "none",
+                 key: bytes | None = None) -> None:
+        """KeyError if the vnet exists; ValueError for a name in use, an unknown
+        security level, a secured vnet without ``key`` (the file key, design.md
+        7) or a key given to an unsecured one, and an SPI collision."""
         if vid.raw in self._vnets:
             raise KeyError(f"vnet {vid} already exists")
-        if security != "none":
-            raise ValueError(f"security {security!r} is not supported yet")
+        if security not in ("none", *secure_codec.SUITES):
+            raise ValueError(f"invalid security {security!r}")
+        if (security == "none") != (key is None):
+            raise ValueError(f"security {security} vnets take a key" if key is None
+                             else "only secured vnets take a key")
         for other in self._vnets.values():
             if other.ifname == ifname:
                 raise ValueError(f"interface {ifname} is already used by vnet {other.vid}")
-        self._vnets[vid.raw] = Vnet(vid, ifname, security)
+        vnet = Vnet(vid, ifname, security)
+        if key is not None:
+            vnet.keys = VnetKeys(vid.raw, security, self.security)
+            self._add_generation(vnet, key)
+        self._vnets[vid.raw] = vnet
+
+    def _add_generation(self, vnet: Vnet, key: bytes) -> int:
+        g = vnet.keys.prepare(key)
+        if g.spi in self._spis:
+            raise ValueError(f"the SPI of key generation {g.gen} is in use by another "
+                             "vnet or generation: make a new key")
+        vnet.keys.add(g)
+        self._spis[g.spi] = (vnet, g)
+        return g.gen
+
+    def key_add(self, vid: VnetId, key: bytes) -> int:
+        """Accept a new key generation on receive (rotation step 1, design.md 7);
+        its number.  KeyError: no such vnet or generation already added;
+        ValueError: not a secured vnet, or a collision."""
+        vnet = self._secured(vid)
+        return self._add_generation(vnet, key)
+
+    def key_activate(self, vid: VnetId, gen: int) -> None:
+        """Send with generation ``gen`` (rotation step 2).  KeyError if unknown."""
+        self._secured(vid).keys.activate(gen)
+
+    def key_retire(self, vid: VnetId, gen: int) -> None:
+        """Stop accepting ``gen`` (rotation step 3).  KeyError if unknown,
+        ValueError for the active generation."""
+        g = self._secured(vid).keys.retire(gen)
+        self._spis.pop(g.spi, None)
+
+    def _secured(self, vid: VnetId) -> Vnet:
+        vnet = self._vnets[vid.raw]
+        if vnet.keys is None:
+            raise ValueError(f"vnet {vid} has security none: it has no keys")
+        return vnet
 
     def remove_vnet(self, vid: VnetId) -> None:
         """KeyError if absent; also drops the vnet's cache entries and vifs."""
-        del self._vnets[vid.raw]
+        vnet = self._vnets.pop(vid.raw)
+        if vnet.keys is not None:
+            for g in vnet.keys.generations.values():
+                if self._spis.get(g.spi, (None,))[0] is vnet:
+                    del self._spis[g.spi]
         self.varp.remove_vnet(vid.raw)
         self.vifs.remove_vnet(vid.raw)
 
@@ -167,6 +247,9 @@ class EngineCore:
             return []
         self.varp.sweep(now, self.options.varp_ttl)
         self.vifs.sweep(now, self.options.vif_ttl)
+        for vnet in self._vnets.values():
+            if vnet.keys is not None:
+                vnet.keys.sweep()
         self._next_sweep = None
         if len(self.varp) or len(self.vifs):
             self._next_sweep = now + self.options.sweep_every
@@ -202,6 +285,8 @@ class EngineCore:
         try:
             ident = codec.msg_id(payload)
             if to_group and ident != MSG_VFWD and len(self.peers):
+                # A forwarder sees each multicast once, whatever the path.
+                self._check_duplicate(src_ip, payload, now)
                 # Relayed before validation: a peer may have a vnet we lack.
                 self._relay(payload, src_ip, actions)
             self._dispatch(ident, payload, src_ip, now, actions)
@@ -228,15 +313,20 @@ class EngineCore:
         elif ident == MSG_VFWD:
             self._receive_vfwd(payload, src_ip, now, actions)
         elif ident == MSG_SECURE:
-            raise DecodeError("secure_not_supported", "secure vnets not supported yet")
+            self._receive_secure(payload, now, actions)
         else:
             raise DecodeError("unknown_msg_id", f"id {ident}")
 
     def _receive_data(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
-        vid_raw, frame = codec.decode_data(payload)
+        self._deliver(*codec.decode_data(payload), src_ip, now, actions)
+
+    def _deliver(self, vid_raw: bytes, frame: bytes, src_ip: str, now: float,
+                 actions: list) -> None:
         vnet = self._vnets.get(vid_raw)
         if vnet is None:
             raise DecodeError("unknown_vnet")
+        if vnet.keys is not None:
+            raise DecodeError("clear_on_secured")           # design.md 7
         vc = vnet.counters
         self._learn(vid_raw, frame[6:12], src_ip, now, vc)
         vc.rx_packets += 1
@@ -258,6 +348,8 @@ class EngineCore:
             # Answer only for local vifs, to the request's IP source on the
             # VARP port, never from the cache (wire.md 3.3).
             if (h.vnet, h.vmac) in self.vifs:
+                if self._vnets[h.vnet].keys is not None:
+                    raise DecodeError("clear_on_secured")   # no clear answers (design.md 7)
                 if self.self_address is None:
                     raise DecodeError("no_self_address", "cannot answer VARP request")
                 self.counters.varp_replies += 1
@@ -267,6 +359,8 @@ class EngineCore:
             vnet = self._vnets.get(h.vnet)
             if vnet is None:
                 raise DecodeError("unknown_vnet")
+            if vnet.keys is not None:
+                raise DecodeError("clear_on_secured")       # design.md 7
             if h.family != codec.AF_INET_WIRE:
                 raise DecodeError("varp_bad_family", f"family {h.family}")  # wire.md 3.7
             addr = h.ipv4
@@ -279,6 +373,44 @@ class EngineCore:
         else:
             raise DecodeError("varp_bad_opcode", f"opcode {h.opcode}")
         self.counters.rx_varp += 1
+
+    def _receive_secure(self, payload: bytes, now: float, actions: list) -> None:
+        """A secured message (design.md 7): SPI -> (vnet, generation), verify,
+        replay and epoch checks (``VnetKeys.open``), then the clear-mode message
+        inside: data is delivered, an announce learned, both teaching the
+        authenticated care-of address."""
+        suite, spi, sender, epoch, seq, care_of_raw = secure_codec.unpack(payload)
+        found = self._spis.get(spi)
+        if found is None:
+            raise DecodeError("unknown_spi")
+        vnet, g = found
+        keys = vnet.keys
+        if suite != keys.suite:
+            raise DecodeError("secure_bad_suite", f"suite {suite}")
+        inner = keys.open(g, sender, epoch, seq, payload)
+        care_of = socket.inet_ntoa(care_of_raw)
+        if care_of in self.own_addresses:
+            raise DecodeError("own_packet")
+        vraw = vnet.vid.raw
+        vc = vnet.counters
+        ident = codec.msg_id(inner)
+        if ident == MSG_DATA:
+            vid_raw, frame = codec.decode_data(inner)
+            if vid_raw != vraw:
+                raise DecodeError("secure_vnet_mismatch")
+            self._learn(vraw, frame[6:12], care_of, now, vc)
+            vc.rx_packets += 1
+            vc.rx_bytes += len(frame)
+            self.counters.rx_data += 1
+            actions.append(DeliverFrame(vnet.vid, frame))
+        elif ident == MSG_VARP:
+            a = VarpHeader.decode(inner)
+            if a.opcode != VARP_ANNOUNCE or a.vnet != vraw:
+                raise DecodeError("secure_bad_inner", f"VARP opcode {a.opcode}")
+            self._learn(vraw, a.vmac, care_of, now, vc)
+            self.counters.rx_varp += 1
+        else:
+            raise DecodeError("secure_bad_inner", f"id {ident}")
 
     def _receive_vfwd(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         peer = self.peers.get(src_ip)
@@ -296,10 +428,48 @@ class EngineCore:
         ident = codec.msg_id(inner.udp_payload)
         if ident == MSG_VFWD:
             raise DecodeError("vfwd_nested")
-        # Processed as if received by multicast; the inner packet is not
-        # relayed to peers again (wire.md 7).  Re-sending it onto the local
-        # link is the job of a separate action type, added with that feature.
+        self._check_duplicate(src, inner.udp_payload, now)
+        if codec.is_multicast(inner.dst):
+            # Re-multicast onto our link to our group with the original source,
+            # before validation like the relay (a neighbour may have a vnet we
+            # lack; secured packets pass unchanged).  Never to peers again.
+            self.counters.vfwd_resent += 1
+            actions.append(SendRaw(self.mcaddr, remulticast_packet(
+                src, self.mcaddr, inner.sport, inner.dport, inner.udp_payload)))
+        # Processed as if received by multicast, so we learn the original sender.
         self._dispatch(ident, inner.udp_payload, src, now, actions)
+
+    def _check_duplicate(self, sender: str, payload: bytes, now: float) -> None:
+        """DecodeError("duplicate") for a copy handled within the window (vfwd.py)."""
+        if self.duplicates.seen(sender, payload, now):
+            self.counters.vfwd_duplicates += 1
+            raise DecodeError("duplicate")
+
+    def receive_etherip(self, packet: bytes, src_ip: str, dst_ip: str, now: float) -> list:
+        """One IP protocol 97 packet, ``packet`` starting after its IPv4 header
+        (wire.md 4.3): received like UDP data (wire.md 4.4), never relayed."""
+        c = self.counters
+        c.rx_datagrams += 1
+        c.rx_bytes += len(packet)
+        c.rx_etherip += 1
+        if src_ip in self.own_addresses:
+            count(c.rx_dropped, "own_packet")
+            return []
+        if dst_ip != self.mcaddr:
+            foreign = self._foreign_group.get(dst_ip)
+            if foreign is None:
+                foreign = self._is_foreign_group(dst_ip)
+            if foreign:
+                count(c.rx_dropped, "other_group")
+                return []
+        if self._next_sweep is None:
+            self._arm(now)
+        actions: list = []
+        try:
+            self._deliver(*codec.decode_etherip(packet), src_ip, now, actions)
+        except DecodeError as e:
+            count(c.rx_dropped, e.reason)
+        return actions
 
     # -- TAP side ------------------------------------------------------------------
 
@@ -317,6 +487,15 @@ class EngineCore:
         if self._next_sweep is None:
             self._arm(now)
         actions: list = []
+        keys = vnet.keys
+        care_of = None
+        if keys is not None:
+            if self.self_address is None:
+                count(vc.dropped, "no_self_address")  # the header needs a care-of address
+                return actions
+            if self._care_of[0] != self.self_address:
+                self._care_of = (self.self_address, socket.inet_aton(self.self_address))
+            care_of = self._care_of[1]
         src = frame[6:12]
         if not frame[6] & 1 and self.vifs.update(vraw, src, now):
             # A domain arrived (design.md 8): whatever we had learned about
@@ -324,8 +503,13 @@ class EngineCore:
             self.varp.forget(vraw, src)
             if self.self_address is not None:
                 vc.announced += 1
-                self._send_group(codec.encode_announce(vraw, src, self.self_address), actions)
+                announce = codec.encode_announce(vraw, src, self.self_address)
+                if keys is not None:
+                    announce = keys.seal(announce, care_of, now)
+                self._send_group(announce, actions)
         payload = DATA_PREFIX + vraw + frame
+        if keys is not None:
+            payload = keys.seal(payload, care_of, now)
         vc.tx_packets += 1
         vc.tx_bytes += len(frame)
         if not frame[0] & 1:

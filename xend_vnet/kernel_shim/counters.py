@@ -3,7 +3,10 @@
 Every datagram given to ``EngineCore.receive_udp`` ends in exactly one
 outcome: accepted as data, accepted as VARP, or dropped under one reason,
 so ``rx_datagrams == rx_data + rx_varp + sum(rx_dropped.values())``.  A VFWD
-message counts once, with the outcome of the packet it carries.  Frames
+message counts once, with the outcome of the packet it carries; a copy seen
+again within the duplicate window is dropped as ``duplicate`` and also
+counted in ``vfwd_duplicates`` (wire.md 7, loop safety).  Proto-97 packets
+(``EngineCore.receive_etherip``) count the same way, and in ``rx_etherip``.  Frames
 read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
 ``dropped`` when the vnet is known).
 """
@@ -59,7 +62,10 @@ class EngineCounters:
         "tap_dropped",
         "tx_bytes",
         "tx_datagrams",
+        "rx_etherip",
         "varp_replies",
+        "vfwd_duplicates",
+        "vfwd_resent",
         "vfwd_rx",
         "vfwd_tx",
     )
@@ -73,12 +79,16 @@ class EngineCounters:
         self.tx_bytes = 0
         self.vfwd_rx = 0
         self.vfwd_tx = 0
+        self.vfwd_resent = 0        # inner packets re-multicast onto the local link
+        self.vfwd_duplicates = 0    # copies dropped by the duplicate window
+        self.rx_etherip = 0         # IP protocol 97 packets received (wire.md 4.3)
         self.varp_replies = 0
         self.rx_dropped: dict[str, int] = {}
         self.tap_dropped: dict[str, int] = {}
 
     FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
-              "tx_bytes", "vfwd_rx", "vfwd_tx", "varp_replies")
+              "tx_bytes", "vfwd_rx", "vfwd_tx", "vfwd_resent", "vfwd_duplicates",
+              "rx_etherip", "varp_replies")
 
     def fields(self) -> list[tuple[str, int]]:
         """The numeric counters in listing order."""

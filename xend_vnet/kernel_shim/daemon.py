@@ -1,8 +1,9 @@
 """vnetd: the tunnel engine daemon (wire.md 9.1, design.md 4-6).
 
-Owns every file descriptor of the engine (TAPs, the UDP socket, the
-control socket) and runs one ``selectors`` event loop that moves bytes
-between them and the sans-IO ``EngineCore``.  It also implements the
+Owns every file descriptor of the engine (TAPs, the UDP socket, the raw
+sockets for re-multicast and proto-97 receive, the control socket) and
+runs one ``selectors`` event loop that moves bytes between them and the
+sans-IO ``EngineCore``.  It also implements the
 ``EngineHost`` that control commands act on, and the daemon's life: one
 engine per network namespace, pid file, startup file (``-f``) with
 reconciliation on SIGHUP, clean shutdown on SIGTERM that keeps the
@@ -26,15 +27,18 @@ import time
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import __version__, sxp
+from .. import __version__, sdnotify, sxp
 from ..engine_client import error_of
 from ..vnet_id import VnetId, VnetIdError
 from . import commands
 from .codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
 from .commands import CommandError
 from .control_server import ControlServer, ControlSocketError
-from .core import CoreOptions, DeliverFrame, EngineCore, SendUdp
+from .core import CoreOptions, DeliverFrame, EngineCore, SendRaw, SendUdp
+from .raw import EtheripSocket, RawSender
 from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
+from .security import epoch_file
+from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE, SecurityContext
 from .udp import EngineSocket
 
 log = logging.getLogger("vnetd")
@@ -72,7 +76,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="do not create vnets 2, 3 and 4 at start")
     p.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
                    help="VARP cache and vif entry lifetime (default 60)")
-    p.add_argument("--address", help="care-of address to announce (default: from the host)")
+    p.add_argument("--address", help="care-of address to announce (default: from the host); "
+                   "behind NAT, the address peers should use")
+    p.add_argument("--epoch-file", metavar="PATH",
+                   help="where secured vnets keep their last epoch (default <control>.epoch)")
+    p.add_argument("--epoch-max-age", type=float, default=EPOCH_MAX_AGE, metavar="SECONDS",
+                   help="secured traffic of older epochs is refused (default 900)")
+    p.add_argument("--epoch-lifetime", type=float, default=EPOCH_LIFETIME, metavar="SECONDS",
+                   help="senders start a new epoch this often (default 600)")
     p.add_argument("--device", "--varp_device", dest="device",
                    help="interface whose address the engine uses and joins the group on")
     p.add_argument("-f", "--file", help="startup file: vnet.add, peer.add, varp.mcaddr forms")
@@ -105,8 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not is_multicast(opts.mcaddr):
         p.error(f"invalid --mcaddr {opts.mcaddr}: expected a multicast address "
                 "(224.0.0.0 to 239.255.255.255)")
+    if not 0 < opts.epoch_lifetime < opts.epoch_max_age:
+        p.error("invalid --epoch-lifetime/--epoch-max-age: expected 0 < lifetime < max age")
     if opts.pid_file is None:
         opts.pid_file = opts.control + ".pid"
+    if opts.epoch_file is None:
+        opts.epoch_file = opts.control + ".epoch"
     return opts
 
 
@@ -149,11 +164,22 @@ class Vnetd:
 
     def __init__(self, opts: argparse.Namespace):
         self.opts = opts
+        try:
+            last_epoch = epoch_file.load(opts.epoch_file)
+        except (OSError, ValueError) as e:
+            # The wall clock still makes epochs grow (docs/security.md).
+            log.warning("%s; epochs continue from the wall clock", e)
+            last_epoch = 0
+        security = SecurityContext.system(last_epoch, self._persist_epoch,
+                                          opts.epoch_max_age, opts.epoch_lifetime)
         self.core = EngineCore(CoreOptions(mcaddr=opts.mcaddr, port=opts.port,
-                                           varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl))
+                                           varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl),
+                               security)
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
         self.udp: EngineSocket | None = None
+        self.raw: RawSender | None = None
+        self.etherip: EtheripSocket | None = None
         self.control: ControlServer | None = None
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -174,24 +200,35 @@ class Vnetd:
         """The clock the core is driven with."""
         return time.monotonic()
 
+    def _persist_epoch(self, epoch: int) -> None:
+        """Written before a new epoch is used (design.md 7); a failure is
+        logged and the epoch used anyway, as the wall clock keeps it growing."""
+        try:
+            epoch_file.save(self.opts.epoch_file, epoch)
+        except OSError as e:
+            log.error("cannot save the epoch to %s: %s", self.opts.epoch_file, e.strerror)
+
     # -- EngineHost ----------------------------------------------------------
 
     def create_vnet(self, vid: VnetId, ifname: str, security: str,
-                    key_file: str | None) -> None:
+                    key: bytes | None) -> None:
         """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
         try:
             tap = open_tap(ifname, self.opts.mtu)
         except TapError as e:
             raise CommandError(e.errno, e.message) from None
         try:
-            self.core.add_vnet(vid, ifname, security)
+            self.core.add_vnet(vid, ifname, security, key)
+        except ValueError as e:
+            tap.close()
+            raise CommandError(errno.EINVAL, f"vnet.add: {e}") from None
         except BaseException:
             tap.close()
             raise
         self.taps[vid] = tap
         self.selector.register(tap.fd, selectors.EVENT_READ,
                                lambda mask, now, vid=vid, tap=tap: self._on_tap(vid, tap, now))
-        log.info("vnet %s up on %s", vid.canonical, ifname)
+        log.info("vnet %s up on %s, security %s", vid.canonical, ifname, security)
 
     def delete_vnet(self, vid: VnetId) -> None:
         """Remove the vnet from the core and delete its TAP (design.md 5)."""
@@ -234,6 +271,8 @@ class Vnetd:
             ["address", self.core.self_address or ""],
             ["vnets", str(len(self.core.vnets()))],
             ["peers", str(len(self.core.peers))],
+            ["remulticast", "yes" if self.raw is not None else "no"],
+            ["etherip-receive", "yes" if self.etherip is not None else "no"],
             ["control", self.opts.control],
             ["mtu", str(self.opts.mtu)],
             ["mcast-ttl", str(udp.mcast_ttl)],
@@ -254,6 +293,7 @@ class Vnetd:
         except OSError as e:
             raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
         self.selector.register(self.udp.sock, selectors.EVENT_READ, self._on_udp)
+        self._open_raw_sockets()
         if self.udp.try_join():
             log.info("joined VARP group %s", opts.mcaddr)
         else:
@@ -280,6 +320,9 @@ class Vnetd:
             self.control.close()
         if self.udp is not None:
             self.udp.close()
+        for raw in (self.raw, self.etherip):
+            if raw is not None:
+                raw.close()
         for tap in self.taps.values():
             tap.close()
         self.taps.clear()
@@ -417,6 +460,33 @@ class Vnetd:
             if actions:
                 perform(actions)
 
+    def _open_raw_sockets(self) -> None:
+        """Re-multicast of VFWD and proto-97 receive (wire.md 4.3, 7); without
+        CAP_NET_RAW the engine runs on and the status says so."""
+        try:
+            self.raw = RawSender(self._device_index)
+        except OSError as e:
+            log.warning("no raw socket for re-multicasting peer traffic (%s): hosts on "
+                        "this link learn forwarded senders only through this engine",
+                        e.strerror)
+        try:
+            self.etherip = EtheripSocket()
+        except OSError as e:
+            log.warning("no raw socket for etherip (IP protocol 97) receive: %s", e.strerror)
+            return
+        self.selector.register(self.etherip.sock, selectors.EVENT_READ, self._on_etherip)
+
+    def _on_etherip(self, _mask: int, now: float) -> None:
+        receive = self.core.receive_etherip
+        for packet, src, dst in self.etherip.recv_batch(BATCH):
+            try:
+                actions = receive(packet, src, dst, now)
+            except Exception:  # noqa: BLE001 -- one bad packet must not stop the engine
+                self._engine_error("proto-97 packet from " + src)
+                continue
+            if actions:
+                self._perform(actions)
+
     def _on_tap(self, vid: VnetId, tap: TapDevice, now: float) -> None:
         receive = self.core.receive_tap
         perform = self._perform
@@ -451,6 +521,14 @@ class Vnetd:
                     os.write(tap.fd, action.frame)
                 except OSError as e:
                     self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
+            elif action.__class__ is SendRaw:
+                if self.raw is None:
+                    self._io_drop("raw_unavailable")
+                    continue
+                try:
+                    self.raw.send(action.packet, action.dst_ip)
+                except OSError as e:
+                    self._io_drop("raw_send_" + errno.errorcode.get(e.errno, "error").lower())
             else:
                 log.error("unknown engine action %r", action)
 
@@ -472,6 +550,8 @@ class Vnetd:
         udp = self.udp
         if udp.joined and not udp.check_membership():
             log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)
+        if self.raw is not None:
+            self.raw.set_interface(self._device_index)
         if not udp.joined:
             udp.ifindex = self._device_index
             if udp.try_join():
@@ -655,9 +735,11 @@ def main(argv: list[str] | None = None) -> int:
     if ready >= 0:
         os.write(ready, b"ok\n")
         os.close(ready)
+    sdnotify.notify("READY=1")        # systemd Type=notify: the control socket answers
     try:
         engine.run()
     finally:
+        sdnotify.notify("STOPPING=1")
         engine.shutdown()
         lock.close()
     return 0

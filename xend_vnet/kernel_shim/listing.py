@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from ..vnet_id import VnetId
 from .codec import mac_text
 from .core import EngineCore, Vnet
+from .security.secure_codec import OVERHEAD as SECURE_OVERHEAD
+from .security.secure_codec import SUITE_NAMES
 from .varp_cache import STATE_NAMES
 
 HZ = 1000
@@ -31,10 +33,27 @@ def _block(head: str, lines: Iterable[str], indent: str = " ") -> str:
 
 
 def vnet_list(core: EngineCore) -> str:
-    """``(vnet.list)``: one line per vnet, sorted by id."""
+    """``(vnet.list)``: one line per vnet, sorted by id.  A secured vnet
+    also lists its key generations and states, never key material."""
+    return "".join(_vnet_line(v) for v in core.vnets())
+
+
+def _vnet_line(v: Vnet) -> str:
+    head = f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security {v.security})"
+    if v.keys is None:
+        return f"{head} (header {UDP_HEADER_ROOM}))\n"
+    gens = "".join(f" (gen {gen} {state})" for gen, state, _ in v.keys.listing())
+    return f"{head} (header {UDP_HEADER_ROOM + SECURE_OVERHEAD}) (keys{gens}))\n"
+
+
+def key_list(vnet: Vnet, gen: int | None = None) -> str:
+    """``(vnet.key (id ..) (list))``: one line per key generation (or only
+    ``gen``): number, state, SPI and suite (design.md 7); never key material."""
+    suite = SUITE_NAMES[vnet.keys.suite]
     return "".join(
-        f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security {v.security})"
-        f" (header {UDP_HEADER_ROOM}))\n" for v in core.vnets())
+        f"(vnet_key (vnet {vnet.vid.canonical}) (gen {g}) (state {state})"
+        f" (spi 0x{spi:08x}) (suite {suite}))\n"
+        for g, state, spi in vnet.keys.listing() if gen is None or g == gen)
 
 
 def vif_list(core: EngineCore, now: float) -> str:

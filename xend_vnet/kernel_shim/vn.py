@@ -298,6 +298,21 @@ def write_key_file(path: str) -> None:
         os.close(fd)
 
 
+def parse_generation(text: str) -> str:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise UsageError(f"invalid key generation {text!r}: expected a number 1 to 65535")
+    return str(int(text))
+
+
+def format_keys(forms: list[sxp.Sxpr]) -> str:
+    """``vn keys``: one line per generation (state, SPI, suite), never key material."""
+    lines = [f"{'gen':>5}  {'state':<8} {'spi':<10}  suite"]
+    for f in forms:
+        lines.append(f"{sxp.child_value(f, 'gen', ''):>5}  {sxp.child_value(f, 'state', ''):<8} "
+                     f"{sxp.child_value(f, 'spi', ''):<10}  {sxp.child_value(f, 'suite', '')}")
+    return "\n".join(lines) + "\n"
+
+
 def parse_params(words: Sequence[str]) -> dict[str, str]:
     """``insmod`` parameters ``name=value`` (as for the legacy module)."""
     params: dict[str, str] = {}
@@ -485,6 +500,8 @@ class Vn:
             form.append(["vnetif", opts["vnetif"]])
         if opts["security"]:
             form.append(["security", opts["security"]])
+        if opts["key-file"]:
+            form.append(["key-file", os.path.abspath(str(opts["key-file"]))])
         self.call(form)
         try:
             created = self.lookup(vnet)
@@ -563,6 +580,27 @@ class Vn:
         write_key_file(args[0])
         return 0
 
+    def key_form(self, key: str, *op: sxp.Sxpr) -> list[sxp.Sxpr]:
+        return ["vnet.key", ["id", sxp.child_value(self.lookup(key), "id")], *op]
+
+    def op_key_add(self, opts: Opts, args: list[str]) -> int:
+        vnet, path = args
+        for form in self.call(self.key_form(vnet, ["add", os.path.abspath(path)])):
+            self.write(f"generation {sxp.child_value(form, 'gen')} added\n")
+        return 0
+
+    def op_key_activate(self, opts: Opts, args: list[str]) -> int:
+        self.call(self.key_form(args[0], ["activate", parse_generation(args[1])]))
+        return 0
+
+    def op_key_retire(self, opts: Opts, args: list[str]) -> int:
+        self.call(self.key_form(args[0], ["retire", parse_generation(args[1])]))
+        return 0
+
+    def op_keys(self, opts: Opts, args: list[str]) -> int:
+        self.write(format_keys(self.call(self.key_form(args[0], ["list"]))))
+        return 0
+
 
 LONG_HELP = """Control utility for vnets (virtual networking), talking to vnetd on its
 control socket ($VNETD_SOCKET, default /var/run/vnetd.sock).
@@ -602,13 +640,16 @@ engine facts, exit 0; or 'not running', exit 3."""),
             "Print packet and byte counters and drops by reason, per vnet.", more="vnet"),
     Command("vnet-create", Vn.op_vnet_create, "Create a vnet.",
             """Create a vnet and bring its interface up, where options are:
-    -s, --security     Security level: none (auth and conf are not available yet).
+    -s, --security     Security level: none (default), auth (authenticated) or
+                       conf (authenticated and encrypted); not with legacy hosts.
+    -k, --key-file     Key file of an auth or conf vnet (vn key-gen PATH, copied
+                       to every host of the vnet).
     -b, --bridge       Create the bridge (or adopt an existing one) and add the
                        vnet interface to it.
     -v, --vnetif       Name of the vnet interface (default vnif%04x of the id).
 The vnet interface keeps its own MAC address (the legacy vn copied eth0's).""",
-            (Option("security", "s", "LEVEL"), Option("bridge", "b", "BRIDGE"),
-             Option("vnetif", "v", "VNETIF")), ("vnet",)),
+            (Option("security", "s", "LEVEL"), Option("key-file", "k", "PATH"),
+             Option("bridge", "b", "BRIDGE"), Option("vnetif", "v", "VNETIF")), ("vnet",)),
     Command("vnet-delete", Vn.op_vnet_delete, "Delete a vnet.",
             """Delete a vnet (given by id or interface).
     -b, --bridge       Delete the bridge the vnet interface is attached to.""",
@@ -640,6 +681,18 @@ loops.""", (Option("port", "p", "PORT"),), ("addr",)),
             """Write 32 random bytes as 64 hex characters to <path>, mode 0600.
 An existing file is never overwritten. Copy the file to every host of the vnet.""",
             args=("path",)),
+    Command("key-add", Vn.op_key_add, "Add a key generation to a secured vnet.",
+            """Rotation step 1 (on every host): accept traffic under the key in <path>
+and print its generation number (the same on every host).""", args=("vnet", "path")),
+    Command("key-activate", Vn.op_key_activate, "Send with a key generation.",
+            """Rotation step 2, once every host has added the generation: send with it.
+The generation used before stays accepted.""", args=("vnet", "gen")),
+    Command("key-retire", Vn.op_key_retire, "Retire a key generation.",
+            """Rotation step 3, once every host sends with the new generation: stop
+accepting <gen>. The active generation cannot be retired.""", args=("vnet", "gen")),
+    Command("keys", Vn.op_keys, "Print a secured vnet's key generations.",
+            """Print each key generation of <vnet>: number, state (added, active,
+retired), SPI and suite. Key material is never shown.""", args=("vnet",)),
 )}
 
 

@@ -4,7 +4,8 @@ Outputs, errors and exit codes follow management.md 1.2-1.3: a Fault prints
 ``Error: <message>`` on stderr and the subcommand's usage on stdout, exit 1;
 ``vnet-list -l`` prints one error line per failing id and carries on.  The
 server is ``$XM_SERVER`` (default ``httpu:///var/run/xend/xmlrpc.sock``).
-Every other subcommand is handed to the next real ``xm`` on PATH.
+Every other subcommand is handed to the next real ``xm`` on PATH, never to
+an ``xm`` already run in the same chain (``$XEND_VNET_XM_SEEN``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .. import sxp
 from .httpu import DEFAULT_URI, server_proxy
 
 VNET_COMMANDS = ("vnet-create", "vnet-delete", "vnet-list")
+# Real paths of the xm programs a pass-through chain already ran (os.pathsep-separated).
+SEEN_ENV = "XEND_VNET_XM_SEEN"
 
 # (arguments, description, options) as xm's SUBCOMMAND_HELP/SUBCOMMAND_OPTIONS.
 HELP = {
@@ -76,8 +79,8 @@ def vnet_list(server, args: list[str], out) -> None:
             continue
         try:
             out.write(sxp.pretty(server.xend_vnet(vnet)))
-        except (xmlrpc.client.Error, OSError, http.client.HTTPException, TypeError) as e:
-            # management.md 1.3: long mode reports per id and carries on.
+        except Exception as e:  # noqa: BLE001 - management.md 1.2: every exception, per id
+            # Long mode reports per id and carries on, as legacy xm did.
             print(vnet, _legacy_str(e), file=out)
 
 
@@ -151,15 +154,26 @@ def run_vnet_command(cmd: str, args: list[str], uri: str, out=None) -> int:
     return 0
 
 
-def next_xm(argv0: str, path: str | None = None) -> str | None:
-    """The first ``xm`` on PATH that is not this program (compared by real path)."""
-    me = os.path.realpath(shutil.which(argv0) or argv0)
+def own_path(argv0: str) -> str:
+    """The real path of this program."""
+    return os.path.realpath(shutil.which(argv0) or argv0)
+
+
+def seen_xms() -> set[str]:
+    """Real paths of the ``xm`` programs this pass-through chain already ran."""
+    return {p for p in os.environ.get(SEEN_ENV, "").split(os.pathsep) if p}
+
+
+def next_xm(argv0: str, path: str | None = None, seen: set[str] | None = None) -> str | None:
+    """The first ``xm`` on PATH that is neither this program nor one already run in
+    this chain (compared by real path)."""
+    skip = {own_path(argv0)} | (seen or set())
     for directory in (path if path is not None else os.environ.get("PATH", "")).split(
             os.pathsep):
         candidate = os.path.join(directory or ".", "xm")
         if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
             continue
-        if os.path.realpath(candidate) != me:
+        if os.path.realpath(candidate) not in skip:
             return candidate
     return None
 
@@ -169,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argv[1] if len(argv) > 1 else None
     if cmd in VNET_COMMANDS:
         return run_vnet_command(cmd, argv[2:], os.environ.get("XM_SERVER") or DEFAULT_URI)
-    other = next_xm(argv[0])
+    seen = seen_xms()
+    other = next_xm(argv[0], seen=seen)
     if other is not None:
-        os.execv(other, [other] + argv[1:])
+        # Two xend-vnet xm wrappers on PATH would otherwise hand the command to
+        # each other forever: the next one skips every xm already run.
+        seen |= {own_path(argv[0]), os.path.realpath(other)}
+        env = dict(os.environ, **{SEEN_ENV: os.pathsep.join(sorted(seen))})
+        os.execve(other, [other] + argv[1:], env)
     what = f"'xm {cmd}'" if cmd else "xm without a subcommand"
     err(f"{what} is not provided by xend-vnet, which serves only "
         f"{', '.join(VNET_COMMANDS)}, and no other xm was found on PATH; "

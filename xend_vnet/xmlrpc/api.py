@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import re
 import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.xmlrpc import DefusedExpatParser
 
 from .. import sxp
+from ..config import ConfigError, VnetConfig
 from .caller import Caller, CallerFileError, read_caller_file
 from .service import VnetFault, VnetService
 
@@ -33,6 +36,8 @@ log = logging.getLogger("xend-vnet")
 ERROR_INTERNAL = 1
 ERROR_GENERIC = 2
 MAX_DEPTH = 32
+# Anything but XML 1.0 Char: replies carrying it are not XML (management.md 1.1).
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def parse_request(body: bytes) -> tuple[str, tuple]:
@@ -71,23 +76,46 @@ def looks_like_text(value: str) -> bool:
 
 
 def check_sxpr(value: object) -> list:
-    """A config given as nested arrays: only strings and lists, not too deep."""
+    """A config given as nested arrays: only strings and lists, not too deep, and only
+    characters an XML-RPC reply can carry (XML 1.0 Char), so listings never break."""
     if not isinstance(value, list):
         raise VnetFault("the config must be a list such as [\"vnet\", [\"id\", \"97\"]]")
-    stack = [(value, 1)]
+    stack = [(value, 1, "vnet")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, field = stack.pop()
         if depth > MAX_DEPTH:
             raise VnetFault(f"the config is nested deeper than {MAX_DEPTH} levels")
-        for x in item:
+        # The head of (key value ...) names the field of the values after it.
+        inner = item[0] if item and isinstance(item[0], str) else field
+        for i, x in enumerate(item):
             if isinstance(x, list):
-                stack.append((x, depth + 1))
+                stack.append((x, depth + 1, inner))
             elif not isinstance(x, str):
                 raise VnetFault(f"config values must be strings, found {type(x).__name__}")
-            elif any(c < " " and c not in "\t\n\r" for c in x):
-                # They could not travel back in an XML-RPC reply.
-                raise VnetFault(f"config value {x!r} contains control characters")
+            else:
+                bad = _NOT_XML_CHAR.search(x)
+                if bad:
+                    what = f"key {x!r} in {field}" if i == 0 else f"{inner}: value {x!r}"
+                    char = "control character" if bad.group() < " " else "character"
+                    raise VnetFault(f"invalid vnet config: {what} contains the {char} "
+                                    f"U+{ord(bad.group()):04X}, which XML-RPC cannot carry")
     return value
+
+
+def check_remote_key_file(sxpr: list, key_dir: str) -> None:
+    """design.md 7: over TCP, a key file is accepted only under the key directory of
+    the state dir (symlinks resolved), so no remote caller makes the engine read
+    other files."""
+    try:
+        key_file = VnetConfig.from_sxpr(sxpr).key_file
+    except ConfigError:
+        return          # create reports what is wrong with the config
+    if key_file is None:
+        return
+    base = os.path.realpath(key_dir)
+    if os.path.commonpath([os.path.realpath(key_file), base]) != base:
+        raise VnetFault(f"invalid vnet config: key-file: {key_file!r} refused: over TCP, key "
+                        f"files are accepted only under the key directory {key_dir}")
 
 
 class VnetAPI:
@@ -121,7 +149,10 @@ class VnetAPI:
 
     def xend_vnet_create(self, caller: Caller, config: object) -> None:
         """xend_vnet_create(path | config text | nested arrays): create a vnet."""
-        self.service.create(self._config_of(caller, config))
+        sxpr = self._config_of(caller, config)
+        if caller.transport != "unix":
+            check_remote_key_file(sxpr, self.service.store.key_dir)
+        self.service.create(sxpr)
 
     def xend_vnet_delete(self, caller: Caller, vnet_id: str, force: bool = False) -> None:
         """xend_vnet_delete(id[, force]): delete a vnet; force even with vifs attached."""

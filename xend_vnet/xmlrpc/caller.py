@@ -2,24 +2,31 @@
 
 ``xm vnet-create FILE`` sends the path exactly as typed, possibly relative
 to xm's working directory (management.md 1.1, Q1).  On the unix socket
-SO_PEERCRED gives the caller's pid, uid and gid; the file is opened
-relative to ``/proc/<pid>/cwd`` (or ``/proc/<pid>/root`` for an absolute
-path), never by rebuilding the path as a string, because the caller may
-live in another mount namespace (design.md 4).  It is read only if that
-uid/gid may read it: search permission on every directory of the path and
-read permission on the file, checked from the permission bits (ACLs and
-capabilities other than root's are not considered).  Over TCP there is no caller process: no paths.
+SO_PEERCRED gives the caller's pid, uid and gid.  The file is opened by a
+forked child that enters the caller's root and working directory
+(``/proc/<pid>/root``, ``/proc/<pid>/cwd``: the caller may live in another
+mount namespace, so the path is never rebuilt as a string) and then takes
+the caller's uid, gid and groups, so the kernel itself resolves the path,
+symlinks included, and checks the caller's permissions, ACLs included
+(design.md 4).  The content comes back over a pipe, capped in size and
+time.  Over TCP there is no caller process: no paths.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import selectors
+import signal
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass
 
 MAX_CONFIG_FILE = 1024 * 1024
+# A file system that never answers (FUSE, a dead NFS server) costs at most this.
+READ_TIMEOUT = 10.0
 
 
 class CallerFileError(Exception):
@@ -55,47 +62,90 @@ def supplementary_groups(pid: int) -> set[int]:
     return set()
 
 
-def may_access(st: os.stat_result, uid: int, gids: set[int], want: int) -> bool:
-    """The permission-bit check the kernel makes for uid/gids; ``want`` is 4 (read)
-    or 1 (search a directory)."""
-    if uid == 0:
-        return True
-    if st.st_uid == uid:
-        shift = 6
-    elif st.st_gid in gids:
-        shift = 3
-    else:
-        shift = 0
-    return bool((st.st_mode >> shift) & want)
+def _child_read(w: int, caller: Caller, groups: list[int], path: str) -> None:
+    """In the forked child: become the caller, open ``path``, send the result on ``w``.
 
-
-def may_read(st: os.stat_result, uid: int, gids: set[int]) -> bool:
-    return may_access(st, uid, gids, 4)
-
-
-def _open_as(dir_fd: int, path: str, uid: int, gids: set[int], absolute: bool) -> int:
-    """Walk ``path`` from ``dir_fd`` checking search permission on every directory,
-    then open the last component for reading."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if not parts:
-        raise CallerFileError(f"{path} is not a regular file")
-    fd = os.dup(dir_fd)
-    depth = 0
+    Replies: ``D`` + content, or ``E<stage> <errno>`` with stage ``proc``,
+    ``creds``, ``open`` or ``type``.  Never returns.
+    """
+    stage = "proc"
     try:
-        for part in parts[:-1]:
-            if part == ".." and absolute and depth == 0:
-                continue      # '..' at the caller's root stays there, as in the kernel
-            if not may_access(os.fstat(fd), uid, gids, 1):
-                raise CallerFileError(f"Permission denied: {path} is not readable by uid {uid}")
-            next_fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-            depth += -1 if part == ".." else 1
-        if not may_access(os.fstat(fd), uid, gids, 1):
-            raise CallerFileError(f"Permission denied: {path} is not readable by uid {uid}")
-        return os.open(parts[-1], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        root = os.open(f"/proc/{caller.pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+        cwd = os.open(f"/proc/{caller.pid}/cwd", os.O_RDONLY | os.O_DIRECTORY)
+        stage = "creds"
+        os.fchdir(root)
+        os.chroot(".")
+        os.fchdir(cwd)
+        os.setgroups(groups)
+        os.setresgid(caller.gid, caller.gid, caller.gid)
+        os.setresuid(caller.uid, caller.uid, caller.uid)
+        stage = "open"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(w, b"Etype 0")
+            os._exit(0)
+        data = b""
+        while len(data) <= MAX_CONFIG_FILE:
+            chunk = os.read(fd, MAX_CONFIG_FILE + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        _write_all(w, b"D" + data)
+    except OSError as e:
+        os.write(w, f"E{stage} {e.errno or 0}".encode("ascii"))
     finally:
-        os.close(fd)
+        os._exit(0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _collect(r: int, child: int, path: str) -> bytes:
+    """The child's reply, read within READ_TIMEOUT; the child is reaped either way."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    chunks: list[bytes] = []
+    with selectors.DefaultSelector() as sel:
+        sel.register(r, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                # A stuck file system (FUSE, NFS) must not hold a server thread.
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                raise CallerFileError(f"cannot open {path}: no answer within "
+                                      f"{READ_TIMEOUT:g} s")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.waitpid(child, 0)
+    return b"".join(chunks)
+
+
+def _reply_error(reply: bytes, path: str, caller: Caller) -> CallerFileError:
+    try:
+        stage, number = reply[1:].decode("ascii").split()
+        errno_ = int(number)
+    except (UnicodeDecodeError, ValueError):
+        return CallerFileError(f"cannot open {path}: the reading process failed")
+    reason = os.strerror(errno_)
+    if stage == "type":
+        return CallerFileError(f"{path} is not a regular file")
+    if stage == "proc":
+        return CallerFileError(f"cannot find the calling process's directories "
+                               f"(pid {caller.pid}): {reason}")
+    if stage == "creds":
+        return CallerFileError(f"cannot read {path} as uid {caller.uid}: {reason}")
+    if errno_ == errno.ENOENT:
+        return CallerFileError(f"File not found: {path}")
+    if errno_ == errno.ENOTDIR:
+        return CallerFileError(f"File not found: {path} (a path component is not a directory)")
+    if errno_ in (errno.EACCES, errno.EPERM):
+        return CallerFileError(f"Permission denied: {path} is not readable by uid {caller.uid}")
+    return CallerFileError(f"cannot open {path}: {reason}")
 
 
 def read_caller_file(path: str, caller: Caller) -> str:
@@ -106,35 +156,25 @@ def read_caller_file(path: str, caller: Caller) -> str:
             "send the config itself, e.g. (vnet (id 97))")
     if not path or "\0" in path:
         raise CallerFileError(f"File not found: {path!r}")
-    base = "root" if os.path.isabs(path) else "cwd"
+    groups = sorted(supplementary_groups(caller.pid) | {caller.gid})
+    r, w = os.pipe()
     try:
-        dir_fd = os.open(f"/proc/{caller.pid}/{base}", os.O_RDONLY | os.O_DIRECTORY)
+        child = os.fork()
     except OSError as e:
-        raise CallerFileError(f"cannot find the calling process's {base} "
-                              f"(pid {caller.pid}): {e.strerror}") from None
-    gids = supplementary_groups(caller.pid) | {caller.gid}
+        os.close(r)
+        os.close(w)
+        raise CallerFileError(f"cannot read {path}: {e.strerror}") from None
+    if child == 0:
+        os.close(r)
+        _child_read(w, caller, groups, path)
+    os.close(w)
     try:
-        fd = _open_as(dir_fd, path, caller.uid, gids, base == "root")
-    except FileNotFoundError:
-        raise CallerFileError(f"File not found: {path}") from None
-    except NotADirectoryError:
-        raise CallerFileError(f"File not found: {path} (a path component is not a "
-                              "directory)") from None
-    except OSError as e:
-        raise CallerFileError(f"cannot open {path}: {e.strerror}") from None
+        reply = _collect(r, child, path)
     finally:
-        os.close(dir_fd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CallerFileError(f"{path} is not a regular file")
-        if not may_read(st, caller.uid, gids):
-            raise CallerFileError(f"Permission denied: {path} is not readable by uid "
-                                  f"{caller.uid}")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_CONFIG_FILE + 1)
-    finally:
-        os.close(fd)
+        os.close(r)
+    if not reply.startswith(b"D"):
+        raise _reply_error(reply, path, caller)
+    data = reply[1:]
     if len(data) > MAX_CONFIG_FILE:
         raise CallerFileError(f"{path} is larger than {MAX_CONFIG_FILE} bytes")
     try:

@@ -225,8 +225,8 @@ def daemon_start(args: argparse.Namespace, settings: ServerSettings, warnings: l
             message = f.read().decode("utf-8", "replace").strip()
         if message == "ok":
             return 0
-        print(f"xend-vnet: {message or 'failed to start; see ' + (settings.log_file or '')}",
-              file=sys.stderr)
+        log_file = settings.log_file or DEFAULT_LOG_FILE
+        print(f"xend-vnet: {message or 'failed to start; see ' + log_file}", file=sys.stderr)
         return 1
     os.close(r)
     os.setsid()
@@ -239,7 +239,12 @@ def daemon_start(args: argparse.Namespace, settings: ServerSettings, warnings: l
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    setup_logging(settings.log_file or DEFAULT_LOG_FILE)
+    log_file = settings.log_file or DEFAULT_LOG_FILE
+    try:
+        setup_logging(log_file)
+    except OSError as e:
+        os.write(w, f"cannot open the log file {log_file}: {e.strerror or e}\n".encode())
+        os._exit(1)
 
     def ready(error: str | None) -> None:
         os.write(w, b"ok\n" if error is None else error.encode("utf-8") + b"\n")
@@ -310,10 +315,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         entries = (importer.read_xend_db(args.dir) if args.dir
                    else importer.read_xenstore())
-    except importer.ImportSourceError as e:
+        result = importer.import_configs(VnetStore(state_dir), entries)
+    except (importer.ImportSourceError, StoreError) as e:
         print(f"xend-vnet import: {e}", file=sys.stderr)
         return 1
-    result = importer.import_configs(VnetStore(state_dir), entries)
     for id_text in result.imported:
         print(f"imported vnet {id_text}")
     for source, reason in result.skipped:

@@ -21,6 +21,7 @@ from ..store import StoreError, VnetStore
 
 XEN2_DB_DIR = "/var/lib/xen/xend-db/vnet"
 MAX_FILE = 1024 * 1024
+TOOL_TIMEOUT = 30.0
 
 
 class ImportSourceError(Exception):
@@ -49,7 +50,14 @@ def run_tool(argv: list[str]) -> str:
     """Run a xenstore tool; its stdout, or ImportSourceError with its stderr."""
     if shutil.which(argv[0]) is None:
         raise ImportSourceError(f"{argv[0]} not found: is this a Xen host with xenstored?")
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+    try:
+        done = subprocess.run(argv, check=False, capture_output=True, text=True,
+                              timeout=TOOL_TIMEOUT, errors="replace")
+    except subprocess.TimeoutExpired:
+        raise ImportSourceError(f"{' '.join(argv)}: no answer within {TOOL_TIMEOUT:g} s "
+                                "(is xenstored running?)") from None
+    except OSError as e:
+        raise ImportSourceError(f"cannot run {argv[0]}: {e.strerror or e}") from None
     if done.returncode != 0:
         raise ImportSourceError(f"{' '.join(argv)}: {done.stderr.strip() or 'failed'}")
     return done.stdout
@@ -99,7 +107,8 @@ def read_xend_db(directory: str = XEN2_DB_DIR) -> list[LegacyEntry]:
 
 
 def import_configs(store: VnetStore, entries: list[LegacyEntry]) -> ImportResult:
-    """Validate and store each entry; skip (with the reason) what cannot be used."""
+    """Validate and store each entry; skip (with the reason) what cannot be used.
+    StoreError when the store itself cannot be read."""
     result = ImportResult()
     existing, _ = store.load_all()
     for entry in entries:

@@ -2,9 +2,11 @@
 
 HTTP/1.0 and 1.1, POST ``/RPC2`` or ``/`` (management.md 1.4, 7).
 Hardening: a request size cap (HTTP 413 before reading the body), a socket
-timeout per connection (accept() does not pass the listener's timeout on,
-platform.md), a cap on concurrent connections, defusedxml parsing (api.py),
-no dotted-name dispatch.  A unix socket that still accepts connections is
+timeout per receive (accept() does not pass the listener's timeout on,
+platform.md) and a deadline for a whole request, so a client trickling
+bytes cannot hold a connection slot; a short idle timeout between
+keep-alive requests; a cap on concurrent connections, defusedxml parsing
+(api.py), no dotted-name dispatch.  A unix socket that still accepts connections is
 never unlinked (design.md 9).  Beside xend, methods this server does not
 serve are forwarded to the upstream xend byte for byte, with no timeout.
 """
@@ -12,15 +14,18 @@ serve are forwarded to the upstream xend byte for byte, with no timeout.
 from __future__ import annotations
 
 import http.client
+import io
 import logging
 import os
 import socket
 import socketserver
 import stat
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
+from ..xend_config import XendConfigError, check_upstream
 from ..xm_commands.httpu import UnixHTTPConnection
 from .api import ERROR_INTERNAL, VnetAPI, fault_reply
 from .caller import Caller, peer_of
@@ -28,7 +33,9 @@ from .caller import Caller, peer_of
 log = logging.getLogger("xend-vnet")
 
 MAX_REQUEST = 1024 * 1024
-REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 30.0     # one receive or send
+REQUEST_DEADLINE = 60.0    # receiving one whole request
+KEEPALIVE_IDLE = 5.0       # waiting for the next request on a kept-alive connection
 MAX_CONNECTIONS = 64
 RPC_PATHS = ("/RPC2", "/")
 
@@ -78,12 +85,78 @@ def upstream_connection(uri: str) -> http.client.HTTPConnection:
     raise ServerError(f"unsupported upstream {uri!r}: use httpu:///PATH or http://HOST:PORT")
 
 
+class DeadlineReader(io.RawIOBase):
+    """The receiving side of a connection with a per-receive timeout and a deadline
+    for the whole request; ``clock`` is time.monotonic (a parameter for tests)."""
+
+    def __init__(self, sock: socket.socket, per_recv: float, clock=time.monotonic):
+        super().__init__()
+        self.sock = sock
+        self.per_recv = per_recv
+        self.clock = clock
+        self.deadline: float | None = None
+        self.idle_until_first_byte: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def expect_request(self, deadline: float) -> None:
+        """A request must arrive whole within ``deadline`` seconds from now."""
+        self.deadline = self.clock() + deadline
+        self.idle_until_first_byte = None
+
+    def expect_next_request(self, idle: float, deadline: float) -> None:
+        """Keep-alive: the next request starts within ``idle`` seconds and then must
+        arrive whole within ``deadline`` seconds of its first byte."""
+        self.deadline = self.clock() + idle
+        self.idle_until_first_byte = deadline
+
+    def request_received(self) -> None:
+        """Answering now: no deadline, plain per-operation timeouts for the reply."""
+        self.deadline = None
+        self.idle_until_first_byte = None
+        self.sock.settimeout(self.per_recv)
+
+    def readinto(self, buffer) -> int:
+        timeout = self.per_recv
+        if self.deadline is not None:
+            left = self.deadline - self.clock()
+            if left <= 0:
+                raise TimeoutError("the request took too long to arrive")
+            timeout = min(timeout, left)
+        self.sock.settimeout(timeout)
+        n = self.sock.recv_into(buffer)
+        if n and self.idle_until_first_byte is not None:
+            self.expect_request(self.idle_until_first_byte)
+        return n
+
+
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # A request line without a version gets a real status line, not HTTP/0.9.
     default_request_version = "HTTP/1.0"
     server_version = "xend-vnet"
     timeout = REQUEST_TIMEOUT
+    request_deadline = REQUEST_DEADLINE
+    keepalive_idle = KEEPALIVE_IDLE
+
+    def setup(self) -> None:
+        super().setup()
+        self.reader = DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+        self.requests_seen = 0
+
+    def handle_one_request(self) -> None:
+        if self.requests_seen:
+            self.reader.expect_next_request(self.keepalive_idle, self.request_deadline)
+        else:
+            self.reader.expect_request(self.request_deadline)
+        self.requests_seen += 1
+        super().handle_one_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.reader.request_received()
+        super().send_response(code, message)
 
     def do_POST(self) -> None:
         if self.path not in RPC_PATHS:
@@ -131,18 +204,23 @@ class RequestHandler(BaseHTTPRequestHandler):
         return True
 
     def _forward(self, body: bytes) -> None:
-        conn = upstream_connection(self.server.upstream)
+        # No timeout on the upstream call itself (design.md 9: xm create, migrations).
+        conn = None
         try:
+            conn = upstream_connection(self.server.upstream)
             conn.request("POST", self.path, body, {"Content-Type": "text/xml"})
             response = conn.getresponse()
             data = response.read()
-        except OSError as e:
-            log.error("upstream xend %s: %s", self.server.upstream, e)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a Fault, not a traceback
+            reason = str(e) or type(e).__name__
+            what = "is not reachable" if isinstance(e, OSError) else "failed"
+            log.error("upstream xend %s %s: %s", self.server.upstream, what, reason)
             self._send(200, "text/xml", fault_reply(
-                ERROR_INTERNAL, f"upstream xend {self.server.upstream} is not reachable: {e}"))
+                ERROR_INTERNAL, f"upstream xend {self.server.upstream} {what}: {reason}"))
             return
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         self._send(response.status, response.getheader("Content-Type", "text/xml"), data)
 
     def _plain(self, code: int, message: str) -> None:
@@ -217,6 +295,11 @@ class XMLRPCServers:
         self.unix_path = unix_path
         self.servers: list[socketserver.BaseServer] = []
         self.threads: list[threading.Thread] = []
+        if upstream:
+            try:
+                check_upstream(upstream, unix_path, tcp)
+            except XendConfigError as e:
+                raise ServerError(str(e)) from None
         try:
             if unix_path:
                 prepare_unix_path(unix_path)

@@ -4,7 +4,8 @@
 ``vnet.add`` on the engine, create or adopt the bridge, enslave and bring up
 the vnetif, persist; a failing step undoes the steps this call made.  Delete
 undoes all of it and refuses while domain vifs are on the bridge unless
-forced.  ``reconcile`` brings every stored vnet up again after an engine
+forced; a bridge that existed before (adopted, and only brought up) is left
+in place, so the store records which bridges xend-vnet created.  ``reconcile`` brings every stored vnet up again after an engine
 restart and never deletes anything.
 
 The network and the engine are injected (``net`` is the bridges module or a
@@ -62,12 +63,10 @@ def add_form(config: VnetConfig) -> list:
 class VnetService:
     """The stored vnets and the operations of the xend vnet API."""
 
-    def __init__(self, store: VnetStore, engine: EngineClient, net=bridges,
-                 allow_secure: bool = False):
+    def __init__(self, store: VnetStore, engine: EngineClient, net=bridges):
         self.store = store
         self.engine = engine
         self.net = net
-        self.allow_secure = allow_secure
         self.configs: dict[VnetId, VnetConfig] = {}
         # canonical id -> why the stored vnet is not up (design.md 5: reported).
         self.problems: dict[str, str] = {}
@@ -128,7 +127,7 @@ class VnetService:
     def create(self, config_sxpr: object) -> VnetConfig:
         """Bring a new vnet up and store it, or change nothing (design.md 4)."""
         try:
-            config = VnetConfig.from_sxpr(config_sxpr, self.allow_secure)
+            config = VnetConfig.from_sxpr(config_sxpr)
         except ConfigError as e:
             log.error("create refused: %s", e)
             raise VnetFault(str(e)) from None
@@ -170,6 +169,11 @@ class VnetService:
         if self.net.ensure_bridge(config.bridge):
             done.append("bridge created")
             undo.append(("bridge", lambda: self.net.delete_bridge(config.bridge)))
+            self.store.record_bridge(config.vid, config.bridge)
+            undo.append(("bridge record", lambda: self.store.record_bridge(config.vid, None)))
+        elif creating:
+            # Adopted: delete leaves it in place (a stale record would not).
+            self.store.record_bridge(config.vid, None)
         if self.net.master_of(config.vnetif) != config.bridge:
             self.net.enslave(config.bridge, config.vnetif)
             done.append("vnetif enslaved")
@@ -186,11 +190,13 @@ class VnetService:
                 raise
             # design.md 5: "exists with the same parameters" is success.
             present = engine_vnets(self.engine.call(["vnet.list"])).get(config.canonical)
+            if present is None:
+                # EEXIST for something else (e.g. the vnetif belongs to another
+                # vnet): the engine's own message says what.
+                raise
             if present != (config.vnetif, config.security):
-                have = (f"vnetif {present[0]}, security {present[1]}" if present
-                        else "other parameters")
-                raise VnetFault(f"the engine already has vnet {config.canonical} with {have}"
-                                ) from None
+                raise VnetFault(f"the engine already has vnet {config.canonical} with vnetif "
+                                f"{present[0]}, security {present[1]}") from None
             return False
         if undo is not None:
             undo.append(("engine", lambda: self.engine.call(
@@ -201,7 +207,7 @@ class VnetService:
         for what, step in reversed(undo):
             try:
                 step()
-            except (EngineError, bridges.BridgeError) as e:
+            except (EngineError, bridges.BridgeError, StoreError) as e:
                 log.error("vnet %s: undoing %s failed: %s", config.id_text, what, e)
 
     # -- delete ---------------------------------------------------------------
@@ -232,8 +238,10 @@ class VnetService:
                 if e.errno != ENOENT:
                     log.error("delete of vnet %s failed: %s", config.id_text, e.message)
                     raise VnetFault(f"cannot delete vnet {config.id_text}: {e.message}") from None
+            # Only a bridge xend-vnet created goes; an adopted one stays.
+            ours = bridge_there and self.store.created_bridge(config.vid) == config.bridge
             try:
-                if bridge_there:
+                if ours:
                     self.net.delete_bridge(config.bridge)
                 self.store.delete(config.vid)
             except (bridges.BridgeError, StoreError) as e:
@@ -243,7 +251,9 @@ class VnetService:
                 raise VnetFault(f"cannot delete vnet {config.id_text}: {e}") from None
             del self.configs[config.vid]
             self.problems.pop(config.canonical, None)
-        log.info("deleted vnet %s%s", config.id_text, " (forced)" if force else "")
+        log.info("deleted vnet %s%s%s", config.id_text, " (forced)" if force else "",
+                 "" if ours or not bridge_there else
+                 f"; bridge {config.bridge} kept: it existed before the vnet")
 
     # -- reconcile ------------------------------------------------------------
 
@@ -274,7 +284,7 @@ class VnetService:
                 config = self.configs[vid]
                 try:
                     done = self._bring_up(config, [], creating=False)
-                except (EngineError, bridges.BridgeError, VnetFault) as e:
+                except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
                     reason = e.message if isinstance(e, EngineError) else str(e)
                     problems[config.canonical] = reason
                     if self.problems.get(config.canonical) != reason:
@@ -310,10 +320,19 @@ class ReconcileLoop(threading.Thread):
         self.interval = interval
         self.stopping = threading.Event()
         self.engine_down: str | None = None
+        self.last_failure: str | None = None
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except Exception as e:  # noqa: BLE001 - design.md 5: keep reconciling, whatever failed
+                failure = f"{type(e).__name__}: {e}"
+                if failure != self.last_failure:
+                    log.exception("reconcile failed; trying again every %g s", self.interval)
+                self.last_failure = failure
+            else:
+                self.last_failure = None
 
     def poll(self) -> None:
         """One round: check, reconcile if needed; engine outages are logged once."""

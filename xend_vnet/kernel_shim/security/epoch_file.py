@@ -1,0 +1,33 @@
+"""The engine's epoch state file (design.md 7): the last epoch handed out,
+written (atomically, synced) before the epoch is used, so epochs only grow
+across restarts even when the wall clock steps back.  One decimal number and
+a newline."""
+
+from __future__ import annotations
+
+import os
+
+
+def load(path: str) -> int:
+    """The last epoch saved, 0 when there is no file; ValueError on a damaged one."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return 0
+    except UnicodeDecodeError:
+        raise ValueError(f"epoch file {path} is damaged") from None
+    if not (text.isdigit() and len(text) <= 20):
+        raise ValueError(f"epoch file {path} is damaged")
+    return int(text)
+
+
+def save(path: str, epoch: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, f"{epoch}\n".encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
