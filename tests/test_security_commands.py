@@ -174,3 +174,13 @@ def test_secured_config_goes_to_the_engine_with_its_key_file():
         "(vnet (id 97) (bridge vnet97) (security conf) (key-file /etc/xen/vnet97.key))")
     assert add_form(config) == ["vnet.add", ["id", ID97], ["vnetif", "vnif0097"],
                                 ["security", "conf"], ["key-file", "/etc/xen/vnet97.key"]]
+
+
+def test_a_fifo_named_as_key_file_is_refused_without_blocking(tmp_path):
+    import os
+
+    from xend_vnet.kernel_shim.security.keys import KeyFileError, read_key_file
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        read_key_file(str(fifo))

@@ -15,19 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import sxp
+from .ifnames import ifname_problem
 from .vnet_id import VnetId, VnetIdError, parse_usable
 
 KNOWN_KEYS = ("id", "bridge", "vnetif", "security", "key-file")
 SECURITY_LEVELS = ("none", "auth", "conf")
 SECURED_LEVELS = ("auth", "conf")
-IFNAMSIZ = 16
 # management.md 3.1: the legacy docs promised "at most 14" characters.
 NAME_WARN_LENGTH = 14
-# Characters the kernel refuses in a device name (dev_valid_name), plus '%',
-# which the kernel treats as a "pick a free number" template.
-_BAD_NAME_CHARS = frozenset("/:%")
-
-
 class ConfigError(ValueError):
     """A config that cannot be used; ``field`` names the offending key."""
 
@@ -42,18 +37,9 @@ def check_ifname(field: str, name: object) -> str:
     if not isinstance(name, str):
         raise ConfigError(
             field, f"expected an interface name, found the list {sxp.to_string(name)}")
-    if not name:
-        raise ConfigError(field, "empty interface name")
-    if len(name) >= IFNAMSIZ:
-        raise ConfigError(
-            field, f"interface name {name!r} is {len(name)} characters; at most 15 are allowed")
-    if name in (".", ".."):
-        raise ConfigError(field, f"{name!r} is not a valid interface name")
-    bad = sorted({c for c in name if c in _BAD_NAME_CHARS or not c.isprintable()
-                  or c.isspace() or not c.isascii()})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad)
-        raise ConfigError(field, f"interface name {name!r} contains {shown}")
+    problem = ifname_problem(name)
+    if problem:
+        raise ConfigError(field, problem)
     return name
 
 

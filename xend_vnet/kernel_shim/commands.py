@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .. import sxp
+from ..ifnames import ifname_problem
 from ..vnet_id import VnetId, VnetIdError
 from . import listing
 from .codec import is_multicast, parse_ipv4, parse_mac
@@ -27,7 +28,6 @@ EEXIST = _errno.EEXIST   # 17
 EINVAL = _errno.EINVAL   # 22
 EBUSY = _errno.EBUSY     # 16
 
-IFNAMSIZ = 16
 SECURITY_LEVELS = ("none", "auth", "conf")
 
 
@@ -165,11 +165,10 @@ def _int(form: list, name: str, low: int, high: int) -> int | None:
 
 
 def check_ifname(name: str) -> None:
-    """A valid Linux interface name of at most 15 characters (wire.md 1.4)."""
-    if (not name or len(name) >= IFNAMSIZ or name in (".", "..")
-            or any(c in "/:" or c.isspace() or not c.isprintable() for c in name)):
-        raise ValueError(f"invalid interface name {name!r}: 1 to {IFNAMSIZ - 1} "
-                         "printable characters without '/', ':' or spaces")
+    """The interface-name rule of xend_vnet.ifnames (wire.md 1.4: at most 15 characters)."""
+    problem = ifname_problem(name)
+    if problem:
+        raise ValueError(problem)
 
 
 # -- commands -------------------------------------------------------------------

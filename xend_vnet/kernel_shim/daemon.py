@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import logging
 import os
 import resource
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 
@@ -45,7 +45,11 @@ log = logging.getLogger("vnetd")
 
 VERSION_TEXT = f"vnetd 1.0 (xend-vnet {__version__})"
 DEFAULT_CONTROL = "/var/run/vnetd.sock"
-LOCK_NAME = b"\0xend-vnet-vnetd"   # abstract: scoped to the network namespace
+DEFAULT_EPOCH_FILE = "/var/lib/xend-vnet/vnetd.epoch"
+# A frame plus the largest encapsulation (VFWD of a secured message) must fit
+# in one UDP datagram (65,507 bytes).
+MAX_MTU = 65000
+LOCK_DIR = "/run/xend-vnet"        # root-owned: per-namespace engine locks
 DEFAULT_VNETS = (2, 3, 4)          # wire.md 1.3, design.md 4
 FILE_COMMANDS = ("vnet.add", "peer.add", "varp.mcaddr")  # wire.md 8.3
 BATCH = 64                 # datagrams or frames drained per wakeup
@@ -79,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", help="care-of address to announce (default: from the host); "
                    "behind NAT, the address peers should use")
     p.add_argument("--epoch-file", metavar="PATH",
-                   help="where secured vnets keep their last epoch (default <control>.epoch)")
+                   help="where secured vnets keep their last epoch (default "
+                        f"{DEFAULT_EPOCH_FILE}, or <control>.epoch for another control socket)")
     p.add_argument("--epoch-max-age", type=float, default=EPOCH_MAX_AGE, metavar="SECONDS",
                    help="secured traffic of older epochs is refused (default 900)")
     p.add_argument("--epoch-lifetime", type=float, default=EPOCH_LIFETIME, metavar="SECONDS",
@@ -102,8 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"invalid --port {opts.port}: expected 1 to 65535")
     if not 0 <= opts.mcast_ttl <= 255:
         p.error(f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255")
-    if not 68 <= opts.mtu <= 65521:
-        p.error(f"invalid --mtu {opts.mtu}: expected 68 to 65521")
+    if not 68 <= opts.mtu <= MAX_MTU:
+        p.error(f"invalid --mtu {opts.mtu}: expected 68 to {MAX_MTU}")
     if not opts.varp_ttl > 0:
         p.error(f"invalid --varp-ttl {opts.varp_ttl}: expected a positive number of seconds")
     for name in ("mcaddr", "address"):
@@ -121,36 +126,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if opts.pid_file is None:
         opts.pid_file = opts.control + ".pid"
     if opts.epoch_file is None:
-        opts.epoch_file = opts.control + ".epoch"
+        # The default engine keeps its epoch where reboots do not clear it
+        # (/var/run is a tmpfs); engines with their own socket keep it beside it.
+        opts.epoch_file = (DEFAULT_EPOCH_FILE if opts.control == DEFAULT_CONTROL
+                           else opts.control + ".epoch")
     return opts
 
 
-def take_netns_lock() -> socket.socket:
-    """One engine per network namespace (design.md 5): hold an abstract socket name."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+class NetnsLock:
+    """One engine per network namespace (design.md 5).
+
+    An flock on a root-owned file named after the namespace's inode: unlike
+    an abstract socket name, which any local user may bind first, nobody
+    without root can take it, and the kernel drops it when vnetd dies."""
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.path = path
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            # Unlink while still holding it: a vnetd that opened the old file
+            # meanwhile sees it is no longer the path's file and tries again.
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            os.close(self.fd)
+            self.fd = -1
+
+
+def take_netns_lock(lock_dir: str = LOCK_DIR) -> NetnsLock:
     try:
-        s.bind(LOCK_NAME)
+        ns = os.stat("/proc/self/ns/net")
+        os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+        if os.lstat(lock_dir).st_uid != os.geteuid():
+            raise StartupError(f"cannot take the engine lock: {lock_dir} is not owned by "
+                               "this user; remove it")
+        path = os.path.join(lock_dir, f"vnetd-netns-{ns.st_dev}-{ns.st_ino}.lock")
     except OSError as e:
-        s.close()
-        if e.errno != errno.EADDRINUSE:
-            raise StartupError(f"cannot take the engine lock: {e.strerror}") from None
-        raise StartupError("another vnetd is already running in this network namespace"
-                           + _lock_holder()) from None
-    s.listen(1)  # lets a refused second vnetd name the holder through SO_PEERCRED
-    return s
-
-
-def _lock_holder() -> str:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(0.5)
-    try:
-        probe.connect(LOCK_NAME)
-        pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        return f" (pid {pid})"
-    except OSError:
-        return ""
-    finally:
-        probe.close()
+        raise StartupError(f"cannot take the engine lock in {lock_dir}: {e.strerror}") from None
+    for _attempt in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise StartupError(f"cannot take the engine lock {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            shown = f" (pid {holder})" if holder.isdigit() else ""
+            raise StartupError("another vnetd is already running in this network namespace"
+                               + shown) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)     # the holder unlinked it as we opened it: take the new one
+    else:
+        raise StartupError(f"cannot take the engine lock {path}: it keeps changing")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return NetnsLock(fd, path)
 
 
 def raise_fd_limit() -> None:
@@ -177,6 +217,7 @@ class Vnetd:
                                security)
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
+        self.lost_taps: dict[VnetId, str] = {}     # deleted from outside, to recreate
         self.udp: EngineSocket | None = None
         self.raw: RawSender | None = None
         self.etherip: EtheripSocket | None = None
@@ -220,15 +261,55 @@ class Vnetd:
         try:
             self.core.add_vnet(vid, ifname, security, key)
         except ValueError as e:
-            tap.close()
+            self._discard_new_tap(tap)
             raise CommandError(errno.EINVAL, f"vnet.add: {e}") from None
         except BaseException:
-            tap.close()
+            self._discard_new_tap(tap)
             raise
+        self._watch_tap(vid, tap)
+        log.info("vnet %s up on %s, security %s", vid.canonical, ifname, security)
+
+    @staticmethod
+    def _discard_new_tap(tap: TapDevice) -> None:
+        """A failed vnet.add leaves nothing behind (design.md 4): a TAP this
+        call created goes, one that was reattached stays for its owner."""
+        if tap.created:
+            try:
+                delete_tap(tap)
+            except TapError as e:
+                log.warning("%s", e.message)
+        else:
+            tap.close()
+
+    def _watch_tap(self, vid: VnetId, tap: TapDevice) -> None:
         self.taps[vid] = tap
         self.selector.register(tap.fd, selectors.EVENT_READ,
                                lambda mask, now, vid=vid, tap=tap: self._on_tap(vid, tap, now))
-        log.info("vnet %s up on %s, security %s", vid.canonical, ifname, security)
+
+    def _tap_lost(self, vid: VnetId, tap: TapDevice, error: TapError) -> None:
+        """The device was deleted from outside: stop reading it, keep the vnet,
+        and make the TAP again at the next refresh (xend-vnet re-enslaves it)."""
+        self.selector.unregister(tap.fd)
+        tap.close()
+        self.taps.pop(vid, None)
+        self.lost_taps[vid] = tap.ifname
+        self._io_drop("tap_lost")
+        log.warning("vnet %s: %s; recreating it", vid.canonical, error.message)
+
+    def _recreate_lost_taps(self) -> None:
+        for vid, ifname in list(self.lost_taps.items()):
+            if not self.core.has_vnet(vid):
+                del self.lost_taps[vid]
+                continue
+            try:
+                tap = open_tap(ifname, self.opts.mtu)
+            except TapError as e:
+                log.warning("vnet %s: cannot recreate %s yet: %s", vid.canonical, ifname,
+                            e.message)
+                continue
+            del self.lost_taps[vid]
+            self._watch_tap(vid, tap)
+            log.info("vnet %s: %s recreated", vid.canonical, ifname)
 
     def delete_vnet(self, vid: VnetId) -> None:
         """Remove the vnet from the core and delete its TAP (design.md 5)."""
@@ -490,7 +571,12 @@ class Vnetd:
     def _on_tap(self, vid: VnetId, tap: TapDevice, now: float) -> None:
         receive = self.core.receive_tap
         perform = self._perform
-        for frame in tap.read_batch(BATCH):
+        try:
+            frames = tap.read_batch(BATCH)
+        except TapError as e:
+            self._tap_lost(vid, tap, e)
+            return
+        for frame in frames:
             try:
                 actions = receive(vid, frame, now)
             except Exception:  # noqa: BLE001 -- one bad frame must not stop the engine
@@ -547,6 +633,8 @@ class Vnetd:
 
     def _refresh(self, now: float) -> None:
         self._refresh_addresses()
+        if self.lost_taps:
+            self._recreate_lost_taps()
         udp = self.udp
         if udp.joined and not udp.check_membership():
             log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .. import sxp
 from ..vnet_id import VnetId
 from .codec import mac_text
 from .core import EngineCore, Vnet
@@ -77,7 +78,7 @@ def varp_list(core: EngineCore, now: float, device: str) -> str:
     """``(varp.list)``: parameters, then one ``ventry`` per cache entry.
     ``(varp `` and ``(ventry `` keep legacy's trailing space."""
     out = [_block("(varp ", [
-        f"(device {device})",
+        f"(device {sxp.to_string(device)})",
         f"(mcast_addr {core.mcaddr})",
         f"(ucast_addr {core.self_address or '0.0.0.0'})",
         f"(port {core.port})",

@@ -4,7 +4,15 @@ A vnet's device is created with pyroute2 when its name is free, then
 attached through /dev/net/tun as a single-queue TAP without packet
 information, marked persistent so it survives the engine (and stays on its
 bridge), and configured (MTU, up) with pyroute2.  When the vnet is added
-again the existing TAP is reattached by name.  A name held by a device that
+again the existing TAP is reattached by name.
+
+With offloads (issue 7, fastpath.py) the TAP is attached with
+``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (checksum, TSO for IPv4 and IPv6):
+every read and write carries a 10-byte virtio_net_hdr, and a TCP
+super-frame crosses user space once.  Its GSO size is capped so a super-frame
+and its segment headers fit one ``UDP_SEGMENT`` send over a 1500-byte
+underlay (platform.md).  Without offloads the offload flags are cleared
+explicitly, since a persistent TAP keeps the flags of its last user.  A name held by a device that
 is not a TAP is refused before anything is opened; a TAP already attached
 by another vnet (or process) answers EBUSY, which is refused too.
 """
@@ -19,15 +27,25 @@ import struct
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..ifnames import ifname_problem
+
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+GSO_MAX_SIZE = 62000
+VNET_HDR_LEN = 10
 IFLA_TUN_TYPE_TAP = 2
 DEFAULT_MTU = 1500
 MAX_FRAME = 65536
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class TapError(Exception):
@@ -60,10 +78,14 @@ def _link_kind(ipr: IPRoute, ifname: str) -> str | None:
 class TapDevice:
     """An attached TAP: a non-blocking fd that reads and writes whole frames."""
 
-    def __init__(self, ifname: str, fd: int, index: int):
+    def __init__(self, ifname: str, fd: int, index: int, created: bool = False,
+                 vnet_hdr: bool = False):
         self.ifname = ifname
         self.fd = fd
         self.index = index
+        self.vnet_hdr = vnet_hdr    # reads and writes carry a virtio_net_hdr
+        self.read_size = MAX_FRAME + (VNET_HDR_LEN if vnet_hdr else 0)
+        self.created = created     # this open made the device (else it was reattached)
 
     def fileno(self) -> int:
         return self.fd
@@ -76,9 +98,10 @@ class TapDevice:
         frames = []
         read = os.read
         fd = self.fd
+        size = self.read_size
         try:
             for _ in range(limit):
-                frames.append(read(fd, MAX_FRAME))
+                frames.append(read(fd, size))
         except BlockingIOError:
             pass
         except OSError as e:
@@ -101,15 +124,14 @@ class TapDevice:
 
 def check_tap_name(ifname: str) -> None:
     """Refuse names the kernel would reject or treat as a template (``%d``)."""
-    if not (0 < len(ifname) <= 15) or ifname in (".", "..") or any(
-            c not in _NAME_CHARS for c in ifname):
-        raise TapError(errno.EINVAL,
-                       f"invalid interface name {ifname!r}: 1 to 15 characters from "
-                       "letters, digits, '.', '_' and '-'")
+    problem = ifname_problem(ifname)
+    if problem:
+        raise TapError(errno.EINVAL, problem)
 
 
-def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
-    """Create or reattach the persistent TAP ``ifname``, set its MTU and bring it up.
+def open_tap(ifname: str, mtu: int = DEFAULT_MTU, offload: bool = False) -> TapDevice:
+    """Create or reattach the persistent TAP ``ifname``, set its MTU and bring it up;
+    ``offload``: with virtio_net_hdr, checksum and TSO offloads (module doc).
 
     A device this call created is removed again if a later step fails."""
     check_tap_name(ifname)
@@ -133,8 +155,8 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
             raise TapError(e.errno, f"cannot open {TUN_DEVICE}: {e.strerror}") from None
         try:
             try:
-                fcntl.ioctl(fd, TUNSETIFF,
-                            struct.pack("16sH", ifname.encode(), IFF_TAP | IFF_NO_PI))
+                flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
+                fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), flags))
             except OSError as e:
                 if e.errno == errno.EBUSY:
                     raise TapError(errno.EBUSY,
@@ -142,7 +164,10 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
                                    "or process") from None
                 raise TapError(e.errno, f"cannot attach TAP {ifname}: {e.strerror}") from None
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
+            fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
             index = ipr.link_lookup(ifname=ifname)[0]
+            if offload:
+                ipr.link("set", index=index, gso_max_size=GSO_MAX_SIZE)
             ipr.link("set", index=index, mtu=mtu, state="up")
         except NetlinkError as e:
             os.close(fd)
@@ -153,7 +178,7 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU) -> TapDevice:
             os.close(fd)
             _undo_create(ipr, ifname, created)
             raise
-    return TapDevice(ifname, fd, index)
+    return TapDevice(ifname, fd, index, created, offload)
 
 
 def _undo_create(ipr: IPRoute, ifname: str, created: bool) -> None:

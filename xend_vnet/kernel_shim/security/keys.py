@@ -55,7 +55,9 @@ def read_key_file(path: str) -> bytes:
     if not os.path.isabs(path):
         raise KeyFileError(f"key file {path!r} must be an absolute path")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO named as a key file must not stall the engine's loop.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                     | os.O_NOCTTY)
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist: {MAKE_ONE}") from None
     except OSError as e:
