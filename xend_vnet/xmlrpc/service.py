@@ -5,8 +5,9 @@
 the vnetif, persist; a failing step undoes the steps this call made.  Delete
 undoes all of it and refuses while domain vifs are on the bridge unless
 forced; a bridge that existed before (adopted, and only brought up) is left
-in place, so the store records which bridges xend-vnet created.  ``reconcile`` brings every stored vnet up again after an engine
-restart and never deletes anything.
+in place, so the store records which bridges xend-vnet created.
+``reconcile`` brings every stored vnet up again after an engine restart and
+never deletes anything.
 
 The network and the engine are injected (``net`` is the bridges module or a
 test double with the same functions), so the semantics are tested without
