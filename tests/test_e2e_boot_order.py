@@ -140,9 +140,12 @@ def test_server_then_engine_vnets_come_up_once_the_engine_answers(host):
     h = host
     h.start_server()
     assert launcher.running_pid(h.engine_sock) is None
+    # The bridge is there before the engine: a domain started now finds it.
+    wait_for(lambda: h.link("vnet97"), timeout=10, what="bridge vnet97 without the engine")
+    h.attach_domain()
+    assert "master vnet97" in h.link("vif1.0")
     h.start_engine()
     wait_for(h.vnet97_up, timeout=20, what="vnet 97 restored once the engine runs")
-    h.attach_domain()
     assert "master vnet97" in h.link("vif1.0")
     listed = h.vn("vnets").stdout
     assert "(id 0000:0000:0000:0000:0000:0000:0000:0097)" in listed

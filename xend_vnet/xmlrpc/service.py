@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from .. import bridges
 from ..config import ConfigError, VnetConfig, check_collisions
-from ..engine_client import EngineClient, EngineError
+from ..engine_client import EngineClient, EngineError, EngineUnavailable
 from ..store import StoreError, VnetStore
 from ..vnet_id import VnetId, VnetIdError
 
@@ -167,20 +167,27 @@ class VnetService:
         done = []
         if self._engine_add(config, undo if creating else None):
             done.append("engine vnet added")
-        if self.net.ensure_bridge(config.bridge):
+        if self._ensure_bridge(config, undo, creating):
             done.append("bridge created")
-            undo.append(("bridge", lambda: self.net.delete_bridge(config.bridge)))
-            self.store.record_bridge(config.vid, config.bridge)
-            undo.append(("bridge record", lambda: self.store.record_bridge(config.vid, None)))
-        elif creating:
-            # Adopted: delete leaves it in place (a stale record would not).
-            self.store.record_bridge(config.vid, None)
         if self.net.master_of(config.vnetif) != config.bridge:
             self.net.enslave(config.bridge, config.vnetif)
             done.append("vnetif enslaved")
             undo.append(("enslave", lambda: self.net.release(config.vnetif)))
         self.net.set_up(config.vnetif)
         return done
+
+    def _ensure_bridge(self, config: VnetConfig, undo: list, creating: bool) -> bool:
+        """Create or adopt the vnet's bridge; True when it was created (and recorded,
+        so that delete removes only bridges xend-vnet made)."""
+        if self.net.ensure_bridge(config.bridge):
+            undo.append(("bridge", lambda: self.net.delete_bridge(config.bridge)))
+            self.store.record_bridge(config.vid, config.bridge)
+            undo.append(("bridge record", lambda: self.store.record_bridge(config.vid, None)))
+            return True
+        if creating:
+            # Adopted: delete leaves it in place (a stale record would not).
+            self.store.record_bridge(config.vid, None)
+        return False
 
     def _engine_add(self, config: VnetConfig, undo: list | None) -> bool:
         """``vnet.add``; False when the engine already had it with the same parameters."""
@@ -288,6 +295,14 @@ class VnetService:
                 except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
                     reason = e.message if isinstance(e, EngineError) else str(e)
                     problems[config.canonical] = reason
+                    if isinstance(e, EngineUnavailable):
+                        # Domains started before the engine still find their
+                        # bridge; the engine's interface joins it later.
+                        try:
+                            self._ensure_bridge(config, [], creating=False)
+                        except (bridges.BridgeError, StoreError) as be:
+                            reason = f"{reason}; bridge: {be}"
+                            problems[config.canonical] = reason
                     if self.problems.get(config.canonical) != reason:
                         log.error("restore of vnet %s failed: %s", config.id_text, reason)
                     continue
