@@ -338,3 +338,17 @@ def test_etherip_never_raises(packet, src, dst):
     core.receive_etherip(b"\x00\x40" + packet, src, dst, 0)
     core.receive_etherip(packet, src, dst, 0)
     assert consistent(core)
+
+
+def test_a_full_window_keeps_what_it_has_and_counts_the_rest():
+    """A flood of distinct packets must not flush live entries (else a storm
+    of them would let a looping copy through)."""
+    w = DuplicateWindow(window=0.5, limit=4)
+    assert not w.seen("192.0.2.1", b"looping", 0.0)
+    for i in range(10):
+        assert not w.seen("192.0.2.9", b"flood %d" % i, 0.01)
+    assert w.overflows == 7
+    assert w.seen("192.0.2.1", b"looping", 0.02), "the live entry survived the flood"
+    # After the window the entries expire and new ones are remembered again.
+    assert not w.seen("192.0.2.9", b"later", 0.6)
+    assert w.seen("192.0.2.9", b"later", 0.61)

@@ -133,6 +133,7 @@ def engine_stats_block(core: EngineCore) -> str:
     c = core.counters
     return _block("(engine_stats", [
         *(f"({name} {value})" for name, value in c.fields()),
+        f"(vfwd_window_full {core.duplicates.overflows})",
         _with_reasons("rx_dropped", c.rx_dropped),
         _with_reasons("tap_dropped", c.tap_dropped),
     ])

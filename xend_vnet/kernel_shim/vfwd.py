@@ -23,7 +23,10 @@ from collections import OrderedDict
 from hashlib import blake2b
 
 DUPLICATE_WINDOW = 0.5     # seconds; the issue allows at most about 500 ms
-DUPLICATE_LIMIT = 8192     # entries; bounded memory under any flood
+# Entries (about 100 bytes each): a full window at 130,000 multicast packets
+# a second.  Past that the window does not evict live entries (a flood must
+# not flush it); it stops remembering new ones and counts them.
+DUPLICATE_LIMIT = 65536
 REMULTICAST_TTL = 1        # link-local, like legacy vnetd's multicast TTL (wire.md 3.1)
 
 _IP_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
@@ -36,6 +39,7 @@ class DuplicateWindow:
         self.window = window
         self.limit = limit
         self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        self.overflows = 0      # packets not remembered because the window was full
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -51,7 +55,8 @@ class DuplicateWindow:
         if key in self._seen:
             return True
         if len(self._seen) >= self.limit:
-            self._seen.popitem(last=False)
+            self.overflows += 1
+            return False
         self._seen[key] = now
         return False
 
