@@ -360,3 +360,20 @@ def test_arbitrary_secured_bytes_are_counted_drops(body, suite):
     for payload in (b"\x00\x04" + suite + spi + body, b"\x00\x04" + suite + body):
         assert b.receive_udp(payload, "192.0.2.66", GROUP, 1.0) == []
     assert invariant(b) and len(b.varp) == 0 and b.counters.rx_data == 0
+
+
+def test_epochs_from_the_future_are_refused():
+    """Past the age limit ahead of the receiver's clock an epoch would never
+    expire, so its packets could be replayed after every receiver restart."""
+    clock, a, b = pair()
+    wire = flood(a, now=1.0)
+    clock.ns -= 901 * 10**9        # the receiver's clock is 901 s behind the sender's
+    assert not delivered(b.receive_udp(wire, A, GROUP, 1.0))
+    assert drops(b).get("epoch_future") == 1
+
+
+def test_a_persisted_epoch_ahead_of_the_clock_is_reported_not_discarded():
+    clock = Clock()
+    ctx = context(0xA, clock, last=clock.ns + 1000 * 10**9)
+    assert ctx.epoch_ahead_of_clock() == pytest.approx(1000.0)
+    assert ctx.epochs.next() > clock.ns + 1000 * 10**9    # epochs never go back

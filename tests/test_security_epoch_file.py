@@ -22,3 +22,12 @@ def test_damaged_file_refused(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match="damaged"):
         epoch_file.load(str(path))
+
+
+def test_an_epoch_beyond_64_bits_is_damage(tmp_path):
+    path = tmp_path / "epoch"
+    path.write_text(f"{1 << 64}\n")
+    with pytest.raises(ValueError, match="damaged"):
+        epoch_file.load(str(path))
+    path.write_text(f"{(1 << 64) - 1}\n")
+    assert epoch_file.load(str(path)) == (1 << 64) - 1

@@ -17,8 +17,8 @@ def load(path: str) -> int:
         return 0
     except UnicodeDecodeError:
         raise ValueError(f"epoch file {path} is damaged") from None
-    if not (text.isdigit() and len(text) <= 20):
-        raise ValueError(f"epoch file {path} is damaged")
+    if not (text.isascii() and text.isdigit() and int(text) < 1 << 64):
+        raise ValueError(f"epoch file {path} is damaged")   # epochs are 64-bit
     return int(text)
 
 

@@ -62,6 +62,14 @@ class SecurityContext:
         self.wall_ns = epochs.wall_ns
         self.max_age_ns = int(max_age * 1e9)
         self.lifetime = lifetime
+    def epoch_ahead_of_clock(self) -> float:
+        """Seconds by which the persisted epoch is ahead of the wall clock.
+
+        Epochs never go back (design.md 7), so after a clock that jumped ahead
+        and was corrected, receivers with right clocks refuse this host's
+        epochs as from the future until the clock catches up; which clock
+        was wrong only the operator knows, so the daemon says so."""
+        return max(0, self.epochs.last - self.wall_ns()) / 1e9
 
     @classmethod
     def system(cls, last_epoch: int = 0, persist: Callable[[int], None] | None = None,
@@ -203,8 +211,13 @@ class VnetKeys:
         header carries ``sender``, ``epoch`` and ``seq``.  State changes only
         after the ICV verified (RFC 4303 3.4.3)."""
         ctx = self.ctx
-        if epoch + ctx.max_age_ns < ctx.wall_ns():
+        wall = ctx.wall_ns()
+        if epoch + ctx.max_age_ns < wall:
             raise DecodeError("epoch_expired")
+        if epoch > wall + ctx.max_age_ns:
+            # A "future" epoch would never expire, so its packets could be
+            # replayed to every receiver that restarts: refuse it too.
+            raise DecodeError("epoch_future")
         peer = g.peers.get(sender)
         if peer is not None and epoch == peer.epoch:
             reason = peer.window.check(seq)
