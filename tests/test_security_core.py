@@ -377,3 +377,11 @@ def test_a_persisted_epoch_ahead_of_the_clock_is_reported_not_discarded():
     ctx = context(0xA, clock, last=clock.ns + 1000 * 10**9)
     assert ctx.epoch_ahead_of_clock() == pytest.approx(1000.0)
     assert ctx.epochs.next() > clock.ns + 1000 * 10**9    # epochs never go back
+
+
+def test_an_authenticated_care_of_that_no_host_can_have_is_refused():
+    clock = Clock()
+    a = secured_core("127.0.0.1", 0xA, clock)    # a misconfigured --address
+    b = secured_core(B, 0xB, clock)
+    assert not delivered(b.receive_udp(flood(a), A, GROUP, 1.0))
+    assert drops(b).get("secure_bad_care_of") == 1

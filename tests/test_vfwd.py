@@ -161,6 +161,10 @@ def _inner(proto: int = 17, payload: bytes | None = None) -> bytearray:
     ("192.0.2.129", codec.encode_vfwd(bytes(_inner(payload=vfwd(b"\x00\x02\x00\x00")))),
      "vfwd_nested"),
     ("192.0.2.129", codec.encode_vfwd(bytes(_inner(payload=b"\x00\x02"))), "short_header"),
+    ("192.0.2.129", vfwd(data(V97, frame(BCAST, MAC_B)), src="224.10.0.1"),
+     "vfwd_bad_source"),
+    ("192.0.2.129", vfwd(data(V97, frame(BCAST, MAC_B)), src="127.0.0.1"),
+     "vfwd_bad_source"),
 ])
 def test_bad_vfwd_dropped_counted_not_resent(src, payload, reason):
     core = make_core("192.0.2.130", "192.0.2.129")

@@ -31,6 +31,19 @@ sealed (``security/``) before it leaves; a secured message (id 4) is
 verified before anything changes, and teaches the care-of address carried
 in its authenticated header, never the outer source.  Clear data and VARP
 for a secured vnet are dropped and counted.
+
+Fast framing (issue 7, ``fastpath.py``), only with ``CoreOptions.offload``:
+a frame read from a TAP with offloads comes with its virtio_net_hdr
+(``receive_tap(..., packet=)``).  When it goes to one learned address that
+has shown it takes segments, it leaves whole as ``SendFast`` and the
+daemon cuts it into segments; toward any other address, every flood, and
+on secured vnets it is made plain in software first (complete checksums,
+no GSO).  The capability is learned from the trailer our engines add to
+their clear announces; unicast to an address not known to be fast sends it
+a plain VARP request (at most every few seconds), which our engines answer
+with the trailer.  Received segments are put together again and delivered
+with their header (``DeliverOffload``).  Without the option no trailer is
+sent and id 5 is an unknown id, as for legacy hosts.
 """
 
 from __future__ import annotations
@@ -53,6 +66,19 @@ from .codec import (
     VarpHeader,
 )
 from .counters import EngineCounters, VnetCounters, count
+from .fastpath import (
+    CAP_TRAILER,
+    FAST_SEALED,
+    FAST_SEGMENT,
+    MSG_FAST,
+    VNET_HDR_LEN,
+    PeerCapabilities,
+    Reassembler,
+    announces_segments,
+    decode_sealed_inner,
+    encode_sealed_inner,
+    plain_frames,
+)
 from .peer_table import PeerTable
 from .security import secure_codec
 from .security.keystore import Generation, SecurityContext, VnetKeys
@@ -68,6 +94,7 @@ class CoreOptions:
     varp_ttl: float = 60.0          # wire.md 3.5
     vif_ttl: float = 60.0           # wire.md 3.6
     sweep_interval: float | None = None   # None: the shorter TTL, like legacy
+    offload: bool = False           # fast framing toward engines that take it (issue 7)
 
     @property
     def sweep_every(self) -> float:
@@ -86,6 +113,25 @@ class DeliverFrame(NamedTuple):
 
     vid: VnetId
     frame: bytes
+
+
+class SendFast(NamedTuple):
+    """Send ``packet`` (virtio_net_hdr + frame, or for opcode 2 the secured
+    message holding them) to ``dst_ip`` as the segments of frame ``frame_id``
+    of vnet ``vid_raw`` (fastpath.segment_sends)."""
+
+    dst_ip: str
+    vid_raw: bytes
+    frame_id: int
+    packet: bytes
+    opcode: int = FAST_SEGMENT
+
+
+class DeliverOffload(NamedTuple):
+    """Write ``packet`` (virtio_net_hdr + frame) to vnet ``vid``'s TAP, which has offloads."""
+
+    vid: VnetId
+    packet: bytes
 
 
 class SendRaw(NamedTuple):
@@ -109,6 +155,12 @@ class Vnet:
 
 
 _ZERO_ADDR = "0.0.0.0"
+
+
+def _is_unicast_host(addr: str) -> bool:
+    """A dotted quad a host can have: not 0/8, loopback, multicast or above."""
+    first = int(addr[:addr.index(".")])
+    return 0 < first < 224 and first != 127
 _GROUP_KIND_LIMIT = 256
 
 
@@ -134,6 +186,11 @@ class EngineCore:
         # dst address -> "multicast to another group"; the few addresses a
         # host receives on, so the per-packet test is one dict lookup.
         self._foreign_group: dict[str, bool] = {}
+        self.caps = PeerCapabilities()
+        # Appended to our clear announces: we take segments (fastpath.py).
+        self._trailer = CAP_TRAILER if self.options.offload else b""
+        self.reassembler = Reassembler()
+        self._frame_id = 0
 
     # -- configuration ---------------------------------------------------------
 
@@ -250,6 +307,8 @@ class EngineCore:
         for vnet in self._vnets.values():
             if vnet.keys is not None:
                 vnet.keys.sweep()
+        self.caps.sweep(now)
+        self.reassembler.sweep(now)
         self._next_sweep = None
         if len(self.varp) or len(self.vifs):
             self._next_sweep = now + self.options.sweep_every
@@ -314,6 +373,8 @@ class EngineCore:
             self._receive_vfwd(payload, src_ip, now, actions)
         elif ident == MSG_SECURE:
             self._receive_secure(payload, now, actions)
+        elif ident == MSG_FAST and self.options.offload:
+            self._receive_fast(payload, src_ip, now, actions)
         else:
             raise DecodeError("unknown_msg_id", f"id {ident}")
 
@@ -353,8 +414,8 @@ class EngineCore:
                 if self.self_address is None:
                     raise DecodeError("no_self_address", "cannot answer VARP request")
                 self.counters.varp_replies += 1
-                self._send(src_ip, codec.encode_announce(h.vnet, h.vmac, self.self_address),
-                           actions)
+                self._send(src_ip, codec.encode_announce(h.vnet, h.vmac, self.self_address)
+                           + self._trailer, actions)
         elif h.opcode == VARP_ANNOUNCE:
             vnet = self._vnets.get(h.vnet)
             if vnet is None:
@@ -370,6 +431,8 @@ class EngineCore:
             if first == 0 or first >= 224:
                 raise DecodeError("varp_bad_address", addr)
             self._learn(h.vnet, h.vmac, addr, now, vnet.counters)
+            if self._trailer and announces_segments(payload):
+                self.caps.heard(addr, now)
         else:
             raise DecodeError("varp_bad_opcode", f"opcode {h.opcode}")
         self.counters.rx_varp += 1
@@ -391,10 +454,21 @@ class EngineCore:
         care_of = socket.inet_ntoa(care_of_raw)
         if care_of in self.own_addresses:
             raise DecodeError("own_packet")
+        if not _is_unicast_host(care_of):
+            raise DecodeError("secure_bad_care_of", care_of)
         vraw = vnet.vid.raw
         vc = vnet.counters
         ident = codec.msg_id(inner)
-        if ident == MSG_DATA:
+        if ident == MSG_FAST and self._trailer:
+            vid_raw, packet = decode_sealed_inner(inner)
+            if vid_raw != vraw:
+                raise DecodeError("secure_vnet_mismatch")
+            self._learn(vraw, packet[VNET_HDR_LEN + 6:VNET_HDR_LEN + 12], care_of, now, vc)
+            vc.rx_packets += 1
+            vc.rx_bytes += len(packet) - VNET_HDR_LEN
+            self.counters.rx_fast_frames += 1
+            actions.append(DeliverOffload(vnet.vid, packet))
+        elif ident == MSG_DATA:
             vid_raw, frame = codec.decode_data(inner)
             if vid_raw != vraw:
                 raise DecodeError("secure_vnet_mismatch")
@@ -408,9 +482,40 @@ class EngineCore:
             if a.opcode != VARP_ANNOUNCE or a.vnet != vraw:
                 raise DecodeError("secure_bad_inner", f"VARP opcode {a.opcode}")
             self._learn(vraw, a.vmac, care_of, now, vc)
+            if self._trailer and announces_segments(inner):
+                self.caps.heard(care_of, now)
             self.counters.rx_varp += 1
         else:
             raise DecodeError("secure_bad_inner", f"id {ident}")
+
+    def _receive_fast(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
+        """A segment from another engine (which therefore takes segments), kept
+        until its frame is complete."""
+        done = self.reassembler.add(src_ip, payload, now)
+        self.caps.heard(src_ip, now)
+        if done is None:
+            self.counters.rx_fast += 1
+            return
+        opcode, vid_raw, packet = done
+        if opcode == FAST_SEALED:
+            # The whole super-frame is one secured message: verified, then
+            # delivered like sealed data (design.md 7).
+            self._receive_secure(packet, now, actions)
+            self.counters.rx_fast += 1
+            return
+        vnet = self._vnets.get(vid_raw)
+        if vnet is None:
+            raise DecodeError("unknown_vnet")
+        if vnet.keys is not None:
+            raise DecodeError("clear_on_secured")       # design.md 7
+        vc = vnet.counters
+        frame_at = VNET_HDR_LEN
+        self._learn(vid_raw, packet[frame_at + 6:frame_at + 12], src_ip, now, vc)
+        vc.rx_packets += 1
+        vc.rx_bytes += len(packet) - frame_at
+        self.counters.rx_fast += 1
+        self.counters.rx_fast_frames += 1
+        actions.append(DeliverOffload(vnet.vid, packet))
 
     def _receive_vfwd(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         peer = self.peers.get(src_ip)
@@ -423,6 +528,9 @@ class EngineCore:
         src = peer.addr if inner.src == _ZERO_ADDR else inner.src
         if src in self.own_addresses:
             raise DecodeError("own_packet")
+        if not _is_unicast_host(src):
+            # Would be learned as a care-of address and re-multicast as a source.
+            raise DecodeError("vfwd_bad_source", src)
         peer.rx_packets += 1
         self.counters.vfwd_rx += 1
         ident = codec.msg_id(inner.udp_payload)
@@ -473,8 +581,11 @@ class EngineCore:
 
     # -- TAP side ------------------------------------------------------------------
 
-    def receive_tap(self, vid: VnetId, frame: bytes, now: float) -> list:
-        """One Ethernet frame read off vnet ``vid``'s TAP."""
+    def receive_tap(self, vid: VnetId, frame: bytes, now: float,
+                    packet: bytes | None = None) -> list:
+        """One Ethernet frame read off vnet ``vid``'s TAP; ``packet``: the same
+        frame behind its virtio_net_hdr when that header asks for a checksum or
+        segmentation (a TAP with offloads, fastpath.py)."""
         vraw = vid.raw
         vnet = self._vnets.get(vraw)
         if vnet is None:
@@ -503,10 +614,13 @@ class EngineCore:
             self.varp.forget(vraw, src)
             if self.self_address is not None:
                 vc.announced += 1
-                announce = codec.encode_announce(vraw, src, self.self_address)
+                announce = codec.encode_announce(vraw, src, self.self_address) + self._trailer
                 if keys is not None:
                     announce = keys.seal(announce, care_of, now)
                 self._send_group(announce, actions)
+        if packet is not None:
+            self._send_offloaded(vnet, frame, packet, care_of, now, actions)
+            return actions
         payload = DATA_PREFIX + vraw + frame
         if keys is not None:
             payload = keys.seal(payload, care_of, now)
@@ -520,6 +634,49 @@ class EngineCore:
         vc.flooded += 1                                      # wire.md 5
         self._send_group(payload, actions)
         return actions
+
+    def _send_offloaded(self, vnet: Vnet, frame: bytes, packet: bytes,
+                        care_of: bytes | None, now: float, actions: list) -> None:
+        """Whole to an engine that takes segments, else plain (fastpath.py)."""
+        vraw = vnet.vid.raw
+        vc = vnet.counters
+        vc.tx_packets += 1
+        vc.tx_bytes += len(frame)
+        addr = None
+        keys = vnet.keys
+        if not frame[0] & 1:
+            addr = self.varp.resolve(vraw, frame[:6], now)
+            if addr is not None and self._trailer:
+                if self.caps.fast(addr, now):
+                    self._frame_id = (self._frame_id + 1) & 0xFFFFFFFF
+                    self.counters.tx_fast += 1
+                    if keys is None:
+                        actions.append(SendFast(addr, vraw, self._frame_id, packet))
+                    else:
+                        sealed = keys.seal(encode_sealed_inner(vraw, packet), care_of, now)
+                        actions.append(SendFast(addr, vraw, self._frame_id, sealed,
+                                                FAST_SEALED))
+                    return
+                # A secured vnet learns it from sealed announces (no clear VARP for it).
+                if keys is None and self.caps.probe_due(addr, now):
+                    # A question every host understands; ours answer with the trailer.
+                    self._send(addr, VarpHeader(VARP_REQUEST, vraw, frame[:6]).encode(),
+                               actions)
+        try:
+            frames = plain_frames(packet)
+        except DecodeError as e:
+            count(vc.dropped, e.reason)
+            return
+        if addr is None:
+            vc.flooded += 1                                  # wire.md 5
+        for f in frames:
+            payload = DATA_PREFIX + vraw + f
+            if keys is not None:
+                payload = keys.seal(payload, care_of, now)
+            if addr is None:
+                self._send_group(payload, actions)
+            else:
+                self._send(addr, payload, actions)
 
     # -- sending ---------------------------------------------------------------------
 
