@@ -1,4 +1,4 @@
-# Set-up and entry points.  `sudo make demo` and `sudo make test` work on a
+# Set-up and entry points.  `make demo` and `make test`, as root, work on a
 # fresh Debian-like machine: they install what they need first.
 PYTHON ?= python3
 APT_PACKAGES = iproute2 iputils-ping iperf3 tcpdump procps
