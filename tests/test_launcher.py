@@ -223,8 +223,9 @@ def test_ensure_engine_already_running(tmp_path, monkeypatch):
     engine = FakeEngine(str(tmp_path / "c.sock"))
     try:
         monkeypatch.setattr(launcher, "_run", lambda *a: pytest.fail("must not start"))
+        engine.replies["engine.status"] = "(engine.status (pid 1) (mcaddr 224.10.0.9))"
         launcher.ensure_engine(engine.path, {"varp_mcaddr": "224.10.0.9"})
-        assert engine.requests == [["engine.status"]]
+        assert engine.sent("varp.mcaddr") == []
     finally:
         engine.close()
 

@@ -15,13 +15,16 @@ import subprocess
 import pytest
 
 from xend_vnet import install
+from xend_vnet.kernel_shim import launcher
 
 MINIMAL_PATH = "/sbin:/usr/sbin:/bin:/usr/bin"
 
 # Both stand-ins log to one file (the order of calls shows); the exit status
 # of a call comes from the file rc.<name>.<op> in the same directory (default 0).
+# `vn insmod --list-params` answers with the launcher's table (params.txt), unlogged.
 STAND_IN = """#!/bin/sh
 name=$(basename "$0")
+[ "$*" = "insmod --list-params" ] && exec cat {dir}/params.txt
 echo "$name $*" >> {dir}/calls.log
 [ -f {dir}/rc.$name.$1 ] && exit "$(cat {dir}/rc.$name.$1)"
 exit 0
@@ -36,6 +39,7 @@ class Setup:
         self.tools.mkdir()
         self.scripts.mkdir()
         stand_in = STAND_IN.format(dir=tmp_path)
+        (tmp_path / "params.txt").write_text("".join(f"{n}\n" for n in launcher.param_names()))
         self.write(self.tools / "vn", stand_in)
         if bridge_script:
             self.write(self.scripts / "network-bridge", stand_in)
@@ -76,6 +80,29 @@ def test_start_runs_the_engine_with_its_parameters_then_network_bridge(setup):
         "vn insmod varp_mcaddr=224.10.0.9 mtu=1400 varp_device=eth1",
         "network-bridge " + " ".join(args),      # every argument, unchanged
     ]
+
+
+def test_every_parameter_the_launcher_knows_goes_to_vn_insmod(setup):
+    """The names come from `vn insmod --list-params`, not a list kept in the script."""
+    engine = [f"{name}=x" for name in launcher.param_names()] + ["mcast-ttl=2"]
+    args = ["start", "vifnum=0", "bridge=xenbr0", *engine, "netdev=eth0", "antispoof=no",
+            "other=1"]
+    done = setup.run(*args)
+    assert done.returncode == 0, done.stderr
+    assert setup.calls() == ["vn insmod " + " ".join(engine),
+                             "network-bridge " + " ".join(args)]
+    assert "file=x" in setup.calls()[0], "the startup file that keeps peers"
+
+
+def test_a_mistyped_engine_parameter_reaches_vn_insmod(setup):
+    """varp_mcadr= must not go to network-bridge only: vn insmod refuses it by name."""
+    setup.rc("vn", "insmod", 1)
+    done = setup.run("start", "varp_mcadr=239.1.1.1", "vnet_encap=udp", "bridge=xenbr0")
+    assert done.returncode == 1
+    assert "could not start the vnet engine" in done.stderr
+    assert setup.calls() == [
+        "vn insmod varp_mcadr=239.1.1.1 vnet_encap=udp",
+        "network-bridge start varp_mcadr=239.1.1.1 vnet_encap=udp bridge=xenbr0"]
 
 
 def test_start_without_engine_parameters(setup):
@@ -146,6 +173,16 @@ def test_without_network_bridge_says_so_and_starts_the_engine(tmp_path):
     assert s.calls() == ["vn insmod mtu=1400"]
 
 
+def test_a_network_bridge_that_is_not_executable_is_a_failure(setup):
+    (setup.scripts / "network-bridge").chmod(0o644)
+    for op in ("start", "stop", "status"):
+        done = setup.run(op)
+        assert done.returncode != 0, op
+        assert "network-bridge exists but is not executable" in done.stderr
+        assert "xl-era" not in done.stderr
+    assert setup.calls()[:1] == ["vn insmod"], "the engine is still started"
+
+
 def test_the_uninstalled_script_fails_loudly_under_xends_path(setup):
     """The source copy calls plain `vn`, which xend's PATH does not find:
     that is why `xend-vnet install` writes an absolute path."""
@@ -159,8 +196,6 @@ def test_the_uninstalled_script_fails_loudly_under_xends_path(setup):
 @pytest.mark.root
 def test_real_engine_start_status_stop_in_a_namespace(tmp_path):
     from netns import Lab, sh
-
-    from xend_vnet.kernel_shim import launcher
 
     lab = Lab("xv6-nv-")
     control = str(tmp_path / "vnetd.sock")
@@ -191,6 +226,8 @@ def test_real_engine_start_status_stop_in_a_namespace(tmp_path):
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
         again = run("start")
         assert again.returncode == 0 and launcher.running_pid(control) == pid, "idempotent"
+        other = run("start", "mtu=1500")   # issue 6: not a silent no-op
+        assert other.returncode == 1 and "mtu: running 1400, asked 1500" in other.stderr
         stop = run("stop")
         assert stop.returncode == 0, stop.stderr
         assert run("status").returncode == 3

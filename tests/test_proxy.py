@@ -183,3 +183,35 @@ def test_one_keep_alive_connection_mixes_local_and_forwarded_calls(beside_xend):
         assert proxy.xend.domains(0) == ["Domain-0", "guest1"]
         assert proxy.xend_vnets() == []
     assert [c[0] for c in upstream.calls] == ["xend.domains", "xend.domains"]
+
+
+def test_tcp_callers_are_never_forwarded_upstream(tmp_path):
+    """design.md 9: no TCP port gives local users control of domains. Beside xend with
+    a TCP listener, only unix-socket callers reach the upstream; TCP callers get Fault 1
+    for xend's methods and keep the vnet methods."""
+    from vnet_server_harness import Harness
+
+    upstream_path = str(tmp_path / "xend.sock")
+    upstream = Upstream(upstream_path)
+    threading.Thread(target=upstream.serve_forever, args=(0.1,), daemon=True).start()
+    h = Harness(tcp=True, upstream=f"httpu://{upstream_path}")
+    try:
+        tcp = h.tcp_rpc()
+        for call in (lambda: tcp.xend.domains(0), lambda: tcp.xend.domain.destroy("guest1")):
+            with pytest.raises(xmlrpc.client.Fault) as fault:
+                call()
+            assert fault.value.faultCode == 1
+            assert "served only on the unix socket" in fault.value.faultString
+        assert upstream.calls == []
+        assert tcp.xend_vnets() == []
+        tcp.xend_vnet_create("(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))")
+        assert tcp.xend_vnets() == ["97"]
+        assert "xend_vnets" in tcp.system.listMethods()
+        # The unix socket still forwards.
+        assert server_proxy(f"httpu://{h.sock}", timeout=10).xend.domains(0) == \
+            ["Domain-0", "guest1"]
+        assert [c[0] for c in upstream.calls] == ["xend.domains"]
+    finally:
+        h.close()
+        upstream.shutdown()
+        upstream.server_close()

@@ -396,10 +396,70 @@ def test_insmod_bad_parameters(engine, capsys):
     assert status == 1 and err.startswith("vn: unknown parameter bogus")
 
 
-def test_insmod_when_running_does_nothing(engine, capsys):
-    engine.replies["engine.status"] = "(engine.status (pid 1))"
-    assert run_vn(engine, capsys, "insmod", "varp_mcaddr=224.10.0.9")[0] == 0
-    assert engine.requests == [["engine.status"]]
+RUNNING = ("(engine.status (pid 1) (mcaddr 224.10.0.1) (port 1798) (address 192.0.2.1) "
+           "(mtu 1500) (mcast-ttl 1) (varp-ttl 60))")
+
+
+def test_insmod_when_running_with_no_or_equal_parameters_does_nothing(engine, capsys):
+    engine.replies["engine.status"] = RUNNING
+    assert run_vn(engine, capsys, "insmod")[0] == 0
+    assert run_vn(engine, capsys, "insmod", "varp_mcaddr=224.10.0.1", "port=1798",
+                  "mtu=1500", "varp_ttl=60.0", "address=192.0.2.1", "vnet_encaps=udp")[0] == 0
+    assert engine.sent("varp.mcaddr") == []
+
+
+def test_insmod_when_running_changes_the_group_at_run_time(engine, capsys):
+    """Issue 6: vn insmod varp_mcaddr=A beside a running engine is not a silent no-op."""
+    engine.replies["engine.status"] = RUNNING
+    assert run_vn(engine, capsys, "insmod", "varp_mcaddr=239.1.1.1")[0] == 0
+    assert engine.sent("varp.mcaddr") == [["varp.mcaddr", ["addr", "239.1.1.1"]]]
+    assert run_vn(engine, capsys, "insmod", "mcast_ttl=4")[0] == 0
+    assert engine.sent("varp.mcaddr")[1] == ["varp.mcaddr", ["addr", "224.10.0.1"],
+                                             ["ttl", "4"]]
+
+
+def test_insmod_when_running_refuses_other_parameters_naming_each(engine, capsys):
+    engine.replies["engine.status"] = RUNNING
+    status, _, err = run_vn(engine, capsys, "insmod", "varp_mcaddr=239.1.1.1", "mtu=1400",
+                            "port=1799", "varp_ttl=60")
+    assert status == 1
+    assert "mtu: running 1500, asked 1400" in err
+    assert "port: running 1798, asked 1799" in err
+    assert "varp_ttl" not in err and "varp_mcaddr" not in err
+    assert "vn rmmod" in err
+    assert engine.sent("varp.mcaddr") == [], "nothing applied when something is refused"
+
+
+def test_insmod_when_running_compares_the_command_line_options(engine, capsys, monkeypatch):
+    """device, file, log_* and flags are not in the status: read from vnetd's argv."""
+    engine.replies["engine.status"] = RUNNING
+
+    class Proc:
+        def __init__(self, pid):
+            assert pid == 1
+
+        def cmdline(self):
+            return ["/usr/bin/python3", "/usr/sbin/vnetd", "--varp_device", "eth1",
+                    "-f", "/etc/xen/vnetd.conf", "--no-default-vnets"]
+
+    monkeypatch.setattr(vn.launcher.psutil, "Process", Proc)
+    assert run_vn(engine, capsys, "insmod", "varp_device=eth1", "file=/etc/xen/vnetd.conf",
+                  "no_default_vnets=yes", "allow_foreign_netns=no")[0] == 0
+    status, _, err = run_vn(engine, capsys, "insmod", "device=eth0", "file=/etc/other",
+                            "no_default_vnets=no", "log_level=debug")
+    assert status == 1
+    for part in ("device: running eth1, asked eth0",
+                 "file: running /etc/xen/vnetd.conf, asked /etc/other",
+                 "no_default_vnets: running yes, asked no",
+                 "log_level: running not set, asked debug"):
+        assert part in err
+
+
+def test_insmod_list_params_is_the_launchers_table(engine, capsys):
+    status, out, _ = run_vn(engine, capsys, "insmod", "--list-params")
+    assert status == 0 and out.split() == vn.launcher.param_names()
+    assert {"varp_mcaddr", "varp_device", "file", "mcast_ttl"} <= set(out.split())
+    assert engine.requests == []
 
 
 def test_rmmod_not_running(tmp_path, capsys):
@@ -481,6 +541,11 @@ def test_real_engine_life_cycle(netns, capsys):
     assert netns("stats").returncode == 0
     assert netns("varp").returncode == 0
     netns("insmod")  # already running: returns at once
+    netns("insmod", "varp_ttl=5")  # the same value: fine
+    refused = netns("insmod", "varp_ttl=7", check=False)
+    assert refused.returncode == 1 and "varp_ttl: running 5, asked 7" in refused.stderr
+    netns("insmod", "varp_mcaddr=239.1.1.1")  # applied at run time (issue 6)
+    assert "239.1.1.1" in netns("status").stdout
     # vn in another network namespace (here: the test's) is refused.
     assert vn.main(["--control", netns.control, "vnets"]) == 1
     assert "another network namespace" in capsys.readouterr().err

@@ -103,11 +103,144 @@ def parse_params(params: dict[str, str]) -> list[str]:
         else:
             unknown.append(raw_key)
     if unknown:
-        known = sorted(set(_VALUE_PARAMS) | set(_FLAG_PARAMS) | {"vnet_encaps"})
+        known = param_names()
         raise LauncherError(
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
             f"(known: {', '.join(known)})")
     return options
+
+
+def param_names() -> list[str]:
+    """Every parameter name ``vn insmod`` accepts (``vn insmod --list-params``)."""
+    return sorted(set(_VALUE_PARAMS) | set(_FLAG_PARAMS) | {"vnet_encaps"})
+
+
+# What (engine.status) reports for a parameter, and how its values compare.
+_STATUS_OF = {
+    "--mcaddr": ("mcaddr", str),
+    "--address": ("address", str),
+    "--port": ("port", int),
+    "--mtu": ("mtu", int),
+    "--mcast-ttl": ("mcast-ttl", int),
+    "--varp-ttl": ("varp-ttl", float),
+}
+# Options the status does not report: read from the running vnetd's command line
+# (spellings vnetd accepts; a flag's value is True when present).
+_CMDLINE_SPELLINGS = {
+    "--device": ("--device", "--varp_device"),
+    "--file": ("-f", "--file"),
+    "--log-file": ("--log-file",),
+    "--log-level": ("--log-level",),
+    "--no-default-vnets": ("--no-default-vnets",),
+    "--allow-foreign-netns": ("--allow-foreign-netns",),
+}
+_PATH_OPTIONS = ("--file", "--log-file")
+
+
+def _cmdline_value(cmdline: list[str], option: str) -> str | bool | None:
+    """The value of ``option`` on a vnetd command line (the last one wins)."""
+    spellings = _CMDLINE_SPELLINGS[option]
+    flag = option in _FLAG_PARAMS.values()
+    found: str | bool | None = False if flag else None
+    for i, arg in enumerate(cmdline):
+        name, eq, value = arg.partition("=")
+        if name not in spellings:
+            continue
+        if flag:
+            found = True
+        elif eq:
+            found = value
+        elif i + 1 < len(cmdline):
+            found = cmdline[i + 1]
+    return found
+
+
+def _by_option(params: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """vnetd option -> (parameter as given, asked value); flags asked as yes/no."""
+    asked: dict[str, tuple[str, str]] = {}
+    for raw_key, value in params.items():
+        key = raw_key.replace("-", "_")
+        if key in _VALUE_PARAMS:
+            asked[_VALUE_PARAMS[key]] = (raw_key, value)
+        elif key in _FLAG_PARAMS:
+            asked[_FLAG_PARAMS[key]] = (raw_key, value)
+    return asked
+
+
+def _same(kind, running: str, wanted: str) -> bool:
+    try:
+        return kind(running) == kind(wanted)
+    except ValueError:
+        return running == wanted
+
+
+def reconcile_running(control_path: str, params: dict[str, str]) -> None:
+    """Make a running engine match ``params`` (issue 6: no silent no-op).
+
+    The VARP group and multicast TTL are changed at run time (varp.mcaddr);
+    any other parameter that differs from the running engine's is a
+    LauncherError naming the parameter, the running value and the asked one.
+    """
+    asked = _by_option(params)
+    if not asked:
+        return
+    client = EngineClient(control_path, timeout=5.0)
+    status = client.call(["engine.status"])[0]
+    running: dict[str, str | bool | None] = {}
+    for option, (field, _kind) in _STATUS_OF.items():
+        value = sxp.child_value(status, field)
+        running[option] = value if isinstance(value, str) else None
+    cmdline: list[str] | None = None
+    if any(o in _CMDLINE_SPELLINGS for o in asked):
+        try:
+            cmdline = psutil.Process(int(sxp.child_value(status, "pid", ""))).cmdline()
+        except (psutil.Error, OSError, ValueError):
+            cmdline = None
+    mismatches: list[str] = []
+    runtime: dict[str, str] = {}
+    for option, (raw_key, wanted) in asked.items():
+        if option in _STATUS_OF:
+            have = running[option]
+            if have is not None and _same(_STATUS_OF[option][1], have, wanted):
+                continue
+            if option in ("--mcaddr", "--mcast-ttl") and have is not None:
+                runtime[option] = wanted
+                continue
+            shown = "not reported" if have is None else (have or "none")
+        elif cmdline is None:
+            mismatches.append(f"{raw_key}: the running engine's value cannot be read "
+                              f"(asked {wanted})")
+            continue
+        else:
+            have = _cmdline_value(cmdline, option)
+            if isinstance(have, bool):
+                if have == (wanted.lower() in _TRUE):
+                    continue
+                shown = "yes" if have else "no"
+            elif have is None:
+                shown = "not set"
+            elif option in _PATH_OPTIONS and (
+                    os.path.realpath(have) == os.path.realpath(wanted)):
+                continue
+            elif have == wanted:
+                continue
+            else:
+                shown = have
+        mismatches.append(f"{raw_key}: running {shown}, asked {wanted}")
+    if mismatches:
+        raise LauncherError(
+            "vnetd already runs on " + control_path + " with other parameters ("
+            + "; ".join(mismatches) + "); they cannot be changed while it runs: "
+            "stop it first (vn rmmod), then vn insmod again")
+    if runtime:
+        form: list = ["varp.mcaddr",
+                      ["addr", runtime.get("--mcaddr", running["--mcaddr"])]]
+        if "--mcast-ttl" in runtime:
+            form.append(["ttl", runtime["--mcast-ttl"]])
+        try:
+            client.call(form)
+        except EngineError as e:
+            raise LauncherError(f"cannot change the running engine's VARP group: {e}") from None
 
 
 def is_vnetd(proc: psutil.Process) -> bool:
@@ -240,9 +373,11 @@ def _wait_until_answers(control_path: str, timeout: float, log_file: str) -> Non
 
 def ensure_engine(control_path: str, params: dict[str, str],
                   timeout: float = START_TIMEOUT) -> None:
-    """Make sure a vnetd answers on ``control_path``, starting one if needed."""
+    """Make sure a vnetd answers on ``control_path``, starting one if needed; a
+    running one is made to match ``params`` or refused (reconcile_running)."""
     options = parse_params(params)
     if engine_answers(control_path, strict=True):
+        reconcile_running(control_path, params)
         return
     if _use_systemd(control_path, options):
         done = _run(["systemctl", "start", SYSTEMD_UNIT], timeout)

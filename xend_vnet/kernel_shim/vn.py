@@ -423,6 +423,10 @@ class Vn:
         return 0
 
     def op_insmod(self, opts: Opts, args: list[str]) -> int:
+        if opts["list-params"]:
+            # One name a line: network-vnet picks the engine's parameters with it.
+            self.write("".join(f"{name}\n" for name in launcher.param_names()))
+            return 0
         launcher.ensure_engine(self.control_path, parse_params(args))
         return 0
 
@@ -619,7 +623,11 @@ varp_device (interface whose address is the care-of address), vnet_encaps=udp
 (etherip is not supported), and engine options mtu, port, mcast_ttl, varp_ttl,
 address, file, log_file, log_level, no_default_vnets, allow_foreign_netns.
 With systemd as PID 1 and vnetd.service installed, the default engine is
-started with systemctl.""", more="param=value"),
+started with systemctl. When vnetd already runs, a different varp_mcaddr or
+mcast_ttl is applied to it; any other parameter that differs is an error
+(stop it first with vn rmmod).
+    -L, --list-params  Print the parameter names, one a line, and exit.""",
+            (Option("list-params", "L"),), more="param=value"),
     Command("rmmod", Vn.op_rmmod, "Stop vnetd.",
             """Stop vnetd. Its TAP devices stay for the next start, unless
     -p, --purge        Delete every vnet first, so its TAP goes too.""",

@@ -208,7 +208,13 @@ class VnetAPI:
         func = self.methods.get(method)
         if func is None:
             if self.forward_unknown:
-                return None
+                # Only unix-socket callers reach the upstream xend: a TCP port must not
+                # give local users control of domains (design.md 9).
+                if caller.transport == "unix":
+                    return None
+                return fault_reply(ERROR_INTERNAL, f'method "{method}" is served only on '
+                                   "the unix socket (xend's methods are not forwarded "
+                                   "from TCP)")
             return fault_reply(ERROR_INTERNAL, f'method "{method}" is not supported')
         try:
             inspect.signature(func).bind(caller, *params)

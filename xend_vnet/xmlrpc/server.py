@@ -8,7 +8,9 @@ bytes cannot hold a connection slot; a short idle timeout between
 keep-alive requests; a cap on concurrent connections, defusedxml parsing
 (api.py), no dotted-name dispatch.  A unix socket that still accepts connections is
 never unlinked (design.md 9).  Beside xend, methods this server does not
-serve are forwarded to the upstream xend byte for byte, with no timeout.
+serve are forwarded to the upstream xend byte for byte, with no timeout, for
+callers on the unix socket only: TCP callers get Fault 1 (no TCP port gives
+local users control of domains).
 """
 
 from __future__ import annotations
