@@ -73,6 +73,7 @@ def remove_namespaces(prefix: str) -> None:
     """Delete every namespace named ``prefix*`` (leftovers of a crashed run)."""
     for ns in namespaces():
         if ns.startswith(prefix):
+            _stop_namespace_processes(ns)
             sh(["ip", "netns", "del", ns], check=False)
 
 
@@ -228,6 +229,23 @@ class Vnetd:
         return self.proc.returncode
 
 
+def _stop_namespace_processes(ns: str, timeout: float = 5.0) -> None:
+    pids = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
 class Lab:
     """Namespaces and processes of one test run, all removed by close()."""
 
@@ -367,6 +385,9 @@ class Lab:
                 p.kill()
             p.wait()
         for ns in reversed(self.made):
+            # Whatever still runs in a namespace of ours was started by this
+            # test (a detached vnetd, say): it must not outlive the test.
+            _stop_namespace_processes(ns)
             sh(["ip", "netns", "del", ns], check=False)
         self.made.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
