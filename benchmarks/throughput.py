@@ -9,17 +9,26 @@ vnet bridge, whose other port is vnetd's TAP (10.99.0.0/24).  Then, for
 
   veth   the underlay itself, host to host (the baseline),
   vxlan  domain to domain through kernel VXLAN (id 42, UDP 4789),
-  vnetd  domain to domain through two vnetd engines (vnet 99, UDP 1798),
-  vnetd-auth, vnetd-conf  the same through secured vnets 9a (auth) and 9b
-         (conf) of the same engines (docs/security.md), one key file each,
+  plain  domain to domain through two vnetd engines started with
+         ``--no-offload`` (vnet 99, UDP 1798): the legacy-compatible path,
+         one frame per datagram, what legacy hosts get,
+  plain-auth, plain-conf  the same through secured vnets 9a (auth) and 9b
+         (conf) of the same engines (docs/security.md),
+  fast, fast-auth, fast-conf  the same after restarting both engines with
+         offloads (the default: TAP offloads, fast framing, UDP_SEGMENT/GRO),
+  legacy the legacy C vnetd, when ``--legacy-vnetd PATH`` is given: it is
+         started in both hosts with ``--legacy-args`` and must bring up the
+         TAP ``vnif0099`` for vnet 99 (none exists on our machines),
 
 it runs iperf3 (TCP, one stream) and ping, ``--runs`` times each, and prints
-the medians with their ratios to the baseline.  Everything it creates is
+the medians with their ratios to the baseline and to kernel VXLAN, and the
+UDP receive-buffer errors of both hosts during each path's runs.  Everything it creates is
 removed on exit, also on failure or Ctrl-C.  Needs root, iproute2, iperf3
 and ping.  The benchmark uses ``ip`` itself; the product never does.
 
     python3 benchmarks/throughput.py [--runs 3] [--seconds 5] [--json FILE]
                                      [--vnet-mtu 1500] [--profile PREFIX]
+                                     [--legacy-vnetd PATH --legacy-args ARGS]
 """
 
 from __future__ import annotations
@@ -45,14 +54,23 @@ VNETS = (("99", "vnif0099", "vn", "10.99.0", "none"),
          ("9a", "vnif009a", "va", "10.154.0", "auth"),
          ("9b", "vnif009b", "vc", "10.155.0", "conf"))
 VXLAN_MTU = 1450  # 1500 minus VXLAN's 50 bytes of headers
-PATHS = (
-    # name, label, client namespace, server namespace, server address
+# phase -> (name, label, client namespace, server namespace, server address)
+KERNEL_PATHS = (
     ("veth", "veth (baseline)", H1, H2, "192.0.2.2"),
     ("vxlan", "kernel VXLAN", D1, D2, "10.42.0.2"),
-    ("vnetd", "vnetd (xend-vnet)", D1, D2, "10.99.0.2"),
-    ("vnetd-auth", "vnetd auth", D1, D2, "10.154.0.2"),
-    ("vnetd-conf", "vnetd conf", D1, D2, "10.155.0.2"),
 )
+PHASES = {
+    "plain": ("--no-offload", "vnetd --no-offload"),
+    "fast": (None, "vnetd offload"),
+}
+LEGACY_PATH = ("legacy", "legacy C vnetd", D1, D2, "10.99.0.2")
+
+
+def engine_paths(phase: str) -> tuple:
+    label = PHASES[phase][1]
+    return ((phase, label, D1, D2, "10.99.0.2"),
+            (phase + "-auth", label + " auth", D1, D2, "10.154.0.2"),
+            (phase + "-conf", label + " conf", D1, D2, "10.155.0.2"))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -90,6 +108,7 @@ class Testbed:
         self.vnet_mtu = vnet_mtu
         self.profile = profile
         self.procs: list[subprocess.Popen] = []
+        self.engines: list[subprocess.Popen] = []
         self.workdir = tempfile.mkdtemp(prefix=PREFIX)
 
     # -- set-up --------------------------------------------------------------------------
@@ -108,18 +127,53 @@ class Testbed:
             ip("-n", host, "route", "add", "224.0.0.0/4", "dev", dev)
         for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
             self._vxlan(host, dom, i)
-            self._vnet(host, dom, i)
-        for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
-            for _, tap, tag, _, _ in VNETS:
-                wait_for(f"{tap} in {host}", lambda h=host, t=tap: sh(
-                    *in_ns(h, "ip", "link", "show", t), check=False).returncode == 0)
-                ip("-n", host, "link", "set", tap, "master", f"xvb-br{tag}")
-                ip("-n", host, "link", "set", f"xvb-d{i}{tag}", "master", f"xvb-br{tag}")
+            for _, _, tag, subnet, _ in VNETS:
+                self._bridge_with_domain(host, dom, i, tag, None, f"{subnet}.{i}",
+                                         self.vnet_mtu)
         for ns in (H2, D2):
             self.start([*in_ns(ns, "iperf3", "-s")], f"iperf3-{ns}")
-        # Resolve ARP and let vnetd learn before anything is measured.
-        for _, _, client, _, addr in PATHS:
+
+    def start_engines(self, phase: str) -> None:
+        """Both vnetd with this phase's options; their TAPs go on the vnet bridges."""
+        for host in (H1, H2):
+            self._vnetd(host, phase)
+        self._enslave_taps(tuple(tap for _, tap, _, _, _ in VNETS))
+        self.warm_up(engine_paths(phase))
+
+    def start_legacy(self, path: str, args: str) -> None:
+        """The legacy daemon in both hosts; it must bring up vnif0099 for vnet 99."""
+        for host in (H1, H2):
+            argv = [a.format(device=UNDERLAY[host][0], addr=UNDERLAY[host][1])
+                    for a in args.split()]
+            self.engines.append(self.start([*in_ns(host, path, *argv)], f"legacy-{host}"))
+        self._enslave_taps((VNETS[0][1],))
+        self.warm_up((LEGACY_PATH,))
+
+    def _enslave_taps(self, taps: tuple) -> None:
+        for i, host in enumerate((H1, H2), start=1):
+            for _, tap, tag, _, _ in VNETS:
+                if tap not in taps:
+                    continue
+                wait_for(f"{tap} in {host}", lambda h=host, t=tap: sh(
+                    *in_ns(h, "ip", "link", "show", t), check=False).returncode == 0)
+                ip("-n", host, "link", "set", tap, "master", f"xvb-br{tag}", "up")
+
+    def warm_up(self, paths: tuple) -> None:
+        """Resolve ARP and let the engines learn before anything is measured."""
+        for _, _, client, _, addr in paths:
             sh(*in_ns(client, "ping", "-c", "3", "-i", "0.2", "-W", "2", addr), check=False)
+
+    def stop_engines(self) -> None:
+        for p in self.engines:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.engines:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.engines.clear()
 
     def _vxlan(self, host: str, dom: str, i: int) -> None:
         dev, local = UNDERLAY[host]
@@ -128,7 +182,7 @@ class Testbed:
            "remote", remote, "dstport", "4789", "dev", dev)
         self._bridge_with_domain(host, dom, i, "vx", "xvb-vx", f"10.42.0.{i}", VXLAN_MTU)
 
-    def _vnet(self, host: str, dom: str, i: int) -> None:
+    def _vnetd(self, host: str, phase: str) -> None:
         control = os.path.join(self.workdir, f"{host}.sock")
         startup = os.path.join(self.workdir, f"{host}.conf")
         key = os.path.join(self.workdir, "vnet.key")
@@ -142,15 +196,17 @@ class Testbed:
                 f.write(f"(vnet.add (id {vid}){extra})\n")
         python = [sys.executable]
         if self.profile:
-            python += ["-m", "cProfile", "-o", f"{self.profile}-{host}.prof"]
+            python += ["-m", "cProfile", "-o", f"{self.profile}-{phase}-{host}.prof"]
         env_cmd = ["env", f"PYTHONPATH={REPO}"]
-        self.start([*in_ns(host, *env_cmd, *python, "-m", "xend_vnet.kernel_shim.daemon",
-                           "--control", control, "--no-default-vnets", "-f", startup,
-                           "--mtu", str(self.vnet_mtu), "--device", UNDERLAY[host][0],
-                           "--log-file", os.path.join(self.workdir, f"{host}.log"))],
-                   f"vnetd-{host}")
-        for _, _, tag, subnet, _ in VNETS:
-            self._bridge_with_domain(host, dom, i, tag, None, f"{subnet}.{i}", self.vnet_mtu)
+        option = PHASES[phase][0]
+        self.engines.append(self.start(
+            [*in_ns(host, *env_cmd, *python, "-m", "xend_vnet.kernel_shim.daemon",
+                    "--control", control, "--no-default-vnets", "-f", startup,
+                    "--mtu", str(self.vnet_mtu), "--device", UNDERLAY[host][0],
+                    "--epoch-file", control + ".epoch",
+                    "--log-file", os.path.join(self.workdir, f"{host}.log"),
+                    *([option] if option else []))],
+            f"vnetd-{phase}-{host}"))
 
     def _bridge_with_domain(self, host: str, dom: str, i: int, tag: str, port: str | None,
                             addr: str, mtu: int) -> None:
@@ -162,20 +218,20 @@ class Testbed:
             ip("-n", host, "link", "set", port, "master", bridge, "up")
         ip("link", "add", host_end, "netns", host, "mtu", str(mtu), "type", "veth",
            "peer", "name", tag + "0", "netns", dom, "mtu", str(mtu))
-        if port:
-            ip("-n", host, "link", "set", host_end, "master", bridge)
+        ip("-n", host, "link", "set", host_end, "master", bridge)
         ip("-n", host, "link", "set", host_end, "up")
         ip("-n", dom, "addr", "add", f"{addr}/24", "dev", tag + "0")
         ip("-n", dom, "link", "set", tag + "0", "up")
 
-    def start(self, argv: list[str], name: str) -> None:
+    def start(self, argv: list[str], name: str) -> subprocess.Popen:
         with open(os.path.join(self.workdir, f"{name}.out"), "w") as log:
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=log,
-                                               stdin=subprocess.DEVNULL))
+            proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
         time.sleep(0.3)
-        if self.procs[-1].poll() is not None:
+        if proc.poll() is not None:
             with open(os.path.join(self.workdir, f"{name}.out")) as f:
                 raise BenchError(f"{name} exited at start: {f.read().strip()}")
+        return proc
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -203,6 +259,16 @@ class Testbed:
             raise BenchError(f"ping {addr} from {client}: {done.stdout.strip()}")
         return {"rtt_avg_ms": float(rtt.group(2)), "rtt_min_ms": float(rtt.group(1)),
                 "loss_percent": float(loss.group(1)) if loss else None}
+
+    def rcvbuf_errors(self) -> int:
+        """UDP receive-buffer drops so far, both hosts together (/proc/net/snmp)."""
+        total = 0
+        for host in (H1, H2):
+            lines = [line.split() for line in sh(*in_ns(host, "cat", "/proc/net/snmp"))
+                     .stdout.split("\n") if line.startswith("Udp:")]
+            if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
+                total += int(lines[1][lines[0].index("RcvbufErrors")])
+        return total
 
     # -- tear-down ---------------------------------------------------------------------------
 
@@ -243,10 +309,11 @@ def machine() -> dict:
             "iperf3": sh("iperf3", "--version", check=False).stdout.split("\n")[0]}
 
 
-def measure(bed: Testbed, runs: int, seconds: float, pings: int) -> dict:
+def measure(bed: Testbed, paths: tuple, runs: int, seconds: float, pings: int) -> dict:
     results: dict = {}
-    for name, label, client, _, addr in PATHS:
+    for name, label, client, _, addr in paths:
         samples = []
+        errors_before = bed.rcvbuf_errors()
         for _ in range(runs):
             sample = bed.iperf(client, addr, seconds)
             sample.update(bed.ping(client, addr, pings))
@@ -256,40 +323,75 @@ def measure(bed: Testbed, runs: int, seconds: float, pings: int) -> dict:
             "gbit_per_second": statistics.median(s["bits_per_second"] for s in samples) / 1e9,
             "rtt_avg_ms": statistics.median(s["rtt_avg_ms"] for s in samples),
             "retransmits": statistics.median(s["retransmits"] for s in samples),
+            "rcvbuf_errors": bed.rcvbuf_errors() - errors_before,
         }
     return results
 
 
+def measure_all(bed: Testbed, opts: argparse.Namespace) -> dict:
+    """Every path in one run: the kernel, then each engine phase, then legacy."""
+    args = (opts.runs, opts.seconds, opts.pings)
+    results = measure(bed, KERNEL_PATHS, *args)
+    for phase in PHASES:
+        bed.start_engines(phase)
+        results.update(measure(bed, engine_paths(phase), *args))
+        bed.stop_engines()
+    if opts.legacy_vnetd:
+        bed.start_legacy(opts.legacy_vnetd, opts.legacy_args)
+        results.update(measure(bed, (LEGACY_PATH,), *args))
+        bed.stop_engines()
+    return results
+
+
 def table(results: dict, vnet_mtu: int) -> str:
-    base = results["veth"]
-    mtus = {"veth": 1500, "vxlan": VXLAN_MTU, "vnetd": vnet_mtu, "vnetd-auth": vnet_mtu,
-            "vnetd-conf": vnet_mtu}
-    header = (f"{'path':<20} {'MTU':>5} {'Gbit/s':>8} {'x veth':>7} "
-              f"{'RTT ms':>8} {'x veth':>7} {'retrans':>8}")
+    base, vxlan = results["veth"], results["vxlan"]
+    header = (f"{'path':<27} {'MTU':>5} {'Gbit/s':>8} {'x veth':>7} {'x VXLAN':>8} "
+              f"{'RTT ms':>7} {'x veth':>7} {'retrans':>8} {'rcvbuf':>7}")
     lines = [header]
     for name, r in results.items():
+        mtu = {"veth": 1500, "vxlan": VXLAN_MTU}.get(name, vnet_mtu)
         lines.append(
-            f"{r['label']:<20} {mtus[name]:>5} {r['gbit_per_second']:>8.3f} "
+            f"{r['label']:<27} {mtu:>5} {r['gbit_per_second']:>8.3f} "
             f"{r['gbit_per_second'] / base['gbit_per_second']:>7.3f} "
-            f"{r['rtt_avg_ms']:>8.3f} {r['rtt_avg_ms'] / base['rtt_avg_ms']:>7.2f} "
-            f"{r['retransmits']:>8g}")
+            f"{r['gbit_per_second'] / vxlan['gbit_per_second']:>8.3f} "
+            f"{r['rtt_avg_ms']:>7.3f} {r['rtt_avg_ms'] / base['rtt_avg_ms']:>7.2f} "
+            f"{r['retransmits']:>8g} {r['rcvbuf_errors']:>7}")
     return "\n".join(lines)
+
+
+def targets(results: dict) -> str:
+    """The ratios issue 7 asks for, from this run."""
+    def gbit(name: str) -> float:
+        return results[name]["gbit_per_second"]
+    out = [f"# fast / VXLAN {gbit('fast') / gbit('vxlan'):.3f} (target 0.25, stretch 0.35); "
+           f"fast / plain {gbit('fast') / gbit('plain'):.2f}; "
+           f"conf / none: plain {gbit('plain-conf') / gbit('plain'):.2f}, "
+           f"fast {gbit('fast-conf') / gbit('fast'):.2f} (target 0.75)"]
+    if "legacy" in results:
+        out.append(f"# plain / legacy {gbit('plain') / gbit('legacy'):.2f} (target 1.2), "
+                   f"RTT {results['plain']['rtt_avg_ms']:.3f} against "
+                   f"{results['legacy']['rtt_avg_ms']:.3f} ms")
+    else:
+        out.append(f"# plain / 0.79 Gbit/s {gbit('plain') / 0.79:.2f}: 0.79 is the legacy C "
+                   "vnetd as measured elsewhere (platform.md), a reference, not this run")
+    return "\n".join(out)
 
 
 def profile_summary(prefix: str, top: int = 12) -> str:
     import pstats
     out = []
-    for host in (H1, H2):
-        path = f"{prefix}-{host}.prof"
-        if not os.path.exists(path):
-            continue
-        role = "sender (TAP -> UDP)" if host == H1 else "receiver (UDP -> TAP)"
-        out.append(f"--- vnetd in {host}, {role}: top {top} by own time")
-        stream = _Capture()
-        pstats.Stats(path, stream=stream).sort_stats("tottime").print_stats(top)
-        body = stream.text()
-        start = body.find("   ncalls")
-        out.append(body[start:].rstrip() if start >= 0 else body.rstrip())
+    for phase in PHASES:
+        for host in (H1, H2):
+            path = f"{prefix}-{phase}-{host}.prof"
+            if not os.path.exists(path):
+                continue
+            role = "sender (TAP -> UDP)" if host == H1 else "receiver (UDP -> TAP)"
+            out.append(f"--- {PHASES[phase][1]} in {host}, {role}: top {top} by own time")
+            stream = _Capture()
+            pstats.Stats(path, stream=stream).sort_stats("tottime").print_stats(top)
+            body = stream.text()
+            start = body.find("   ncalls")
+            out.append(body[start:].rstrip() if start >= 0 else body.rstrip())
     return "\n".join(out)
 
 
@@ -315,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="PREFIX",
                    help="run both vnetd under cProfile, write PREFIX-<host>.prof and print "
                         "where they spend time (slows the engines: figures are not comparable)")
+    p.add_argument("--legacy-vnetd", metavar="PATH",
+                   help="also measure this legacy C vnetd binary (run in both hosts)")
+    p.add_argument("--legacy-args", default="",
+                   help="its arguments; {device} and {addr} become the host's underlay "
+                        "device and address")
     opts = p.parse_args(argv)
     if os.geteuid() != 0:
         print("throughput.py: needs root (network namespaces)", file=sys.stderr)
@@ -330,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: sys.exit(1))
     try:
         bed.build()
-        results = measure(bed, opts.runs, opts.seconds, opts.pings)
+        results = measure_all(bed, opts)
     except BenchError as e:
         print(f"throughput.py: {e}", file=sys.stderr)
         return 1
@@ -342,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# iperf3 TCP one stream {opts.seconds:g} s, {opts.pings} pings at 0.05 s, "
           f"median of {opts.runs} run{'s' if opts.runs != 1 else ''}")
     print(table(results, opts.vnet_mtu))
+    print(targets(results))
     if profile:
         print(profile_summary(profile))
     if opts.json:

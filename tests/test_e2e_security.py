@@ -147,6 +147,7 @@ def send_from(ns: str, src: str, dst: str, payloads: list[bytes]) -> None:
 def secure_drops(d) -> int:
     return sum(n for r, n in drops(d).items()
                if r in ("bad_icv", "replay", "replay_too_old", "epoch_old", "epoch_expired",
+                        "epoch_future", "secure_bad_care_of",
                         "unknown_spi", "secure_bad_suite", "secure_truncated",
                         "unknown_msg_id", "clear_on_secured"))
 

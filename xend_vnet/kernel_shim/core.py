@@ -36,14 +36,16 @@ Fast framing (issue 7, ``fastpath.py``), only with ``CoreOptions.offload``:
 a frame read from a TAP with offloads comes with its virtio_net_hdr
 (``receive_tap(..., packet=)``).  When it goes to one learned address that
 has shown it takes segments, it leaves whole as ``SendFast`` and the
-daemon cuts it into segments; toward any other address, every flood, and
-on secured vnets it is made plain in software first (complete checksums,
-no GSO).  The capability is learned from the trailer our engines add to
-their clear announces; unicast to an address not known to be fast sends it
-a plain VARP request (at most every few seconds), which our engines answer
-with the trailer.  Received segments are put together again and delivered
-with their header (``DeliverOffload``).  Without the option no trailer is
-sent and id 5 is an unknown id, as for legacy hosts.
+daemon cuts it into segments (on a secured vnet it is sealed once first,
+and the secured message is what is cut, opcode 2); toward any other
+address and in every flood it is made plain in software first (complete
+checksums, no GSO).  The capability is learned from the trailer our engines add to
+their announces; unicast to an address not known to be fast sends it a
+VARP request with the trailer (at most every few seconds), which our
+engines answer with the trailer and legacy hosts with a legacy announce.
+Received segments are put together again and delivered with their header
+(``DeliverOffload``).  Without the option no trailer is sent and id 5 is an
+unknown id, as for legacy hosts.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ from .fastpath import (
     VNET_HDR_LEN,
     PeerCapabilities,
     Reassembler,
-    announces_segments,
+    has_capability,
     decode_sealed_inner,
     encode_sealed_inner,
     plain_frames,
@@ -155,6 +157,7 @@ class Vnet:
 
 
 _ZERO_ADDR = "0.0.0.0"
+_SEGMENT_PREFIXES = (bytes((0, MSG_FAST, 0, FAST_SEGMENT)), bytes((0, MSG_FAST, 0, FAST_SEALED)))
 
 
 def _is_unicast_host(addr: str) -> bool:
@@ -414,8 +417,14 @@ class EngineCore:
                 if self.self_address is None:
                     raise DecodeError("no_self_address", "cannot answer VARP request")
                 self.counters.varp_replies += 1
+                # The trailer only to an engine that asked with one: legacy
+                # requesters get the legacy bytes.
+                trailer = b""
+                if self._trailer and has_capability(payload):
+                    self.caps.heard(src_ip, now)
+                    trailer = self._trailer
                 self._send(src_ip, codec.encode_announce(h.vnet, h.vmac, self.self_address)
-                           + self._trailer, actions)
+                           + trailer, actions)
         elif h.opcode == VARP_ANNOUNCE:
             vnet = self._vnets.get(h.vnet)
             if vnet is None:
@@ -431,7 +440,7 @@ class EngineCore:
             if first == 0 or first >= 224:
                 raise DecodeError("varp_bad_address", addr)
             self._learn(h.vnet, h.vmac, addr, now, vnet.counters)
-            if self._trailer and announces_segments(payload):
+            if self._trailer and has_capability(payload):
                 self.caps.heard(addr, now)
         else:
             raise DecodeError("varp_bad_opcode", f"opcode {h.opcode}")
@@ -482,11 +491,49 @@ class EngineCore:
             if a.opcode != VARP_ANNOUNCE or a.vnet != vraw:
                 raise DecodeError("secure_bad_inner", f"VARP opcode {a.opcode}")
             self._learn(vraw, a.vmac, care_of, now, vc)
-            if self._trailer and announces_segments(inner):
+            if self._trailer and has_capability(inner):
                 self.caps.heard(care_of, now)
             self.counters.rx_varp += 1
         else:
             raise DecodeError("secure_bad_inner", f"id {ident}")
+
+    def receive_train(self, data: bytes, gso: int, src_ip: str, dst_ip: str,
+                      now: float) -> list:
+        """The datagrams of ``data``, ``gso`` bytes each but the last, received in
+        one ``recvmsg`` (UDP_GRO): like ``receive_udp`` on each, with the
+        segments of one frame taken in one step (``Reassembler.add_train``)."""
+        if (self._trailer and data[:4] in _SEGMENT_PREFIXES and dst_ip != self.mcaddr
+                and src_ip not in self.own_addresses):
+            n = -(-len(data) // gso)
+            try:
+                done = self.reassembler.add_train(src_ip, data, gso, now)
+            except DecodeError as e:
+                if e.reason != "fast_train_mixed":
+                    c = self.counters
+                    c.rx_datagrams += n
+                    c.rx_bytes += len(data)
+                    c.rx_dropped[e.reason] = c.rx_dropped.get(e.reason, 0) + n
+                    return []
+            else:
+                c = self.counters
+                c.rx_datagrams += n
+                c.rx_bytes += len(data)
+                self.caps.heard(src_ip, now)
+                if done is None:
+                    c.rx_fast += n
+                    return []
+                c.rx_fast += n - 1
+                actions: list = []
+                try:
+                    self._fast_done(done, src_ip, now, actions)
+                except DecodeError as e:
+                    count(c.rx_dropped, e.reason)
+                return actions
+        out = []
+        receive = self.receive_udp
+        for at in range(0, len(data), gso):
+            out += receive(data[at:at + gso], src_ip, dst_ip, now)
+        return out
 
     def _receive_fast(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         """A segment from another engine (which therefore takes segments), kept
@@ -496,6 +543,11 @@ class EngineCore:
         if done is None:
             self.counters.rx_fast += 1
             return
+        self._fast_done(done, src_ip, now, actions)
+
+    def _fast_done(self, done: tuple[int, bytes, bytes], src_ip: str, now: float,
+                   actions: list) -> None:
+        """A reassembled frame: delivered, or a sealed one verified first."""
         opcode, vid_raw, packet = done
         if opcode == FAST_SEALED:
             # The whole super-frame is one secured message: verified, then
@@ -660,8 +712,8 @@ class EngineCore:
                 # A secured vnet learns it from sealed announces (no clear VARP for it).
                 if keys is None and self.caps.probe_due(addr, now):
                     # A question every host understands; ours answer with the trailer.
-                    self._send(addr, VarpHeader(VARP_REQUEST, vraw, frame[:6]).encode(),
-                               actions)
+                    self._send(addr, VarpHeader(VARP_REQUEST, vraw, frame[:6]).encode()
+                               + self._trailer, actions)
         try:
             frames = plain_frames(packet)
         except DecodeError as e:

@@ -2,7 +2,10 @@
 
 Every datagram given to ``EngineCore.receive_udp`` ends in exactly one
 outcome: accepted as data, accepted as VARP, or dropped under one reason,
-so ``rx_datagrams == rx_data + rx_varp + sum(rx_dropped.values())``.  A VFWD
+so ``rx_datagrams == rx_data + rx_varp + rx_fast + sum(rx_dropped.values())``,
+where ``rx_fast`` counts the fast-framing messages between our engines
+(issue 7: hellos and segments; the frames they complete count in
+``rx_fast_frames``, and frames sent whole in ``tx_fast``).  A VFWD
 message counts once, with the outcome of the packet it carries; a copy seen
 again within the duplicate window is dropped as ``duplicate`` and also
 counted in ``vfwd_duplicates`` (wire.md 7, loop safety).  Proto-97 packets
@@ -63,6 +66,9 @@ class EngineCounters:
         "tx_bytes",
         "tx_datagrams",
         "rx_etherip",
+        "rx_fast",
+        "rx_fast_frames",
+        "tx_fast",
         "varp_replies",
         "vfwd_duplicates",
         "vfwd_resent",
@@ -83,12 +89,15 @@ class EngineCounters:
         self.vfwd_duplicates = 0    # copies dropped by the duplicate window
         self.rx_etherip = 0         # IP protocol 97 packets received (wire.md 4.3)
         self.varp_replies = 0
+        self.rx_fast = 0
+        self.rx_fast_frames = 0
+        self.tx_fast = 0
         self.rx_dropped: dict[str, int] = {}
         self.tap_dropped: dict[str, int] = {}
 
     FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
               "tx_bytes", "vfwd_rx", "vfwd_tx", "vfwd_resent", "vfwd_duplicates",
-              "rx_etherip", "varp_replies")
+              "rx_etherip", "varp_replies", "rx_fast", "rx_fast_frames", "tx_fast")
 
     def fields(self) -> list[tuple[str, int]]:
         """The numeric counters in listing order."""

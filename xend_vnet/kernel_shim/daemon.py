@@ -34,7 +34,23 @@ from . import commands
 from .codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
 from .commands import CommandError
 from .control_server import ControlServer, ControlSocketError
-from .core import CoreOptions, DeliverFrame, EngineCore, SendRaw, SendUdp
+from .core import (
+    CoreOptions,
+    DeliverFrame,
+    DeliverOffload,
+    EngineCore,
+    SendFast,
+    SendRaw,
+    SendUdp,
+)
+from .fastpath import (
+    MAX_PACKET,
+    SEGMENT_HEADER_LEN,
+    VNET_HDR_LEN,
+    ZERO_VNET_HDR,
+    chunk_size,
+    segment_sends,
+)
 from .raw import EtheripSocket, RawSender
 from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
 from .security import epoch_file
@@ -76,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mtu", type=int, default=DEFAULT_MTU,
                    help="MTU of the vnet TAPs (default 1500; guests do best with 1436, "
                         "or the legacy advice 1400, to avoid fragmented outer packets)")
+    p.add_argument("--no-offload", action="store_true",
+                   help="legacy framing only: one frame per datagram, plain checksums, no "
+                        "TAP offloads, no fast framing toward other engines (docs/performance.md)")
     p.add_argument("--no-default-vnets", action="store_true",
                    help="do not create vnets 2, 3 and 4 at start")
     p.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
@@ -212,8 +231,16 @@ class Vnetd:
             last_epoch = 0
         security = SecurityContext.system(last_epoch, self._persist_epoch,
                                           opts.epoch_max_age, opts.epoch_lifetime)
+        ahead = security.epoch_ahead_of_clock()
+        if ahead > opts.epoch_max_age:
+            log.error("the last epoch in %s is %.0f s ahead of the clock: hosts with a right "
+                      "clock refuse this host's secured traffic as from the future; if the "
+                      "clock is right now, stop vnetd and remove that file", opts.epoch_file,
+                      ahead)
+        self.offload = not opts.no_offload
         self.core = EngineCore(CoreOptions(mcaddr=opts.mcaddr, port=opts.port,
-                                           varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl),
+                                           varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl,
+                                           offload=self.offload),
                                security)
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
@@ -236,6 +263,8 @@ class Vnetd:
         self._device_index = 0
         self.device = opts.device or ""   # shown as (device ...) by varp.list
         self.max_frame = opts.mtu + ETH_HEADER_LEN + 4   # room for one 802.1Q tag
+        self.underlay_mtu = DEFAULT_MTU   # of the device the group is on; sizes segments
+        self._chunk = chunk_size(DEFAULT_MTU)
 
     def now(self) -> float:
         """The clock the core is driven with."""
@@ -255,7 +284,8 @@ class Vnetd:
                     key: bytes | None) -> None:
         """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
         try:
-            tap = open_tap(ifname, self.opts.mtu)
+            # Offloads at every security level unless --no-offload (fastpath.py).
+            tap = open_tap(ifname, self.opts.mtu, self.offload)
         except TapError as e:
             raise CommandError(e.errno, e.message) from None
         try:
@@ -302,7 +332,7 @@ class Vnetd:
                 del self.lost_taps[vid]
                 continue
             try:
-                tap = open_tap(ifname, self.opts.mtu)
+                tap = open_tap(ifname, self.opts.mtu, self.offload)
             except TapError as e:
                 log.warning("vnet %s: cannot recreate %s yet: %s", vid.canonical, ifname,
                             e.message)
@@ -354,6 +384,8 @@ class Vnetd:
             ["peers", str(len(self.core.peers))],
             ["remulticast", "yes" if self.raw is not None else "no"],
             ["etherip-receive", "yes" if self.etherip is not None else "no"],
+            ["offload", "yes" if self.offload else "no"],
+            ["fast-peers"] + self.core.caps.addresses(now),
             ["control", self.opts.control],
             ["mtu", str(self.opts.mtu)],
             ["mcast-ttl", str(udp.mcast_ttl)],
@@ -370,7 +402,8 @@ class Vnetd:
         self._setup_signals()   # a signal during startup waits for the loop
         self._refresh_addresses()
         try:
-            self.udp = EngineSocket(opts.port, opts.mcaddr, opts.mcast_ttl, self._device_index)
+            self.udp = EngineSocket(opts.port, opts.mcaddr, opts.mcast_ttl, self._device_index,
+                                    gro=self.offload)
         except OSError as e:
             raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
         self.selector.register(self.udp.sock, selectors.EVENT_READ, self._on_udp)
@@ -532,9 +565,13 @@ class Vnetd:
     def _on_udp(self, _mask: int, now: float) -> None:
         receive = self.core.receive_udp
         perform = self._perform
-        for payload, src, dst in self.udp.recv_batch(BATCH):
+        receive_train = self.core.receive_train
+        for payload, src, dst, gso in self.udp.recv_batch(BATCH):
             try:
-                actions = receive(payload, src, dst, now)
+                if gso:
+                    actions = receive_train(payload, gso, src, dst, now)
+                else:
+                    actions = receive(payload, src, dst, now)
             except Exception:  # noqa: BLE001 -- one bad datagram must not stop the engine
                 self._engine_error("datagram from " + src)
                 continue
@@ -576,9 +613,30 @@ class Vnetd:
         except TapError as e:
             self._tap_lost(vid, tap, e)
             return
+        if tap.vnet_hdr:
+            self._on_offload_frames(vid, tap, frames, now)
+            return
         for frame in frames:
             try:
                 actions = receive(vid, frame, now)
+            except Exception:  # noqa: BLE001 -- one bad frame must not stop the engine
+                self._engine_error("frame from " + tap.ifname)
+                continue
+            if actions:
+                perform(actions)
+
+    def _on_offload_frames(self, vid: VnetId, tap: TapDevice, packets: list[bytes],
+                           now: float) -> None:
+        """Frames behind a virtio_net_hdr: an all-zero header is a plain frame,
+        any other goes to the core with it (fastpath.py)."""
+        receive = self.core.receive_tap
+        perform = self._perform
+        for packet in packets:
+            try:
+                if packet.startswith(ZERO_VNET_HDR):
+                    actions = receive(vid, packet[VNET_HDR_LEN:], now)
+                else:
+                    actions = receive(vid, packet[VNET_HDR_LEN:], now, packet)
             except Exception:  # noqa: BLE001 -- one bad frame must not stop the engine
                 self._engine_error("frame from " + tap.ifname)
                 continue
@@ -604,7 +662,24 @@ class Vnetd:
                     self._io_drop("tap_missing")
                     continue
                 try:
-                    os.write(tap.fd, action.frame)
+                    if tap.vnet_hdr:
+                        os.writev(tap.fd, (ZERO_VNET_HDR, action.frame))
+                    else:
+                        os.write(tap.fd, action.frame)
+                except OSError as e:
+                    self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
+            elif action.__class__ is SendFast:
+                self._send_fast(action)
+            elif action.__class__ is DeliverOffload:
+                tap = self.taps.get(action.vid)
+                if tap is None or not tap.vnet_hdr:
+                    self._io_drop("tap_missing" if tap is None else "offload_on_plain_tap")
+                    continue
+                if len(action.packet) > MAX_PACKET:
+                    self._io_drop("frame_too_big")
+                    continue
+                try:
+                    os.write(tap.fd, action.packet)
                 except OSError as e:
                     self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
             elif action.__class__ is SendRaw:
@@ -617,6 +692,19 @@ class Vnetd:
                     self._io_drop("raw_send_" + errno.errorcode.get(e.errno, "error").lower())
             else:
                 log.error("unknown engine action %r", action)
+
+    def _send_fast(self, action: SendFast) -> None:
+        """The segments of one frame, one sendmsg per UDP_SEGMENT train."""
+        chunk = self._chunk
+        send = self.udp.send_segments
+        try:
+            for iov in segment_sends(action.vid_raw, action.frame_id, action.packet, chunk,
+                                     action.opcode):
+                send(iov, action.dst_ip, chunk + SEGMENT_HEADER_LEN)
+        except ValueError:
+            self._io_drop("fast_too_big")
+        except OSError as e:
+            self._io_drop("udp_send_" + errno.errorcode.get(e.errno, "error").lower())
 
     def _io_drop(self, reason: str) -> None:
         self.io_dropped[reason] = self.io_dropped.get(reason, 0) + 1
@@ -680,6 +768,10 @@ class Vnetd:
             self._device_index = index
         else:
             self.device = links[0].get_attr("IFLA_IFNAME") if links else ""
+        mtu = links[0].get_attr("IFLA_MTU") if links else None
+        if mtu and mtu != self.underlay_mtu and mtu >= 576:
+            self.underlay_mtu = mtu
+            self._chunk = chunk_size(mtu)
         self.core.own_addresses = {a for _, a in addrs if a}
         if opts.address:
             address = opts.address

@@ -4,17 +4,19 @@ A vnet's device is created with pyroute2 when its name is free, then
 attached through /dev/net/tun as a single-queue TAP without packet
 information, marked persistent so it survives the engine (and stays on its
 bridge), and configured (MTU, up) with pyroute2.  When the vnet is added
-again the existing TAP is reattached by name.
+again the existing TAP is reattached by name.  A name held by a device that
+is not a TAP is refused before anything is opened; a TAP already attached
+by another vnet (or process) answers EBUSY, which is refused too.
 
 With offloads (issue 7, fastpath.py) the TAP is attached with
 ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (checksum, TSO for IPv4 and IPv6):
 every read and write carries a 10-byte virtio_net_hdr, and a TCP
-super-frame crosses user space once.  Its GSO size is capped so a super-frame
-and its segment headers fit one ``UDP_SEGMENT`` send over a 1500-byte
-underlay (platform.md).  Without offloads the offload flags are cleared
-explicitly, since a persistent TAP keeps the flags of its last user.  A name held by a device that
-is not a TAP is refused before anything is opened; a TAP already attached
-by another vnet (or process) answers EBUSY, which is refused too.
+super-frame crosses user space once.  Its GSO size is left alone: capping
+it makes the kernel segment every larger super-frame that the bridge
+forwards to the TAP (the domain's side does not know the cap); the daemon
+sends a frame too big for one ``UDP_SEGMENT`` train as two.  Without
+offloads the offload flags are cleared explicitly, since a persistent TAP
+keeps the flags of its last user.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-GSO_MAX_SIZE = 62000
 VNET_HDR_LEN = 10
 IFLA_TUN_TYPE_TAP = 2
 DEFAULT_MTU = 1500
@@ -166,8 +167,6 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU, offload: bool = False) -> TapD
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
             fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
             index = ipr.link_lookup(ifname=ifname)[0]
-            if offload:
-                ipr.link("set", index=index, gso_max_size=GSO_MAX_SIZE)
             ipr.link("set", index=index, mtu=mtu, state="up")
         except NetlinkError as e:
             os.close(fd)

@@ -9,12 +9,19 @@ off (legacy left it on and dropped its own packets after the fact, wire.md
 (wire.md 4.6), and sizes its buffers for load (platform.md: the legacy
 208 KB buffer overflowed under TCP).  Joining the group may fail while the host has no
 address or route yet; the daemon retries (design.md 5).
+
+Between our own engines (issue 7, fastpath.py) the socket sends the
+segments of a super-frame with one ``sendmsg`` and ``UDP_SEGMENT`` (the
+kernel cuts them at the given size), and with ``UDP_GRO`` receives a train
+of equal-sized datagrams from one sender in one ``recvmsg``, which the core
+takes as a train (``EngineCore.receive_train``).
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import sys
 
 # Linux values; Python 3.11's socket module has no names for these.
 IP_PKTINFO = 8
@@ -23,17 +30,20 @@ IP_PMTUDISC_DONT = 0
 IP_MULTICAST_ALL = 49
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
 
 DEFAULT_BUFFER = 4 * 1024 * 1024
 MAX_DATAGRAM = 65535
-_ANCILLARY = socket.CMSG_SPACE(12)  # struct in_pktinfo
+_ANCILLARY = socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4)  # in_pktinfo, GRO segment size
 
 
 class EngineSocket:
     """The bound, non-blocking UDP socket and its group membership."""
 
     def __init__(self, port: int, mcaddr: str, mcast_ttl: int = 1,
-                 ifindex: int = 0, buffer_size: int = DEFAULT_BUFFER):
+                 ifindex: int = 0, buffer_size: int = DEFAULT_BUFFER, gro: bool = False):
         self.port = port
         self.mcaddr = mcaddr
         self.mcast_ttl = mcast_ttl
@@ -50,6 +60,8 @@ class EngineSocket:
             s.setsockopt(socket.SOL_IP, socket.IP_MULTICAST_TTL, mcast_ttl)
             s.setsockopt(socket.SOL_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            if gro:
+                s.setsockopt(SOL_UDP, UDP_GRO, 1)
             self.rcvbuf = _set_buffer(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, buffer_size)
             self.sndbuf = _set_buffer(s, socket.SO_SNDBUF, SO_SNDBUFFORCE, buffer_size)
             s.bind(("0.0.0.0", port))
@@ -120,8 +132,10 @@ class EngineSocket:
             self.mcast_ttl = mcast_ttl
         return self.try_join()
 
-    def recv_batch(self, limit: int) -> list[tuple[bytes, str, str]]:
-        """Up to ``limit`` datagrams as (payload, source ip, destination ip)."""
+    def recv_batch(self, limit: int) -> list[tuple[bytes, str, str, int]]:
+        """Up to ``limit`` receives as (payload, source ip, destination ip, gso):
+        ``gso`` is 0 for one datagram, else the size of each datagram of the
+        train ``payload`` holds (UDP_GRO; the last may be shorter)."""
         out = []
         recvmsg = self.sock.recvmsg
         ntoa = socket.inet_ntoa
@@ -129,16 +143,28 @@ class EngineSocket:
             for _ in range(limit):
                 data, ancdata, _flags, addr = recvmsg(MAX_DATAGRAM, _ANCILLARY)
                 dst = "0.0.0.0"
+                gso = 0
                 for level, kind, cdata in ancdata:
                     if level == socket.SOL_IP and kind == IP_PKTINFO and len(cdata) >= 12:
                         dst = ntoa(cdata[8:12])  # ipi_addr: the header's destination
-                out.append((data, addr[0], dst))
+                    elif level == SOL_UDP and kind == UDP_GRO and len(cdata) >= 2:
+                        gso = int.from_bytes(cdata[:2], sys.byteorder)
+                out.append((data, addr[0], dst, gso if 0 < gso < len(data) else 0))
         except BlockingIOError:
             pass
         return out
 
     def sendto(self, payload: bytes, dst_ip: str) -> None:
         self.sock.sendto(payload, (dst_ip, self.port))
+
+    def send_segments(self, iov: list, dst_ip: str, segment_size: int) -> None:
+        """Send the datagrams gathered in ``iov``, cut every ``segment_size``
+        bytes by the kernel (UDP_SEGMENT); a single one goes as it is."""
+        if len(iov) > 2:
+            gso = segment_size.to_bytes(2, sys.byteorder)
+            self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, gso)], 0, (dst_ip, self.port))
+        else:
+            self.sock.sendmsg(iov, (), 0, (dst_ip, self.port))
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,447 @@
+"""The fast framing between our own engines, sans-IO (issue 7, design.md 10 item 2).
+
+A TAP with offloads (``IFF_VNET_HDR`` and ``TUNSETOFFLOAD``, tap.py) hands
+the engine a TCP super-frame (up to about 62 KB) behind a 10-byte
+``virtio_net_hdr`` that says whether the kernel left the checksum partial
+(``NEEDS_CSUM``) and how to segment it (``gso_type``, ``gso_size``).
+
+Toward an engine that has shown it understands (``PeerCapabilities``),
+the header and the frame travel together, cut into segments that each fit
+the underlay MTU, each behind its own 28-byte header so the receiver can
+put the frame together again (never one fragmented datagram: one lost
+fragment would lose the whole super-frame).  The daemon sends all segments
+of a frame with one ``sendmsg`` and ``UDP_SEGMENT``; the receiving engine
+writes the reassembled packet to its TAP with the header, and its kernel
+finishes checksums and segmentation: Python computes no checksum on the
+fast path.
+
+Message id 5 (``VnetMsgHdr``, wire.md 2), big-endian like the rest::
+
+    segment   00 05 | opcode | vnet id (16) | u32 frame id | u16 index | u16 count | data
+
+Opcode 1: the data reassemble to virtio_net_hdr + frame.  Opcode 2 (secured
+vnets, design.md 7): they reassemble to one secured message (id 4), sealed
+once for the whole super-frame, whose clear-mode message is
+``00 05 00 02 | vnet id | virtio_net_hdr + frame``; the receiver verifies it
+before anything is learned or delivered, so an AES-GCM pass per super-frame,
+not per segment, is all security costs on this path.
+
+Legacy hosts drop unknown ids (wire.md 4.4), but no id-5 message ever goes
+to an address that has not shown it takes them.  The capability rides on
+VARP, which every host speaks: our engines append an 8-byte trailer
+(``CAP_TRAILER``) to the gratuitous announces they send, which legacy hosts
+ignore (trailing bytes, wire.md 2), and learn it per announced care-of
+address.  An address we send unicast to without knowing its capability
+gets a VARP request for the destination MAC with the trailer
+(rate-limited): an engine of ours answers with the trailer, a legacy host
+with a legacy announce, so it keeps getting plain frames.  Replies carry
+the trailer only toward a requester that sent one.
+
+Frames that must go plain (to legacy hosts, every flood to the group,
+secured vnets) leave with complete checksums and no GSO: ``plain_frames``
+finishes the partial checksum or segments the TCP super-frame in software,
+for that case only.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from .codec import ETH_HEADER_LEN, VARP_HEADER_LEN, DecodeError
+
+MSG_FAST = 5
+FAST_SEGMENT = 1
+FAST_SEALED = 2
+CAP_SEGMENTS = 1                 # the only capability bit so far
+CAP_MAGIC = b"XVNF"
+CAP_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS)   # version 1, bits
+
+VNET_HDR_LEN = 10                # struct virtio_net_hdr, native byte order
+ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
+F_NEEDS_CSUM = 1
+F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_ECN = 0x80
+MAX_PACKET = 65536 + VNET_HDR_LEN
+
+SEGMENT_HEADER_LEN = 28
+MAX_SEGMENTS = 255               # a 64 KB frame over a 576-byte underlay MTU fits
+UDP_IP_OVERHEAD = 28             # IPv4 header without options, UDP header
+# One sendmsg carries at most 64 segments (older kernels) and one IPv4
+# datagram's worth of payload (UDP_SEGMENT builds one large skb).
+SEGMENTS_PER_SEND = 64
+BYTES_PER_SEND = 65507
+
+CAP_TTL = 180.0                  # a capability not heard of for this long is forgotten
+CAP_REFRESH = 60.0               # hello again before it runs out
+PROBE_INTERVAL = 5.0             # at most one VARP request per address this often
+CAP_LIMIT = 4096
+REASSEMBLY_TIMEOUT = 1.0
+REASSEMBLY_LIMIT = 64            # frames in flight at once, all senders together
+
+_SEGMENT = struct.Struct("!HH16sIHH")
+_SEALED_PREFIX = struct.pack("!HH", MSG_FAST, FAST_SEALED)
+_VNET_HDR = struct.Struct("=BBHHHH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_PSEUDO4 = struct.Struct("!4s4sBBH")
+_PSEUDO6 = struct.Struct("!16s16sIxxxB")
+_ETH_VLAN = (0x8100, 0x88A8)
+_UDP_CSUM_OFFSET = 6              # offsetof(struct udphdr, check); TCP's is 16
+
+
+# -- capability trailer of VARP announces ----------------------------------------------
+
+def has_capability(payload: bytes) -> bool:
+    """Whether a VARP message carries our trailer with the segment capability."""
+    return (payload[VARP_HEADER_LEN:VARP_HEADER_LEN + 4] == CAP_MAGIC
+            and len(payload) >= VARP_HEADER_LEN + len(CAP_TRAILER)
+            and payload[VARP_HEADER_LEN + 7] & CAP_SEGMENTS != 0)
+
+
+# -- segments ------------------------------------------------------------------------
+
+def chunk_size(underlay_mtu: int) -> int:
+    """Bytes of frame data per segment so each datagram fits ``underlay_mtu`` unfragmented."""
+    return underlay_mtu - UDP_IP_OVERHEAD - SEGMENT_HEADER_LEN
+
+
+def segment_sends(vid_raw: bytes, frame_id: int, packet: bytes, chunk: int,
+                  opcode: int = FAST_SEGMENT) -> Iterator[list]:
+    """The segments of ``packet`` (virtio_net_hdr + frame) as gather lists,
+    one per ``sendmsg``: header, data, header, data...  All segments but the
+    last of a list have the same size, as ``UDP_SEGMENT`` requires."""
+    if chunk < 64:
+        raise ValueError(f"segment size {chunk} is too small")
+    view = memoryview(packet)
+    count = -(-len(packet) // chunk)
+    if count > MAX_SEGMENTS:
+        raise ValueError(f"{len(packet)} bytes need {count} segments, more than {MAX_SEGMENTS}")
+    per_send = min(SEGMENTS_PER_SEND, BYTES_PER_SEND // (chunk + SEGMENT_HEADER_LEN))
+    pack = _SEGMENT.pack
+    for first in range(0, count, per_send):
+        iov = []
+        for index in range(first, min(first + per_send, count)):
+            iov.append(pack(MSG_FAST, opcode, vid_raw, frame_id, index, count))
+            iov.append(view[index * chunk:(index + 1) * chunk])
+        yield iov
+
+
+def decode_segment(payload: bytes) -> tuple[int, bytes, int, int, int]:
+    """``(opcode, vnet id, frame id, index, count)`` of a segment; its data
+    follows the header."""
+    if len(payload) <= SEGMENT_HEADER_LEN:
+        raise DecodeError("fast_truncated", f"{len(payload)} bytes")
+    _ident, opcode, vid_raw, frame_id, index, count = _SEGMENT.unpack_from(payload)
+    if opcode not in (FAST_SEGMENT, FAST_SEALED):
+        raise DecodeError("fast_bad_opcode", f"opcode {opcode}")
+    if not 0 < count <= MAX_SEGMENTS or index >= count:
+        raise DecodeError("fast_bad_segment", f"segment {index} of {count}")
+    return opcode, vid_raw, frame_id, index, count
+
+
+def encode_sealed_inner(vid_raw: bytes, packet: bytes) -> bytes:
+    """The clear-mode message sealed for a secured vnet's super-frame."""
+    return _SEALED_PREFIX + vid_raw + packet
+
+
+def decode_sealed_inner(inner: bytes) -> tuple[bytes, bytes]:
+    """``(vnet id, packet)`` of a verified clear-mode message from ``encode_sealed_inner``."""
+    if inner[:4] != _SEALED_PREFIX:
+        raise DecodeError("secure_bad_inner", "fast message")
+    return inner[4:20], check_packet(inner[20:])
+
+
+class _Partial:
+    __slots__ = ("count", "got", "opcode", "parts", "size", "started", "vid_raw")
+
+    def __init__(self, opcode: int, vid_raw: bytes, count: int, now: float):
+        self.opcode = opcode
+        self.vid_raw = vid_raw
+        self.count = count
+        self.got = 0
+        self.size = 0
+        self.parts: list = [None] * count
+        self.started = now
+
+
+class Reassembler:
+    """Segments in, whole packets out, with bounded memory: at most
+    ``REASSEMBLY_LIMIT`` frames in flight, each given ``REASSEMBLY_TIMEOUT``
+    seconds (a lost segment loses its frame only; TCP resends it)."""
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[str, int], _Partial] = {}
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._partial)
+
+    def add(self, src_ip: str, payload: bytes,
+            now: float) -> tuple[int, bytes, bytes] | None:
+        """``(opcode, vnet id, data)`` once ``payload`` completes a frame, else
+        None; the data of opcode 1 are a checked packet, of opcode 2 a secured
+        message still to verify.
+
+        DecodeError for a malformed or inconsistent segment (its frame is dropped)."""
+        opcode, vid_raw, frame_id, index, count = decode_segment(payload)
+        if count == 1:
+            return opcode, vid_raw, _complete(opcode, payload[SEGMENT_HEADER_LEN:])
+        key = (src_ip, frame_id)
+        p = self._partial.get(key)
+        if p is None:
+            if len(self._partial) >= REASSEMBLY_LIMIT:
+                self._expire(now)
+            p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
+        elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
+            del self._partial[key]
+            raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
+        if p.parts[index] is not None:
+            raise DecodeError("fast_duplicate", f"segment {index} of frame {frame_id}")
+        data = payload[SEGMENT_HEADER_LEN:]
+        p.size += len(data)
+        if p.size > MAX_PACKET:
+            del self._partial[key]
+            raise DecodeError("fast_too_big", f"frame {frame_id} from {src_ip}")
+        p.parts[index] = data
+        p.got += 1
+        if p.got < count:
+            return None
+        del self._partial[key]
+        return opcode, vid_raw, _complete(opcode, b"".join(p.parts))
+
+    def add_train(self, src_ip: str, data: bytes, gso: int,
+                  now: float) -> tuple[int, bytes, bytes] | None:
+        """``add`` for a train of segments received in one ``recvmsg`` (UDP_GRO,
+        ``gso`` bytes each but the last): consecutive segments of one frame, as
+        one ``sendmsg`` of ours sends them, are taken in one step, without a
+        bytes object per segment.  DecodeError("fast_train_mixed"), with nothing
+        changed, when the train is anything else: the caller then gives the
+        segments to ``add`` one by one."""
+        opcode, vid_raw, frame_id, index, count = decode_segment(data)
+        n = -(-len(data) // gso)
+        if index + n > count or gso <= SEGMENT_HEADER_LEN:
+            raise DecodeError("fast_train_mixed")
+        pack = _SEGMENT.pack
+        view = memoryview(data)
+        parts = []
+        for k in range(n):
+            at = k * gso
+            if (view[at:at + SEGMENT_HEADER_LEN] != pack(MSG_FAST, opcode, vid_raw, frame_id,
+                                                          index + k, count)
+                    or at + SEGMENT_HEADER_LEN >= len(data)):
+                raise DecodeError("fast_train_mixed")
+            parts.append(view[at + SEGMENT_HEADER_LEN:at + gso])
+        if n == count:
+            return opcode, vid_raw, _complete(opcode, b"".join(parts))
+        key = (src_ip, frame_id)
+        p = self._partial.get(key)
+        if p is None:
+            if len(self._partial) >= REASSEMBLY_LIMIT:
+                self._expire(now)
+            p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
+        elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
+            del self._partial[key]
+            raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
+        if any(p.parts[index + k] is not None for k in range(n)):
+            raise DecodeError("fast_duplicate", f"segments of frame {frame_id}")
+        p.size += len(data) - n * SEGMENT_HEADER_LEN
+        if p.size > MAX_PACKET:
+            del self._partial[key]
+            raise DecodeError("fast_too_big", f"frame {frame_id} from {src_ip}")
+        p.parts[index:index + n] = parts
+        p.got += n
+        if p.got < count:
+            return None
+        del self._partial[key]
+        return opcode, vid_raw, _complete(opcode, b"".join(p.parts))
+
+    def _expire(self, now: float) -> None:
+        """Drop frames past their time; when none is, the oldest (the table is full)."""
+        old = [k for k, p in self._partial.items() if now - p.started > REASSEMBLY_TIMEOUT]
+        if not old:
+            old = [min(self._partial, key=lambda k: self._partial[k].started)]
+        for k in old:
+            del self._partial[k]
+        self.expired += len(old)
+
+    def sweep(self, now: float) -> None:
+        if self._partial:
+            old = [k for k, p in self._partial.items() if now - p.started > REASSEMBLY_TIMEOUT]
+            for k in old:
+                del self._partial[k]
+            self.expired += len(old)
+
+
+def _complete(opcode: int, data: bytes) -> bytes:
+    return check_packet(data) if opcode == FAST_SEGMENT else data
+
+
+def check_packet(packet: bytes) -> bytes:
+    """A reassembled packet must hold a header we let through and an Ethernet frame;
+    the kernel checks the rest when the TAP takes it (tun's virtio_net_hdr_to_skb)."""
+    if len(packet) < VNET_HDR_LEN + ETH_HEADER_LEN:
+        raise DecodeError("short_frame", f"{len(packet)} bytes")
+    flags, gso_type = packet[0], packet[1]
+    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID) or gso_type & ~GSO_ECN not in (
+            GSO_NONE, GSO_TCPV4, GSO_TCPV6):
+        raise DecodeError("fast_bad_vnet_hdr", f"flags {flags:#x} gso {gso_type:#x}")
+    return packet
+
+
+# -- capabilities ----------------------------------------------------------------------
+
+class PeerCapabilities:
+    """Which care-of addresses run an engine that takes segments, learned from
+    their announces and segments; probed with a VARP request, never assumed."""
+
+    def __init__(self) -> None:
+        self._heard: dict[str, float] = {}
+        self._probed: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._heard)
+
+    def heard(self, addr: str, now: float) -> None:
+        if addr not in self._heard and len(self._heard) >= CAP_LIMIT:
+            self.sweep(now)
+        self._heard[addr] = now
+
+    def fast(self, addr: str, now: float) -> bool:
+        t = self._heard.get(addr)
+        return t is not None and now - t < CAP_TTL
+
+    def probe_due(self, addr: str, now: float) -> bool:
+        """True (and remembered) when a hello should go to ``addr`` now."""
+        t = self._heard.get(addr)
+        if t is not None and now - t < CAP_REFRESH:
+            return False
+        last = self._probed.get(addr)
+        if last is not None and now - last < PROBE_INTERVAL:
+            return False
+        if last is None and len(self._probed) >= CAP_LIMIT:
+            self._probed.clear()
+        self._probed[addr] = now
+        return True
+
+    def sweep(self, now: float) -> None:
+        self._heard = {a: t for a, t in self._heard.items() if now - t < CAP_TTL}
+        self._probed = {a: t for a, t in self._probed.items() if now - t < CAP_TTL}
+
+    def addresses(self, now: float) -> list[str]:
+        return sorted(a for a, t in self._heard.items() if now - t < CAP_TTL)
+
+
+# -- software completion for plain frames ------------------------------------------------
+
+def decode_vnet_hdr(hdr: bytes) -> tuple[int, int, int, int, int, int]:
+    """``(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)``."""
+    return _VNET_HDR.unpack_from(hdr)
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``, as an int to store big-endian.
+
+    The ones' complement sum of 16-bit words equals the number modulo 0xffff,
+    which CPython computes in C on the whole buffer at once."""
+    if len(data) & 1:
+        data = bytes(data) + b"\0"
+    n = int.from_bytes(data, "big")
+    s = n % 0xFFFF
+    if s == 0 and n:
+        s = 0xFFFF
+    return ~s & 0xFFFF
+
+
+def plain_frames(packet: bytes) -> list[bytes]:
+    """The frames a legacy host would have received for ``packet`` (virtio_net_hdr
+    + frame): checksums complete, TCP super-frames cut at ``gso_size``."""
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = _VNET_HDR.unpack_from(packet)
+    frame = packet[VNET_HDR_LEN:]
+    kind = gso_type & ~GSO_ECN
+    if kind == GSO_NONE:
+        if flags & F_NEEDS_CSUM:
+            return [_complete_checksum(frame, csum_start, csum_offset)]
+        return [frame]
+    if kind in (GSO_TCPV4, GSO_TCPV6) and gso_size > 0:
+        return _segment_tcp(frame, gso_size)
+    raise DecodeError("gso_unsupported", f"gso type {gso_type:#x}")
+
+
+def _complete_checksum(frame: bytes, start: int, offset: int) -> bytes:
+    """Fold the data from ``start`` into the field at ``start + offset``, which
+    holds the pseudo-header sum (the CHECKSUM_PARTIAL contract)."""
+    at = start + offset
+    if at + 2 > len(frame) or start >= len(frame):
+        raise DecodeError("bad_csum_offset", f"start {start} offset {offset}")
+    c = checksum(frame[start:])
+    if c == 0 and offset == _UDP_CSUM_OFFSET:
+        c = 0xFFFF       # UDP sends a computed zero as all ones (RFC 768)
+    out = bytearray(frame)
+    out[at:at + 2] = c.to_bytes(2, "big")
+    return bytes(out)
+
+
+def _l3_offset(frame: bytes) -> int:
+    off = 12
+    while off + 2 <= len(frame) and int.from_bytes(frame[off:off + 2], "big") in _ETH_VLAN:
+        off += 4
+    return off + 2
+
+
+def _segment_tcp(frame: bytes, mss: int) -> list[bytes]:
+    """Software TSO: what the NIC would have sent for this super-frame (one VLAN
+    tag or more kept, IPv4 id incremented, checksums computed)."""
+    l3 = _l3_offset(frame)
+    if l3 + 20 > len(frame):
+        raise DecodeError("gso_bad_frame", "no IP header")
+    version = frame[l3] >> 4
+    if version == 4:
+        ihl = (frame[l3] & 15) * 4
+        if ihl < 20 or frame[l3 + 9] != 6:
+            raise DecodeError("gso_bad_frame", "not TCP over IPv4")
+        l4 = l3 + ihl
+    elif version == 6:
+        if frame[l3 + 6] != 6:
+            raise DecodeError("gso_bad_frame", "not TCP over IPv6 without extension headers")
+        l4 = l3 + 40
+    else:
+        raise DecodeError("gso_bad_frame", f"IP version {version}")
+    if l4 + 20 > len(frame):
+        raise DecodeError("gso_bad_frame", "no TCP header")
+    thl = (frame[l4 + 12] >> 4) * 4
+    body = l4 + thl
+    if thl < 20 or body > len(frame):
+        raise DecodeError("gso_bad_frame", "bad TCP header length")
+    eth, iph, tcph = frame[:l3], frame[l3:l4], bytearray(frame[l4:body])
+    seq = int.from_bytes(tcph[4:8], "big")
+    tcp_flags = tcph[13]
+    payload = memoryview(frame)[body:]
+    ip_id = int.from_bytes(iph[4:6], "big") if version == 4 else 0
+    out = []
+    n = -(-len(payload) // mss) or 1
+    for i in range(n):
+        data = payload[i * mss:(i + 1) * mss]
+        last = i == n - 1
+        tcph[4:8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
+        # FIN and PSH belong to the last segment, CWR to the first (as GSO does).
+        tcph[13] = tcp_flags & ~(0x09 if not last else 0) & ~(0x80 if i else 0)
+        tcph[16:18] = b"\0\0"
+        tcp_len = thl + len(data)
+        if version == 4:
+            ip = bytearray(iph)
+            ip[2:4] = (ihl + tcp_len).to_bytes(2, "big")
+            ip[4:6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
+            ip[10:12] = b"\0\0"
+            ip[10:12] = checksum(ip).to_bytes(2, "big")
+            pseudo = _PSEUDO4.pack(iph[12:16], iph[16:20], 0, 6, tcp_len)
+        else:
+            ip = bytearray(iph)
+            ip[4:6] = tcp_len.to_bytes(2, "big")
+            pseudo = _PSEUDO6.pack(iph[8:24], iph[24:40], tcp_len, 6)
+        segment = bytes(tcph) + data
+        tcph_sum = checksum(pseudo + segment)
+        out.append(b"".join((eth, ip, segment[:16], tcph_sum.to_bytes(2, "big"), segment[18:])))
+    return out
