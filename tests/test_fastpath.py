@@ -234,7 +234,7 @@ def test_reassembly_refuses_bad_segments():
     with pytest.raises(DecodeError) as e:
         r.add(PEER, other, 0.0)
     assert e.value.reason == "fast_inconsistent"
-    assert len(r) == 0
+    assert len(r) == 1, "the frame being put together survives a stray segment"
     with pytest.raises(DecodeError) as e:
         r.add(PEER, segs[0][:SEGMENT_HEADER_LEN], 0.0)
     assert e.value.reason == "fast_truncated"
@@ -304,10 +304,13 @@ def test_offloaded_frame_goes_plain_and_asks_until_the_peer_shows_the_capability
     packet = tcp_super_frame(bytes(5000), 1448)
     actions = c.receive_tap(VID, packet[10:], 1.0, packet)
     assert not any(a.payload[:2] == b"\x00\x05" for a in actions)   # never id 5 to it
-    requests = [a for a in actions if a.payload[:4] == b"\x00\x01\x00\x01"]
+    # Never a VARP request (design.md 8): the probe is a true announce of the
+    # sending domain, unicast, whose trailer asks for an answer.
+    assert not any(a.payload[:4] == b"\x00\x01\x00\x01" for a in actions)
+    probes = [a for a in actions if a.dst_ip == PEER and a.payload[:4] == b"\x00\x01\x00\x02"]
+    assert probes == [SendUdp(PEER, encode_announce(VID.raw, MAC_A, "192.0.2.1")
+                              + fastpath.PROBE_TRAILER)]
     data = [a for a in actions if a.payload.startswith(DATA_PREFIX)]
-    assert requests == [SendUdp(PEER, VarpHeader(VARP_REQUEST, VID.raw, MAC_B).encode()
-                                + fastpath.CAP_TRAILER)]
     assert len(data) == 4 and all(a.dst_ip == PEER for a in data)
     for a in data:
         check_ipv4_frame(a.payload[22:])
@@ -327,12 +330,35 @@ def test_our_announces_carry_the_trailer_only_with_offload():
         assert actions[0].payload == encode_announce(VID.raw, MAC_A, "192.0.2.1") + trailer
         request = VarpHeader(VARP_REQUEST, VID.raw, MAC_A).encode()
         reply = encode_announce(VID.raw, MAC_A, "192.0.2.1")
-        # A legacy requester gets the legacy bytes; one of ours the trailer too.
+        # A requester (era B, or a test tool) gets the legacy bytes, whatever follows.
         assert c.receive_udp(request, PEER, "192.0.2.1", 1.0) == [SendUdp(PEER, reply)]
-        assert not c.caps.fast(PEER, 1.0)
         assert c.receive_udp(request + fastpath.CAP_TRAILER, PEER, "192.0.2.1", 1.0) == [
-            SendUdp(PEER, reply + trailer)]
-        assert c.caps.fast(PEER, 1.0) == offload
+            SendUdp(PEER, reply)]
+        assert not c.caps.fast(PEER, 1.0)
+
+
+def test_a_probe_is_answered_once_per_interval_with_a_domain_of_ours():
+    c = core()
+    c.receive_tap(VID, eth(dst=b"\xff" * 6) + bytes(50), 0.0)    # MAC_A is ours
+    probe = encode_announce(VID.raw, MAC_B, PEER) + fastpath.PROBE_TRAILER
+    answer = encode_announce(VID.raw, MAC_A, "192.0.2.1") + fastpath.CAP_TRAILER
+    assert c.receive_udp(probe, PEER, "192.0.2.1", 1.0) == [SendUdp(PEER, answer)]
+    assert c.caps.fast(PEER, 1.0)
+    assert c.receive_udp(probe, PEER, "192.0.2.1", 2.0) == []     # rate-limited
+    assert c.receive_udp(probe, PEER, "192.0.2.1", 7.0) == [SendUdp(PEER, answer)]
+    # The answer carries no probe bit, so two engines never ping-pong.
+    assert not fastpath.asks_answer(answer) and fastpath.asks_answer(probe)
+    # An engine without offloads, or with no domain of its own there, says nothing.
+    assert core(offload=False).receive_udp(probe, PEER, "192.0.2.1", 1.0) == []
+    assert core().receive_udp(probe, PEER, "192.0.2.1", 1.0) == []
+
+
+def test_clear_claims_never_make_a_secured_vnet_send_segments():
+    """Capabilities heard from unauthenticated traffic (clear announces,
+    segments anyone can spoof) stay apart from what secured vnets use."""
+    c = core()
+    learn_b(c, fastpath.CAP_TRAILER)
+    assert c.caps.fast(PEER, 0.0) and not c.sealed_caps.fast(PEER, 0.0)
 
 
 def test_floods_are_always_plain():
@@ -404,7 +430,7 @@ def test_secured_super_frames_are_sealed_once_and_verified(level):
     # b's domain speaks first: its sealed announce tells a that b takes segments.
     for act in b.receive_tap(V97, eth(dst=b"\xff" * 6, src=MAC_B) + bytes(50), 0.0):
         a.receive_udp(act.payload, PEER, "224.10.0.1", 0.0)
-    assert a.caps.fast(PEER, 0.0)
+    assert a.sealed_caps.fast(PEER, 0.0)
     packet = tcp_super_frame(bytes(range(256)) * 100, 1448)
     [send] = [x for x in a.receive_tap(V97, packet[10:], 1.0, packet)
               if isinstance(x, SendFast)]

@@ -71,11 +71,13 @@ from .counters import EngineCounters, VnetCounters, count
 from .fastpath import (
     CAP_TRAILER,
     FAST_SEALED,
+    PROBE_TRAILER,
     FAST_SEGMENT,
     MSG_FAST,
     VNET_HDR_LEN,
     PeerCapabilities,
     Reassembler,
+    asks_answer,
     has_capability,
     decode_sealed_inner,
     encode_sealed_inner,
@@ -189,7 +191,8 @@ class EngineCore:
         # dst address -> "multicast to another group"; the few addresses a
         # host receives on, so the per-packet test is one dict lookup.
         self._foreign_group: dict[str, bool] = {}
-        self.caps = PeerCapabilities()
+        self.caps = PeerCapabilities()          # claimed by clear traffic
+        self.sealed_caps = PeerCapabilities()   # proven by verified secured traffic
         # Appended to our clear announces: we take segments (fastpath.py).
         self._trailer = CAP_TRAILER if self.options.offload else b""
         self.reassembler = Reassembler()
@@ -311,6 +314,7 @@ class EngineCore:
             if vnet.keys is not None:
                 vnet.keys.sweep()
         self.caps.sweep(now)
+        self.sealed_caps.sweep(now)
         self.reassembler.sweep(now)
         self._next_sweep = None
         if len(self.varp) or len(self.vifs):
@@ -417,14 +421,8 @@ class EngineCore:
                 if self.self_address is None:
                     raise DecodeError("no_self_address", "cannot answer VARP request")
                 self.counters.varp_replies += 1
-                # The trailer only to an engine that asked with one: legacy
-                # requesters get the legacy bytes.
-                trailer = b""
-                if self._trailer and has_capability(payload):
-                    self.caps.heard(src_ip, now)
-                    trailer = self._trailer
-                self._send(src_ip, codec.encode_announce(h.vnet, h.vmac, self.self_address)
-                           + trailer, actions)
+                self._send(src_ip, codec.encode_announce(h.vnet, h.vmac, self.self_address),
+                           actions)
         elif h.opcode == VARP_ANNOUNCE:
             vnet = self._vnets.get(h.vnet)
             if vnet is None:
@@ -442,9 +440,29 @@ class EngineCore:
             self._learn(h.vnet, h.vmac, addr, now, vnet.counters)
             if self._trailer and has_capability(payload):
                 self.caps.heard(addr, now)
+                if asks_answer(payload):
+                    self._answer_probe(vnet, addr, self.caps, now, actions)
         else:
             raise DecodeError("varp_bad_opcode", f"opcode {h.opcode}")
         self.counters.rx_varp += 1
+
+    def _answer_probe(self, vnet: Vnet, addr: str, caps: PeerCapabilities, now: float,
+                      actions: list) -> None:
+        """Tell an engine that probed us that we take segments too: a unicast
+        announce of one of our domains in that vnet, with our trailer (no
+        probe bit, so the exchange ends there), sealed on a secured vnet."""
+        if self.self_address is None or not caps.answer_due(addr, now):
+            return
+        mac = self.vifs.any_mac(vnet.vid.raw)
+        if mac is None:
+            return      # no domain of ours here: nothing true to announce
+        answer = codec.encode_announce(vnet.vid.raw, mac, self.self_address) + self._trailer
+        if vnet.keys is not None:
+            if self._care_of[0] != self.self_address:
+                self._care_of = (self.self_address, socket.inet_aton(self.self_address))
+            answer = vnet.keys.seal(answer, self._care_of[1], now)
+        self.counters.varp_replies += 1
+        self._send(addr, answer, actions)
 
     def _receive_secure(self, payload: bytes, now: float, actions: list) -> None:
         """A secured message (design.md 7): SPI -> (vnet, generation), verify,
@@ -473,6 +491,7 @@ class EngineCore:
             if vid_raw != vraw:
                 raise DecodeError("secure_vnet_mismatch")
             self._learn(vraw, packet[VNET_HDR_LEN + 6:VNET_HDR_LEN + 12], care_of, now, vc)
+            self.sealed_caps.heard(care_of, now)     # verified: it takes segments
             vc.rx_packets += 1
             vc.rx_bytes += len(packet) - VNET_HDR_LEN
             self.counters.rx_fast_frames += 1
@@ -492,7 +511,9 @@ class EngineCore:
                 raise DecodeError("secure_bad_inner", f"VARP opcode {a.opcode}")
             self._learn(vraw, a.vmac, care_of, now, vc)
             if self._trailer and has_capability(inner):
-                self.caps.heard(care_of, now)
+                self.sealed_caps.heard(care_of, now)
+                if asks_answer(inner):
+                    self._answer_probe(vnet, care_of, self.sealed_caps, now, actions)
             self.counters.rx_varp += 1
         else:
             raise DecodeError("secure_bad_inner", f"id {ident}")
@@ -698,8 +719,9 @@ class EngineCore:
         keys = vnet.keys
         if not frame[0] & 1:
             addr = self.varp.resolve(vraw, frame[:6], now)
+            caps = self.caps if keys is None else self.sealed_caps
             if addr is not None and self._trailer:
-                if self.caps.fast(addr, now):
+                if caps.fast(addr, now):
                     self._frame_id = (self._frame_id + 1) & 0xFFFFFFFF
                     self.counters.tx_fast += 1
                     if keys is None:
@@ -709,11 +731,14 @@ class EngineCore:
                         actions.append(SendFast(addr, vraw, self._frame_id, sealed,
                                                 FAST_SEALED))
                     return
-                # A secured vnet learns it from sealed announces (no clear VARP for it).
-                if keys is None and self.caps.probe_due(addr, now):
-                    # A question every host understands; ours answer with the trailer.
-                    self._send(addr, VarpHeader(VARP_REQUEST, vraw, frame[:6]).encode()
-                               + self._trailer, actions)
+                if caps.probe_due(addr, now) and self.self_address is not None:
+                    # A true announce of the sending domain, asking for an answer;
+                    # never a VARP request (design.md 8).  Sealed on secured vnets.
+                    probe = codec.encode_announce(vraw, frame[6:12],
+                                                  self.self_address) + PROBE_TRAILER
+                    if keys is not None:
+                        probe = keys.seal(probe, care_of, now)
+                    self._send(addr, probe, actions)
         try:
             frames = plain_frames(packet)
         except DecodeError as e:

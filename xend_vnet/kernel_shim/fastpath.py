@@ -28,14 +28,19 @@ not per segment, is all security costs on this path.
 
 Legacy hosts drop unknown ids (wire.md 4.4), but no id-5 message ever goes
 to an address that has not shown it takes them.  The capability rides on
-VARP, which every host speaks: our engines append an 8-byte trailer
-(``CAP_TRAILER``) to the gratuitous announces they send, which legacy hosts
+VARP announces, which every host accepts: our engines append an 8-byte
+trailer (``CAP_TRAILER``) to the announces they send, which legacy hosts
 ignore (trailing bytes, wire.md 2), and learn it per announced care-of
 address.  An address we send unicast to without knowing its capability
-gets a VARP request for the destination MAC with the trailer
-(rate-limited): an engine of ours answers with the trailer, a legacy host
-with a legacy announce, so it keeps getting plain frames.  Replies carry
-the trailer only toward a requester that sent one.
+gets a unicast announce of the sending domain's MAC (true, so harmless to
+a legacy host) whose trailer has the ``CAP_PROBE`` bit (rate-limited); an
+engine of ours answers with an announce of one of its own domains carrying
+its trailer, a legacy host only learns the MAC and says nothing, so it
+keeps getting plain frames.  No VARP request is ever sent (design.md 8,
+wire.md 7: requests endanger legacy hosts).  A secured vnet learns the
+capability only from sealed announces and verified sealed frames, kept
+apart from what clear traffic claims (design.md 7: nothing unauthenticated
+changes its state).
 
 Frames that must go plain (to legacy hosts, every flood to the group,
 secured vnets) leave with complete checksums and no GSO: ``plain_frames``
@@ -54,8 +59,10 @@ MSG_FAST = 5
 FAST_SEGMENT = 1
 FAST_SEALED = 2
 CAP_SEGMENTS = 1                 # the only capability bit so far
+CAP_PROBE = 0x8000               # "tell me yours": answer with an announce of your own
 CAP_MAGIC = b"XVNF"
 CAP_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS)   # version 1, bits
+PROBE_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS | CAP_PROBE)
 
 VNET_HDR_LEN = 10                # struct virtio_net_hdr, native byte order
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
@@ -77,7 +84,7 @@ BYTES_PER_SEND = 65507
 
 CAP_TTL = 180.0                  # a capability not heard of for this long is forgotten
 CAP_REFRESH = 60.0               # hello again before it runs out
-PROBE_INTERVAL = 5.0             # at most one VARP request per address this often
+PROBE_INTERVAL = 5.0             # at most one probe (or answer) per address this often
 CAP_LIMIT = 4096
 REASSEMBLY_TIMEOUT = 1.0
 REASSEMBLY_LIMIT = 64            # frames in flight at once, all senders together
@@ -94,11 +101,21 @@ _UDP_CSUM_OFFSET = 6              # offsetof(struct udphdr, check); TCP's is 16
 
 # -- capability trailer of VARP announces ----------------------------------------------
 
+def _trailer_bits(payload: bytes) -> int:
+    if (payload[VARP_HEADER_LEN:VARP_HEADER_LEN + 4] != CAP_MAGIC
+            or len(payload) < VARP_HEADER_LEN + len(CAP_TRAILER)):
+        return 0
+    return int.from_bytes(payload[VARP_HEADER_LEN + 6:VARP_HEADER_LEN + 8], "big")
+
+
 def has_capability(payload: bytes) -> bool:
-    """Whether a VARP message carries our trailer with the segment capability."""
-    return (payload[VARP_HEADER_LEN:VARP_HEADER_LEN + 4] == CAP_MAGIC
-            and len(payload) >= VARP_HEADER_LEN + len(CAP_TRAILER)
-            and payload[VARP_HEADER_LEN + 7] & CAP_SEGMENTS != 0)
+    """Whether a VARP announce carries our trailer with the segment capability."""
+    return _trailer_bits(payload) & CAP_SEGMENTS != 0
+
+
+def asks_answer(payload: bytes) -> bool:
+    """Whether a VARP announce is a probe: its sender wants our capability back."""
+    return _trailer_bits(payload) & CAP_PROBE != 0
 
 
 # -- segments ------------------------------------------------------------------------
@@ -196,7 +213,8 @@ class Reassembler:
                 self._expire(now)
             p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
         elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
-            del self._partial[key]
+            # Drop the newcomer, keep the frame: a spoofed segment must not
+            # destroy a legitimate one being put together.
             raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
         if p.parts[index] is not None:
             raise DecodeError("fast_duplicate", f"segment {index} of frame {frame_id}")
@@ -243,7 +261,8 @@ class Reassembler:
                 self._expire(now)
             p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
         elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
-            del self._partial[key]
+            # Drop the newcomer, keep the frame: a spoofed segment must not
+            # destroy a legitimate one being put together.
             raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
         if any(p.parts[index + k] is not None for k in range(n)):
             raise DecodeError("fast_duplicate", f"segments of frame {frame_id}")
@@ -295,11 +314,12 @@ def check_packet(packet: bytes) -> bytes:
 
 class PeerCapabilities:
     """Which care-of addresses run an engine that takes segments, learned from
-    their announces and segments; probed with a VARP request, never assumed."""
+    their announces and segments; probed with an announce, never assumed."""
 
     def __init__(self) -> None:
         self._heard: dict[str, float] = {}
         self._probed: dict[str, float] = {}
+        self._answered: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._heard)
@@ -326,9 +346,21 @@ class PeerCapabilities:
         self._probed[addr] = now
         return True
 
+    def answer_due(self, addr: str, now: float) -> bool:
+        """True (and remembered) when a probe from ``addr`` may be answered now:
+        a flood of probes gets one answer per address and interval."""
+        last = self._answered.get(addr)
+        if last is not None and now - last < PROBE_INTERVAL:
+            return False
+        if last is None and len(self._answered) >= CAP_LIMIT:
+            self._answered.clear()
+        self._answered[addr] = now
+        return True
+
     def sweep(self, now: float) -> None:
         self._heard = {a: t for a, t in self._heard.items() if now - t < CAP_TTL}
         self._probed = {a: t for a, t in self._probed.items() if now - t < CAP_TTL}
+        self._answered = {a: t for a, t in self._answered.items() if now - t < CAP_TTL}
 
     def addresses(self, now: float) -> list[str]:
         return sorted(a for a, t in self._heard.items() if now - t < CAP_TTL)

@@ -51,6 +51,13 @@ class VifTable:
             del self._seen[k]
         return old
 
+    def any_mac(self, vnet: bytes) -> bytes | None:
+        """One local MAC of ``vnet`` (to announce as a capability answer), or None."""
+        for v, mac in self._seen:
+            if v == vnet:
+                return mac
+        return None
+
     def remove_vnet(self, vnet: bytes) -> None:
         for k in [k for k in self._seen if k[0] == vnet]:
             del self._seen[k]
