@@ -404,6 +404,8 @@ class Vnetd:
         try:
             self.udp = EngineSocket(opts.port, opts.mcaddr, opts.mcast_ttl, self._device_index,
                                     gro=self.offload)
+            if opts.address:
+                self._pin_source()
         except OSError as e:
             raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
         self.selector.register(self.udp.sock, selectors.EVENT_READ, self._on_udp)
@@ -644,7 +646,7 @@ class Vnetd:
                 perform(actions)
 
     def _perform(self, actions: list) -> None:
-        sendto = self.udp.sock.sendto
+        sendto = self.udp.send_to
         port = self.udp.port
         max_frame = self.max_frame
         for action in actions:
@@ -775,6 +777,7 @@ class Vnetd:
         self.core.own_addresses = {a for _, a in addrs if a}
         if opts.address:
             address = opts.address
+            self._pin_source()
         else:
             preferred = [a for i, a in addrs if i == index and a]
             others = [a for _, a in addrs if a and not a.startswith("127.")]
@@ -782,6 +785,16 @@ class Vnetd:
         if address != self.core.self_address:
             log.info("care-of address %s", address or "(none yet)")
             self.core.self_address = address
+
+    def _pin_source(self) -> None:
+        """Send from ``--address`` when it is one of ours; behind NAT (not a
+        local address) the routing table picks and the NAT rewrites
+        (docs/peering.md)."""
+        address = self.opts.address
+        pinned = address if address in self.core.own_addresses else None
+        if self.udp is not None and pinned != self.udp.source:
+            self.udp.pin_source(pinned)
+            log.info("sending from %s", pinned or "the address the routing table picks")
 
     def _log_drops(self) -> None:
         """One debug line per drop reason that grew since the last look (rate-limited)."""

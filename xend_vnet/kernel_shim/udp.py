@@ -70,6 +70,7 @@ class EngineSocket:
             s.close()
             raise
         self.sock = s
+        self.pin_source(None)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -155,16 +156,35 @@ class EngineSocket:
         return out
 
     def sendto(self, payload: bytes, dst_ip: str) -> None:
-        self.sock.sendto(payload, (dst_ip, self.port))
+        self.send_to(payload, (dst_ip, self.port))
+
+    def pin_source(self, address: str | None) -> None:
+        """Send from ``address`` (``vnetd --address``, a local address) instead of
+        the source the routing table picks, so hosts learning from the outer
+        source (clear vnets, legacy hosts) learn the announced address."""
+        self.source = address
+        if address is None:
+            self._source_cmsg = []
+            self.send_to = self.sock.sendto          # the plain, fastest call
+            return
+        # struct in_pktinfo: ifindex 0, ipi_spec_dst = the source, ipi_addr unused.
+        self._source_cmsg = [(socket.SOL_IP, IP_PKTINFO,
+                              struct.pack("=I4s4s", 0, socket.inet_aton(address), bytes(4)))]
+        cmsg, sendmsg = self._source_cmsg, self.sock.sendmsg
+
+        def send_to(payload: bytes, addr: tuple) -> int:
+            return sendmsg((payload,), cmsg, 0, addr)
+        self.send_to = send_to
 
     def send_segments(self, iov: list, dst_ip: str, segment_size: int) -> None:
         """Send the datagrams gathered in ``iov``, cut every ``segment_size``
         bytes by the kernel (UDP_SEGMENT); a single one goes as it is."""
         if len(iov) > 2:
             gso = segment_size.to_bytes(2, sys.byteorder)
-            self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, gso)], 0, (dst_ip, self.port))
+            self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, gso), *self._source_cmsg], 0,
+                              (dst_ip, self.port))
         else:
-            self.sock.sendmsg(iov, (), 0, (dst_ip, self.port))
+            self.sock.sendmsg(iov, self._source_cmsg, 0, (dst_ip, self.port))
 
     def close(self) -> None:
         self.sock.close()
