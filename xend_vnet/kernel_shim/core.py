@@ -388,13 +388,18 @@ class EngineCore:
     def _receive_data(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         self._deliver(*codec.decode_data(payload), src_ip, now, actions)
 
-    def _deliver(self, vid_raw: bytes, frame: bytes, src_ip: str, now: float,
-                 actions: list) -> None:
+    def _clear_vnet(self, vid_raw: bytes) -> Vnet:
+        """The vnet clear data is for; DecodeError when unknown or secured."""
         vnet = self._vnets.get(vid_raw)
         if vnet is None:
             raise DecodeError("unknown_vnet")
         if vnet.keys is not None:
             raise DecodeError("clear_on_secured")           # design.md 7
+        return vnet
+
+    def _deliver(self, vid_raw: bytes, frame: bytes, src_ip: str, now: float,
+                 actions: list) -> None:
+        vnet = self._clear_vnet(vid_raw)
         vc = vnet.counters
         self._learn(vid_raw, frame[6:12], src_ip, now, vc)
         vc.rx_packets += 1
@@ -576,11 +581,7 @@ class EngineCore:
             self._receive_secure(packet, now, actions)
             self.counters.rx_fast += 1
             return
-        vnet = self._vnets.get(vid_raw)
-        if vnet is None:
-            raise DecodeError("unknown_vnet")
-        if vnet.keys is not None:
-            raise DecodeError("clear_on_secured")       # design.md 7
+        vnet = self._clear_vnet(vid_raw)
         vc = vnet.counters
         frame_at = VNET_HDR_LEN
         self._learn(vid_raw, packet[frame_at + 6:frame_at + 12], src_ip, now, vc)

@@ -207,28 +207,14 @@ class Reassembler:
         if count == 1:
             return opcode, vid_raw, _complete(opcode, payload[SEGMENT_HEADER_LEN:])
         key = (src_ip, frame_id)
-        p = self._partial.get(key)
-        if p is None:
-            if len(self._partial) >= REASSEMBLY_LIMIT:
-                self._expire(now)
-            p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
-        elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
-            # Drop the newcomer, keep the frame: a spoofed segment must not
-            # destroy a legitimate one being put together.
-            raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
+        p = self._partial_for(key, opcode, vid_raw, count, now)
         if p.parts[index] is not None:
             raise DecodeError("fast_duplicate", f"segment {index} of frame {frame_id}")
         data = payload[SEGMENT_HEADER_LEN:]
-        p.size += len(data)
-        if p.size > MAX_PACKET:
-            del self._partial[key]
-            raise DecodeError("fast_too_big", f"frame {frame_id} from {src_ip}")
+        self._grow(key, p, len(data))
         p.parts[index] = data
         p.got += 1
-        if p.got < count:
-            return None
-        del self._partial[key]
-        return opcode, vid_raw, _complete(opcode, b"".join(p.parts))
+        return self._done(key, p)
 
     def add_train(self, src_ip: str, data: bytes, gso: int,
                   now: float) -> tuple[int, bytes, bytes] | None:
@@ -255,6 +241,17 @@ class Reassembler:
         if n == count:
             return opcode, vid_raw, _complete(opcode, b"".join(parts))
         key = (src_ip, frame_id)
+        p = self._partial_for(key, opcode, vid_raw, count, now)
+        if any(p.parts[index + k] is not None for k in range(n)):
+            raise DecodeError("fast_duplicate", f"segments of frame {frame_id}")
+        self._grow(key, p, len(data) - n * SEGMENT_HEADER_LEN)
+        p.parts[index:index + n] = parts
+        p.got += n
+        return self._done(key, p)
+
+    def _partial_for(self, key: tuple[str, int], opcode: int, vid_raw: bytes, count: int,
+                     now: float) -> _Partial:
+        """The frame being put together under ``key``, made on its first segment."""
         p = self._partial.get(key)
         if p is None:
             if len(self._partial) >= REASSEMBLY_LIMIT:
@@ -263,19 +260,20 @@ class Reassembler:
         elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
             # Drop the newcomer, keep the frame: a spoofed segment must not
             # destroy a legitimate one being put together.
-            raise DecodeError("fast_inconsistent", f"frame {frame_id} from {src_ip}")
-        if any(p.parts[index + k] is not None for k in range(n)):
-            raise DecodeError("fast_duplicate", f"segments of frame {frame_id}")
-        p.size += len(data) - n * SEGMENT_HEADER_LEN
+            raise DecodeError("fast_inconsistent", f"frame {key[1]} from {key[0]}")
+        return p
+
+    def _grow(self, key: tuple[str, int], p: _Partial, size: int) -> None:
+        p.size += size
         if p.size > MAX_PACKET:
             del self._partial[key]
-            raise DecodeError("fast_too_big", f"frame {frame_id} from {src_ip}")
-        p.parts[index:index + n] = parts
-        p.got += n
-        if p.got < count:
+            raise DecodeError("fast_too_big", f"frame {key[1]} from {key[0]}")
+
+    def _done(self, key: tuple[str, int], p: _Partial) -> tuple[int, bytes, bytes] | None:
+        if p.got < p.count:
             return None
         del self._partial[key]
-        return opcode, vid_raw, _complete(opcode, b"".join(p.parts))
+        return p.opcode, p.vid_raw, _complete(p.opcode, b"".join(p.parts))
 
     def _expire(self, now: float) -> None:
         """Drop frames past their time; when none is, the oldest (the table is full)."""
