@@ -63,6 +63,15 @@ def sleeper(fake_vnetd):
     def start(script=fake_vnetd):
         p = subprocess.Popen([sys.executable, script])
         procs.append(p)
+        # Until the exec, the child still shows pytest's command line.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if script in psutil.Process(p.pid).cmdline():
+                    break
+            except psutil.Error:
+                pass
+            time.sleep(0.01)
         return p
 
     yield start
