@@ -89,34 +89,31 @@ def ensure_bridge(name: str) -> bool:
         return created
 
 
+def _set_link(ipr: IPRoute, ifname: str, failure: str, **attrs) -> None:
+    """One ``link set`` on ``ifname``; BridgeError "<failure>: <reason>"."""
+    index = _index(ipr, ifname)
+    try:
+        ipr.link("set", index=index, **attrs)
+    except NetlinkError as e:
+        raise BridgeError(ifname, f"{failure}: {_reason(e)}") from None
+
+
 def enslave(bridge: str, ifname: str) -> None:
     """Make ``ifname`` a port of ``bridge`` (moving it from another master)."""
     with IPRoute() as ipr:
         master = _index(ipr, bridge)
-        index = _index(ipr, ifname)
-        try:
-            ipr.link("set", index=index, master=master)
-        except NetlinkError as e:
-            raise BridgeError(ifname, f"cannot add to bridge {bridge}: {_reason(e)}") from None
+        _set_link(ipr, ifname, f"cannot add to bridge {bridge}", master=master)
 
 
 def release(ifname: str) -> None:
     """Take ``ifname`` off its bridge (nothing if it has none)."""
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        try:
-            ipr.link("set", index=index, master=0)
-        except NetlinkError as e:
-            raise BridgeError(ifname, f"cannot release from its bridge: {_reason(e)}") from None
+        _set_link(ipr, ifname, "cannot release from its bridge", master=0)
 
 
 def set_up(ifname: str) -> None:
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        try:
-            ipr.link("set", index=index, state="up")
-        except NetlinkError as e:
-            raise BridgeError(ifname, f"cannot bring up: {_reason(e)}") from None
+        _set_link(ipr, ifname, "cannot bring up", state="up")
 
 
 def delete_bridge(name: str) -> None:

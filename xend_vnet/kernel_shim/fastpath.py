@@ -310,6 +310,18 @@ def check_packet(packet: bytes) -> bytes:
 
 # -- capabilities ----------------------------------------------------------------------
 
+def _once_per_interval(last_times: dict[str, float], addr: str, now: float) -> bool:
+    """True, and remembered, unless ``addr`` had its turn within PROBE_INTERVAL;
+    the table is bounded (cleared when full)."""
+    last = last_times.get(addr)
+    if last is not None and now - last < PROBE_INTERVAL:
+        return False
+    if last is None and len(last_times) >= CAP_LIMIT:
+        last_times.clear()
+    last_times[addr] = now
+    return True
+
+
 class PeerCapabilities:
     """Which care-of addresses run an engine that takes segments, learned from
     their announces and segments; probed with an announce, never assumed."""
@@ -336,24 +348,12 @@ class PeerCapabilities:
         t = self._heard.get(addr)
         if t is not None and now - t < CAP_REFRESH:
             return False
-        last = self._probed.get(addr)
-        if last is not None and now - last < PROBE_INTERVAL:
-            return False
-        if last is None and len(self._probed) >= CAP_LIMIT:
-            self._probed.clear()
-        self._probed[addr] = now
-        return True
+        return _once_per_interval(self._probed, addr, now)
 
     def answer_due(self, addr: str, now: float) -> bool:
         """True (and remembered) when a probe from ``addr`` may be answered now:
         a flood of probes gets one answer per address and interval."""
-        last = self._answered.get(addr)
-        if last is not None and now - last < PROBE_INTERVAL:
-            return False
-        if last is None and len(self._answered) >= CAP_LIMIT:
-            self._answered.clear()
-        self._answered[addr] = now
-        return True
+        return _once_per_interval(self._answered, addr, now)
 
     def sweep(self, now: float) -> None:
         self._heard = {a: t for a, t in self._heard.items() if now - t < CAP_TTL}
