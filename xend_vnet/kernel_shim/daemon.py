@@ -654,7 +654,7 @@ class Vnetd:
                 try:
                     sendto(action.payload, (action.dst_ip, port))
                 except OSError as e:
-                    self._io_drop("udp_send_" + errno.errorcode.get(e.errno, "error").lower())
+                    self._io_error("udp_send_", e)
             elif action.__class__ is DeliverFrame:
                 if len(action.frame) > max_frame:
                     self._io_drop("frame_too_big")   # larger than the vnet's MTU allows
@@ -669,7 +669,7 @@ class Vnetd:
                     else:
                         os.write(tap.fd, action.frame)
                 except OSError as e:
-                    self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
+                    self._io_error("tap_write_", e)
             elif action.__class__ is SendFast:
                 self._send_fast(action)
             elif action.__class__ is DeliverOffload:
@@ -683,7 +683,7 @@ class Vnetd:
                 try:
                     os.write(tap.fd, action.packet)
                 except OSError as e:
-                    self._io_drop("tap_write_" + errno.errorcode.get(e.errno, "error").lower())
+                    self._io_error("tap_write_", e)
             elif action.__class__ is SendRaw:
                 if self.raw is None:
                     self._io_drop("raw_unavailable")
@@ -691,7 +691,7 @@ class Vnetd:
                 try:
                     self.raw.send(action.packet, action.dst_ip)
                 except OSError as e:
-                    self._io_drop("raw_send_" + errno.errorcode.get(e.errno, "error").lower())
+                    self._io_error("raw_send_", e)
             else:
                 log.error("unknown engine action %r", action)
 
@@ -706,7 +706,11 @@ class Vnetd:
         except ValueError:
             self._io_drop("fast_too_big")
         except OSError as e:
-            self._io_drop("udp_send_" + errno.errorcode.get(e.errno, "error").lower())
+            self._io_error("udp_send_", e)
+
+    def _io_error(self, what: str, e: OSError) -> None:
+        """Count a failed send or write under ``what`` + the errno name (udp_send_enobufs)."""
+        self._io_drop(what + errno.errorcode.get(e.errno, "error").lower())
 
     def _io_drop(self, reason: str) -> None:
         self.io_dropped[reason] = self.io_dropped.get(reason, 0) + 1
