@@ -26,6 +26,7 @@ class FakeEngine:
         self.on_add = on_add
         self.on_del = on_del
         self.vnets: dict[str, tuple[str, str]] = {}
+        self.data_paths: dict[str, str] = {}     # the vnets not on the default vnetd path
         self.requests: list[str] = []
         self.fail_next: dict[str, tuple[int, str]] = {}
         self.started = 1000.0
@@ -105,9 +106,14 @@ class FakeEngine:
         security = sxp.child_value(form, "security", "none")
         if security != "none":
             raise ValueError(f"security {security} not available")
+        data_path = sxp.child_value(form, "data-path", "vnetd")
+        if data_path not in ("vnetd", "vxlan"):
+            raise ValueError(f"invalid data-path {data_path}")
         if self.on_add:
             self.on_add(vnetif)
         self.vnets[vid.canonical] = (vnetif, security)
+        if data_path != "vnetd":
+            self.data_paths[vid.canonical] = data_path
         return []
 
     def cmd_vnet_del(self, form):
@@ -118,13 +124,15 @@ class FakeEngine:
         if vid.canonical not in self.vnets:
             raise KeyError(f"no vnet {vid.canonical}")
         vnetif, _ = self.vnets.pop(vid.canonical)
+        self.data_paths.pop(vid.canonical, None)
         if self.on_del:
             self.on_del(vnetif)
         return []
 
     def cmd_vnet_list(self, form):
         return [sxp.to_string(["vnet", ["id", c], ["vnetif", i], ["security", s],
-                               ["header", "0"]]) for c, (i, s) in sorted(self.vnets.items())]
+                               ["data-path", self.data_paths.get(c, "vnetd")], ["header", "0"]])
+                for c, (i, s) in sorted(self.vnets.items())]
 
     def cmd_vif_list(self, form):
         return ["(viftable (table_ttl 60000) (entry_ttl 60000) (sweeps 0))"]
@@ -138,4 +146,5 @@ class FakeEngine:
         """Lose every vnet, as a restarted vnetd does."""
         with self.lock:
             self.vnets.clear()
+            self.data_paths.clear()
             self.started += 1

@@ -8,6 +8,7 @@ from xend_vnet import sxp
 from xend_vnet.kernel_shim import commands
 from xend_vnet.kernel_shim.commands import EEXIST, EINVAL, ENOENT, CommandError, execute
 from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.vxlan_table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
@@ -25,6 +26,9 @@ class FakeHost:
         self.deleted = []
         self.groups = []
         self.fail_create = None
+        self.vxlan = VxlanTable()
+        self.vxlan_created = []
+        self.peer_syncs = []
         for n in ("2", "3", "4"):
             vid = VnetId.parse(n)
             self.core.add_vnet(vid, vid.default_vnetif)
@@ -35,9 +39,21 @@ class FakeHost:
         self.created.append((vid, ifname, security, key))
         self.core.add_vnet(vid, ifname, security, key)
 
+    def create_vxlan_vnet(self, vid, ifname):
+        if self.fail_create:
+            raise self.fail_create
+        self.vxlan_created.append((vid, ifname))
+        self.vxlan.add(VxlanVnet(vid, ifname, vni_of(vid), 1450))
+
     def delete_vnet(self, vid):
         self.deleted.append(vid)
-        self.core.remove_vnet(vid)
+        if self.vxlan.get(vid) is not None:
+            self.vxlan.remove(vid)
+        else:
+            self.core.remove_vnet(vid)
+
+    def peers_changed(self):
+        self.peer_syncs.append(sorted(p.addr for p in self.core.peers))
 
     def set_mcaddr(self, addr, ttl):
         self.groups.append((addr, ttl))
@@ -137,6 +153,70 @@ def test_vnet_list_and_stats(host):
     forms = sxp.parse_all(execute(host, "(vnet.stats (id 3))"))
     assert len(forms) == 1 and sxp.child_value(forms[0], "vnetif") == "vnif0003"
     assert err(execute(host, "(vnet.stats (id 97))"))[0] == ENOENT
+
+
+V9C = VnetId.parse("9c")
+ID9C = V9C.canonical
+
+
+def test_vxlan_vnet_add_goes_to_the_host_not_the_core(host):
+    assert execute(host, "(vnet.add (id 9c) (data-path vxlan))") == ""
+    assert host.vxlan_created == [(V9C, "vnif009c")]
+    assert not host.core.has_vnet(V9C) and not host.created
+    assert execute(host, "(vnet.add (id 97) (data-path vnetd))") == ""
+    assert host.created[-1][:3] == (VnetId.parse("97"), "vnif0097", "none")
+    listed = {sxp.child_value(f, "id"): sxp.child_value(f, "data-path")
+              for f in sxp.parse_all(execute(host, "(vnet.list)"))}
+    assert listed[ID9C] == "vxlan" and listed[ID97] == "vnetd"
+
+
+@pytest.mark.parametrize("request_text,errno,fragment", [
+    ("(vnet.add (id 9d) (data-path kernel))", EINVAL, "invalid data-path 'kernel'"),
+    ("(vnet.add (id 9d) (data-path (vxlan)))", EINVAL, "must be an atom"),
+    ("(vnet.add (id 9d) (security conf) (key-file /k) (data-path vxlan))", EINVAL,
+     "neither authenticates nor encrypts"),
+    ("(vnet.add (id 9d) (security auth) (data-path vxlan))", EINVAL, "security auth cannot"),
+    ("(vnet.add (id 9d) (key-file /k) (data-path vxlan))", EINVAL, "only for security"),
+    ("(vnet.add (id 9c))", EEXIST, "already exists"),                 # either data path
+    ("(vnet.add (id 0:0:0:0:0:0:0:9c) (data-path vxlan))", EEXIST, "already exists"),
+    ("(vnet.add (id 0:0:0:0:0:0:100:9c) (vnetif vx2) (data-path vxlan))", EEXIST,
+     f"VNI 156 (the id's low 24 bits), already used by vnet {ID9C}"),
+    ("(vnet.add (id 98) (vnetif vnif009c))", EEXIST, f"already used by vnet {ID9C}"),
+    ("(vnet.add (id 9d) (vnetif vnif0004) (data-path vxlan))", EEXIST,
+     "already used by vnet 0000:0000:0000:0000:0000:0000:0000:0004"),
+])
+def test_vxlan_vnet_add_refusals(host, request_text, errno, fragment):
+    assert execute(host, "(vnet.add (id 9c) (data-path vxlan))") == ""
+    got_errno, message = err(execute(host, request_text))
+    assert got_errno == errno and fragment in message, message
+    assert host.vxlan_created == [(V9C, "vnif009c")] and not host.created
+
+
+def test_same_low_bits_on_the_engine_data_path_are_fine(host):
+    """Only VXLAN vnets have a VNI: a vnetd vnet with the same low 24 bits is fine."""
+    assert execute(host, "(vnet.add (id 9c) (data-path vxlan))") == ""
+    assert execute(host, "(vnet.add (id 0:0:0:0:0:0:100:9c) (vnetif vx2))") == ""
+
+
+def test_vxlan_vnet_del_and_engine_only_commands(host):
+    execute(host, "(vnet.add (id 9c) (data-path vxlan))")
+    for text in ("(vnet.stats (id 9c))", "(vif.add (vnet 9c) (vmac aa:00:00:00:00:01))",
+                 "(vnet.key (id 9c) (list))"):
+        errno, message = err(execute(host, text))
+        assert errno == EINVAL and "kernel VXLAN data path" in message, text
+    assert execute(host, "(vnet.del 9c)") == ""
+    assert host.deleted == [V9C] and host.vxlan.get(V9C) is None
+    assert err(execute(host, "(vnet.del (id 9c))")) == (ENOENT, f"vnet.del: no such vnet {ID9C}")
+
+
+def test_peer_changes_reach_the_flood_entries(host):
+    execute(host, "(peer.add (addr 198.51.100.7))")
+    execute(host, "(peer.add (addr 203.0.113.4))")
+    execute(host, "(peer.del (addr 198.51.100.7))")
+    assert host.peer_syncs == [["198.51.100.7"], ["198.51.100.7", "203.0.113.4"],
+                               ["203.0.113.4"]]
+    err(execute(host, "(peer.del (addr 198.51.100.7))"))
+    assert len(host.peer_syncs) == 3     # a refused command changes nothing
 
 
 def test_vif_commands(host):

@@ -141,3 +141,36 @@ def test_arbitrary_config_text_gives_config_or_config_error(text):
         assert e.field in ("vnet", "id", "bridge", "vnetif", "security", "key-file")
         return
     assert c.canonical and c.bridge and c.vnetif
+
+
+# -- the kernel VXLAN data path (issue 7, docs/vxlan.md) -----------------------
+
+def test_data_path_default_and_values():
+    assert cfg("(vnet (id 97))").data_path == "vnetd"
+    assert cfg("(vnet (id 97) (data-path vnetd))").data_path == "vnetd"
+    c = cfg("(vnet (id 9c) (bridge vnet9c) (data-path vxlan))")
+    assert c.data_path == "vxlan"
+    assert "data-path" not in c.extra_keys
+    # Kept verbatim: xm vnet-list -l shows the key as written.
+    assert c.to_string() == "(vnet (id 9c) (bridge vnet9c) (data-path vxlan))"
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("(vnet (id 97) (data-path kernel))", "'kernel' is not a data path"),
+    ("(vnet (id 97) (data-path VXLAN))", "use vnetd"),
+    ("(vnet (id 97) (data-path vxlan) (data-path vnetd))", "given 2 times"),
+    ("(vnet (id 97) (data-path (vxlan)))", "expected a single value"),
+    ("(vnet (id 97) (security auth) (key-file /k) (data-path vxlan))",
+     "neither authenticates nor encrypts"),
+    ("(vnet (id 97) (security conf) (key-file /k) (data-path vxlan))",
+     "vxlan cannot carry a 'conf' vnet"),
+])
+def test_bad_data_path_names_the_field(text, reason):
+    with pytest.raises(ConfigError) as info:
+        cfg(text)
+    assert info.value.field == "data-path" and reason in info.value.reason, info.value
+
+
+def test_secured_vnet_on_the_engine_data_path_is_fine():
+    c = cfg("(vnet (id 98) (security conf) (key-file /etc/xen/k) (data-path vnetd))")
+    assert (c.security, c.data_path) == ("conf", "vnetd")

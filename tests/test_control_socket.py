@@ -85,7 +85,7 @@ def test_vnet_add_list_del(host):
     info = link(lab, ns, "vnif0097")
     assert "tun type tap" in info and "mtu 1500" in info and "persist on" in info, info
     assert "(vnet (id 0000:0000:0000:0000:0000:0000:0000:0097) (vnetif vnif0097) " \
-           "(security none) (header 64))" in d.request("(vnet.list)")
+           "(security none) (data-path vnetd) (header 64))" in d.request("(vnet.list)")
     # Unknown children ignored, any order (wire.md 8.2), as xend sends them.
     assert d.request("(vnet.add (bridge vnet98) (vnetif myvnif98) (id 0098))") == ""
     assert link(lab, ns, "myvnif98")

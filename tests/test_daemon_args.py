@@ -41,3 +41,15 @@ def test_version(capsys):
         daemon.parse_args(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.startswith("vnetd 1.0 (xend-vnet ")
+
+
+def test_vxlan_port_default_and_refusals(capsys):
+    assert daemon.parse_args([]).vxlan_port == 4789
+    assert daemon.parse_args(["--vxlan-port", "8472"]).vxlan_port == 8472
+    for argv in (["--vxlan-port", "1798"], ["--port", "2000", "--vxlan-port", "2000"],
+                 ["--vxlan-port", "0"]):
+        with pytest.raises(SystemExit) as e:
+            daemon.parse_args(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err
+        assert "invalid --vxlan-port" in err, argv

@@ -1,12 +1,14 @@
 """End-to-end: the fast data path delivers what the plain path does (issue 7).
 
 Hosts a and b run vnetd with offloads (the default), host c runs it with
-``--no-offload`` (the legacy-compatible framing), and host p runs the
-plain-only test peer of fastpath_peer.py (a TAP and the UDP port, as a
-legacy host would).  All four carry vnet 77 on a bridge with one domain
-each.  Domain da, on a, talks to the three others: to db the frames cross
-as fast segments, to dc and dp as plain frames, segmented and checksummed
-in software by a's engine; p checks every frame it gets.  Hosts a and b
+``--no-offload`` (the legacy-compatible framing; its TAP keeps offloads and
+it coalesces received segments), host n with ``--no-tap-offload`` (one frame
+per TAP read and write), and host p runs the plain-only test peer of
+fastpath_peer.py (a TAP and the UDP port, as a legacy host would).  All five
+carry vnet 77 on a bridge with one domain each.  Domain da, on a, talks to
+the four others: to db the frames cross as fast segments, to dc, dn and dp
+as plain frames, segmented and checksummed in software by a's engine; p
+checks every frame it gets.  Hosts a and b
 also carry the secured vnet 7b (conf), with domains sa and sb, whose
 super-frames cross sealed once each.
 """
@@ -31,12 +33,14 @@ pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
 
 HELPER = os.path.join(REPO, "tests", "fastpath_peer.py")
-ENGINES = {"a": ("192.0.2.1", []), "b": ("192.0.2.2", []), "c": ("192.0.2.3", ["--no-offload"])}
+ENGINES = {"a": ("192.0.2.1", []), "b": ("192.0.2.2", []), "c": ("192.0.2.3", ["--no-offload"]),
+           "n": ("192.0.2.4", ["--no-tap-offload"])}
 PEER_ADDR = "192.0.2.9"
 DOMAINS = {"da": ("a", "10.77.0.1", "aa:00:00:00:77:01"),
            "db": ("b", "10.77.0.2", "aa:00:00:00:77:02"),
            "dc": ("c", "10.77.0.3", "aa:00:00:00:77:03"),
            "dp": ("p", "10.77.0.9", "aa:00:00:00:77:09"),
+           "dn": ("n", "10.77.0.4", "aa:00:00:00:77:04"),
            "sa": ("a", "10.123.0.1", "aa:00:00:00:7b:01"),
            "sb": ("b", "10.123.0.2", "aa:00:00:00:7b:02")}
 
@@ -55,12 +59,12 @@ class World:
             conf = os.path.join(lab.tmp, f"{name}.conf")
             with open(conf, "w") as f:
                 f.write("(vnet.add (id 77))\n")
-                if name != "c":
+                if name in ("a", "b"):
                     f.write(f"(vnet.add (id 7b) (security conf) (key-file {key}))\n")
             ns = self.ns[name] = lab.host(name, addr)
             self.vnetd[name] = lab.start_vnetd(ns, "--no-default-vnets", "-f", conf, *args)
             lab.bridge(ns, "vnet77", "vnif0077")
-            if name != "c":
+            if name in ("a", "b"):
                 lab.bridge(ns, "vnet7b", "vnif007b")
         ns = self.ns["p"] = lab.host("p", PEER_ADDR)
         lab.ns_sh(ns, "ip", "tuntap", "add", "ptap", "mode", "tap")
@@ -94,7 +98,7 @@ def world():
     lab = Lab("xv7-")
     try:
         w = World(lab)
-        for src, d in (("da", "db"), ("da", "dc"), ("da", "dp"), ("sa", "sb")):
+        for src, d in (("da", "db"), ("da", "dc"), ("da", "dp"), ("da", "dn"), ("sa", "sb")):
             wait_for(lambda s=src, d=d: ping(lab, w.ns[s], DOMAINS[d][1], count=1)[0] == 0,
                      timeout=20, what=f"da to reach {d}")
         yield w
@@ -155,6 +159,27 @@ def test_tcp_transfers_are_byte_exact_on_fast_and_plain_paths(world):
     assert int(world.stats("c")["rx_fast"]) == 0
 
 
+def test_plain_frames_between_engines_are_coalesced_before_the_tap(world):
+    """Legacy framing (one frame per datagram) between our engines: the
+    receiver merges runs of TCP segments into super-frames for its TAP
+    (coalesce.py), both ways, byte-exact; an engine with --no-tap-offload
+    writes them one by one."""
+    def coalesced(host: str) -> int:
+        return int(world.status(host)["coalesced"][0])
+    a0, c0 = coalesced("a"), coalesced("c")
+    transfer(world, "dc", 8_000_000, 5)              # a to c
+    transfer(world, "da", 8_000_000, 6, src="dc")    # c to a, plain: c sends no segments
+    transfer(world, "dn", 4_000_000, 7)              # a to n, frame by frame
+    transfer(world, "da", 4_000_000, 8, src="dn")
+    assert coalesced("c") > c0
+    assert coalesced("a") > a0
+    assert world.status("c")["tap-offload"] == ["yes"]
+    assert world.status("n")["tap-offload"] == ["no"]
+    assert world.status("n")["offload"] == ["no"]
+    assert coalesced("n") == 0
+    assert int(world.stats("n")["rx_fast"]) == 0
+
+
 def test_secured_super_frames_are_byte_exact(world):
     before = int(world.stats("a")["tx_fast"])
     transfer(world, "sb", 20_000_000, 4, src="sa")
@@ -163,7 +188,7 @@ def test_secured_super_frames_are_byte_exact(world):
 
 
 def test_mixed_frame_sizes(world):
-    for dst in ("db", "dc", "dp"):
+    for dst in ("db", "dc", "dp", "dn"):
         for size in (0, 56, 1000, 1472, 1473, 4000, 20000):
             out = world.lab.ns_sh(world.ns["da"], "ping", "-c", "2", "-i", "0.2", "-W", "2",
                                   "-s", str(size), DOMAINS[dst][1], check=False).stdout

@@ -175,7 +175,7 @@ def test_secured_vnets_up_and_listed_without_key_material(world):
         wait_for(lambda n=name: world.vnetd[n].status()["group-joined"] == "yes", timeout=10)
     a = world.vnetd["a"]
     text = a.request("(vnet.list)") + a.request("(vnet.key (id 97) (list))")
-    assert "(security conf) (header 116) (keys (gen " in text
+    assert "(security conf) (data-path vnetd) (header 116) (keys (gen " in text
     assert "(security auth)" in text
     secrets = [read_key(world.key[v]).hex() for v in LEVELS]
     for d in world.vnetd.values():

@@ -23,6 +23,7 @@ from xend_vnet.kernel_shim.core import (
     DeliverOffload,
     EngineCore,
     SendFast,
+    SendTrain,
     SendUdp,
 )
 from xend_vnet.kernel_shim.fastpath import (
@@ -36,6 +37,8 @@ from xend_vnet.kernel_shim.fastpath import (
     segment_sends,
 )
 from xend_vnet.vnet_id import VnetId
+
+from security_helpers import V97, Clock, delivered, secured_core, sent
 
 VID = VnetId.parse("99")
 MAC_A = bytes.fromhex("aa0000000001")
@@ -294,6 +297,17 @@ def core(offload: bool = True) -> EngineCore:
     return c
 
 
+def datagrams(actions: list) -> list:
+    """Every datagram the actions send, a train's one by one."""
+    out = []
+    for a in actions:
+        if isinstance(a, SendTrain):
+            out += [SendUdp(a.dst_ip, p) for p in a.payloads]
+        else:
+            out.append(a)
+    return out
+
+
 def learn_b(c: EngineCore, trailer: bytes = b"") -> None:
     c.receive_udp(encode_announce(VID.raw, MAC_B, PEER) + trailer, PEER, "224.10.0.1", 0.0)
 
@@ -302,7 +316,7 @@ def test_offloaded_frame_goes_plain_and_asks_until_the_peer_shows_the_capability
     c = core()
     learn_b(c)
     packet = tcp_super_frame(bytes(5000), 1448)
-    actions = c.receive_tap(VID, packet[10:], 1.0, packet)
+    actions = datagrams(c.receive_tap(VID, packet[10:], 1.0, packet))
     assert not any(a.payload[:2] == b"\x00\x05" for a in actions)   # never id 5 to it
     # Never a VARP request (design.md 8): the probe is a true announce of the
     # sending domain, unicast, whose trailer asks for an answer.
@@ -314,12 +328,58 @@ def test_offloaded_frame_goes_plain_and_asks_until_the_peer_shows_the_capability
     assert len(data) == 4 and all(a.dst_ip == PEER for a in data)
     for a in data:
         check_ipv4_frame(a.payload[22:])
-    again = c.receive_tap(VID, packet[10:], 2.0, packet)       # rate-limited
+    again = datagrams(c.receive_tap(VID, packet[10:], 2.0, packet))       # rate-limited
     assert not any(a.payload[:2] == b"\x00\x01" for a in again)
     learn_b(c, fastpath.CAP_TRAILER)                             # the answer of our engine
     actions = c.receive_tap(VID, packet[10:], 2.0, packet)
     assert actions == [SendFast(PEER, VID.raw, 1, packet)]
     assert c.counters.tx_fast == 1
+
+
+def test_plain_frames_to_one_address_leave_as_a_train_that_fits_the_underlay():
+    """A super-frame toward a host that takes no segments: cut so that every
+    datagram fits the underlay MTU unfragmented, all the same size but the
+    last (one UDP_SEGMENT send), every frame complete; a secured vnet leaves
+    room for its header and ICV; a tiny MTU keeps the domain's segments."""
+    payload = bytes(range(256)) * 100
+    packet = tcp_super_frame(payload, 1448)
+    for mtu, size in ((1500, 1500 - 28), (9000, 22 + 14 + 20 + 20 + 1448), (576, None)):
+        c = core(offload=False)
+        c.underlay_mtu = mtu
+        learn_b(c)
+        trains = [a for a in c.receive_tap(VID, packet[10:], 1.0, packet)
+                  if isinstance(a, SendTrain)]
+        assert len(trains) == 1 and trains[0].dst_ip == PEER
+        sizes = [len(p) for p in trains[0].payloads]
+        if size is None:
+            assert sizes[0] == 22 + 14 + 40 + 1448           # fragments, as legacy would
+        else:
+            assert sizes[:-1] == [size] * (len(sizes) - 1) and sizes[-1] <= size
+        got = b""
+        for p in trains[0].payloads:
+            _seq, data, _flags = check_ipv4_frame(p[22:])
+            got += data
+        assert got == payload
+        assert c.counters.tx_datagrams == len(sizes) + 1     # and the new domain's announce
+
+
+def test_a_secured_train_leaves_room_for_the_seal():
+    clock = Clock()
+    a, b = (secured_core(addr, n, clock) for n, addr in ((1, "192.0.2.1"), (2, PEER)))
+    a.underlay_mtu = b.underlay_mtu = 1500
+    announce = sent(b.receive_tap(V97, eth(dst=b"\xff" * 6, src=MAC_B) + bytes(50), 0.0))
+    a.receive_udp(announce[0].payload, PEER, "224.10.0.1", 0.0)
+    payload = bytes(range(256)) * 40
+    packet = tcp_super_frame(payload, 1448)
+    trains = [x for x in a.receive_tap(V97, packet[10:], 1.0, packet) if isinstance(x, SendTrain)]
+    assert len(trains) == 1
+    sizes = [len(p) for p in trains[0].payloads]
+    assert sizes[:-1] == [1500 - 28] * (len(sizes) - 1) and sizes[-1] <= 1500 - 28
+    got = b""
+    for p in trains[0].payloads:
+        (frame,) = delivered(b.receive_udp(p, "192.0.2.1", PEER, 1.0))
+        got += check_ipv4_frame(frame)[1]
+    assert got == payload
 
 
 def test_our_announces_carry_the_trailer_only_with_offload():
@@ -513,3 +573,31 @@ def test_core_takes_any_train(body, gso):
     c = core()
     c.receive_train(b"\x00\x05\x00\x01" + body, gso, PEER, "192.0.2.1", 0.0)
     assert invariant(c)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from((VID.raw, VnetId.parse("98").raw)),
+                          st.sampled_from((MAC_A, MAC_B, b"\xaa\x00\x00\x00\x00\x07")),
+                          st.sampled_from((DATA_PREFIX, b"\x00\x02\x00\x00\x00\x50",
+                                           b"\x00\x01\x00\x02\x00\x40"))),
+                min_size=1, max_size=12),
+       st.integers(0, 60), st.integers(0, 60))
+def test_a_train_of_datagrams_is_taken_as_each_would_be(parts, body, last_cut):
+    """receive_train's shortcut for data of the same vnet and sender as the
+    datagram before gives the actions and counters one receive_udp each would."""
+    size = 22 + 14 + body
+    payloads = [prefix + vid + MAC_B + src + bytes([i]) * (14 + body - 12)
+                for i, (vid, src, prefix) in enumerate(parts)]
+    payloads = [p[:size] for p in payloads]
+    payloads[-1] = payloads[-1][:max(1, size - last_cut)]
+    one, each = core(offload=False), core(offload=False)
+    got = one.receive_train(b"".join(payloads), size, PEER, "192.0.2.1", 1.0)
+    want = []
+    for p in payloads:
+        want += each.receive_udp(p, PEER, "192.0.2.1", 1.0)
+    assert got == want
+    assert one.counters.fields() == each.counters.fields()
+    assert one.counters.rx_dropped == each.counters.rx_dropped
+    assert [v.counters.fields() for v in one.vnets()] == [v.counters.fields()
+                                                          for v in each.vnets()]
+    assert one.varp.resolve(VID.raw, MAC_A, 1.0) == each.varp.resolve(VID.raw, MAC_A, 1.0)

@@ -3,6 +3,7 @@
 from xend_vnet import sxp
 from xend_vnet.kernel_shim import codec, listing
 from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.vxlan_table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
 ID4 = "0000:0000:0000:0000:0000:0000:0000:0004"
@@ -22,8 +23,26 @@ def make_core() -> EngineCore:
 
 def test_vnet_list():
     assert listing.vnet_list(make_core()) == (
-        f"(vnet (id {ID4}) (vnetif vnif0004) (security none) (header 64))\n"
-        f"(vnet (id {ID97}) (vnetif vnif97) (security none) (header 64))\n")
+        f"(vnet (id {ID4}) (vnetif vnif0004) (security none) (data-path vnetd) (header 64))\n"
+        f"(vnet (id {ID97}) (vnetif vnif97) (security none) (data-path vnetd) (header 64))\n")
+
+
+def test_vnet_list_with_vxlan_vnets_in_id_order():
+    vxlan = VxlanTable(4790)
+    v9c = VnetId.parse("9c")
+    vxlan.add(VxlanVnet(v9c, "vnif009c", vni_of(v9c), 1450))
+    lines = listing.vnet_list(make_core(), vxlan).splitlines()
+    assert [sxp.child_value(sxp.parse_one(line), "data-path") for line in lines] == [
+        "vnetd", "vnetd", "vxlan"]
+    assert lines[2] == (
+        "(vnet (id 0000:0000:0000:0000:0000:0000:0000:009c) (vnetif vnif009c) (security none)"
+        " (data-path vxlan) (vni 156) (group 224.10.0.1) (vxlan-port 4790) (mtu 1450)"
+        " (header 50))")
+    v5 = VnetId.parse("5")
+    vxlan.add(VxlanVnet(v5, "vx5", 5, 1400))
+    ids = [sxp.child_value(sxp.parse_one(line), "id")[-4:]
+           for line in listing.vnet_list(make_core(), vxlan).splitlines()]
+    assert ids == ["0004", "0005", "0097", "009c"]
 
 
 def test_vif_list():

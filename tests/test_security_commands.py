@@ -13,6 +13,7 @@ from xend_vnet.kernel_shim import vn
 from xend_vnet.kernel_shim.commands import execute
 from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
 from xend_vnet.kernel_shim.security import keys
+from xend_vnet.kernel_shim.vxlan_table import VxlanTable
 
 ID97 = V97.canonical
 
@@ -23,6 +24,7 @@ class Host:
     def __init__(self):
         self.core = EngineCore(CoreOptions(), context(7, Clock()))
         self.created = []
+        self.vxlan = VxlanTable()
 
     def create_vnet(self, vid, ifname, security, key):
         self.created.append((vid, security))
@@ -64,7 +66,7 @@ def test_secured_vnet_add_and_listing(host, key1):
     assert execute(host, f"(vnet.add (id 97) (security conf) (key-file {key1}))") == ""
     gen = keys.generation(KEY1, V97.raw)
     line = execute(host, "(vnet.list)")
-    assert f"(security conf) (header 116) (keys (gen {gen} active)))" in line
+    assert f"(security conf) (data-path vnetd) (header 116) (keys (gen {gen} active)))" in line
     (f,) = forms(execute(host, "(vnet.key (id 97) (list))"))
     assert sxp.child_value(f, "gen") == str(gen) and sxp.child_value(f, "state") == "active"
     assert sxp.child_value(f, "spi") == f"0x{keys.spi(KEY1, V97.raw, gen):08x}"

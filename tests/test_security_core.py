@@ -327,7 +327,7 @@ def test_listings_show_generations_never_key_material():
     secrets = [KEY1.hex(), KEY2.hex()] + [x.group.hex() for x in g.values()]
     assert not any(s in text or s.upper() in text for s in secrets)
     gen1 = keys.generation(KEY1, V97.raw)
-    assert "(security conf) (header 116) (keys (gen " in text
+    assert "(security conf) (data-path vnetd) (header 116) (keys (gen " in text
     assert f"(gen {gen1} active)" in text
     assert "(state added)" in text and "(suite aes-128-gcm)" in text
 

@@ -309,6 +309,14 @@ def test_vnet_create_sends_legacy_form_and_brings_up(listing, capsys, fake_bridg
     assert fake_bridges == [("set_up", "vnif0097")]
 
 
+def test_vnet_create_on_the_kernel_vxlan_data_path(listing, capsys, fake_bridges):
+    status, out, _ = run_vn(listing, capsys, "vnet-create", "--data-path", "vxlan", "97")
+    assert (status, out) == (0, "")
+    assert listing.sent("vnet.add") == [["vnet.add", ["id", "97"], ["data-path", "vxlan"]]]
+    assert run_vn(listing, capsys, "vnet-create", "-d", "vnetd", "97")[0] == 0
+    assert listing.sent("vnet.add")[-1] == ["vnet.add", ["id", "97"], ["data-path", "vnetd"]]
+
+
 def test_vnet_create_with_bridge(listing, capsys, fake_bridges):
     assert run_vn(listing, capsys, "vnet-create", "-b", "vnet97", "97")[0] == 0
     assert listing.sent("vnet.add") == [["vnet.add", ["id", "97"]]]

@@ -24,6 +24,7 @@ from fake_engine import FakeEngine
 from fake_net import FakeNet
 from vnet_server_harness import Harness, UnixConn, legacy_proxy
 
+from xend_vnet import sxp
 from xend_vnet.config import VnetConfig
 from xend_vnet.engine_client import EngineClient
 from xend_vnet.store import StoreError, VnetStore
@@ -31,7 +32,7 @@ from xend_vnet.xmlrpc import server as server_mod
 from xend_vnet.xmlrpc.api import VnetAPI, parse_request
 from xend_vnet.xmlrpc.caller import Caller, CallerFileError, read_caller_file
 from xend_vnet.xmlrpc.server import ServerError, XMLRPCServers
-from xend_vnet.xmlrpc.service import ReconcileLoop, VnetService
+from xend_vnet.xmlrpc.service import ReconcileLoop, VnetService, engine_vnets
 
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
 C97 = "0000:0000:0000:0000:0000:0000:0000:0097"
@@ -259,6 +260,41 @@ def test_engine_exists_with_same_parameters_is_success(h):
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert "already has vnet" in f.faultString and "vnif0097" in f.faultString
     assert h.engine.vnets == {C97: ("vnif0097", "none")}   # not ours to delete
+
+
+def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
+    config = "(vnet (id 9c) (data-path vxlan) (bridge vnet9c))"
+    h.rpc.xend_vnet_create(config)
+    c9c = "0000:0000:0000:0000:0000:0000:0000:009c"
+    assert (f"(vnet.add (id {c9c}) (vnetif vnif009c) (security none) (data-path vxlan))"
+            in h.engine.requests)
+    assert h.rpc.xend_vnet("9c") == ["vnet", ["id", "9c"], ["data-path", "vxlan"],
+                                     ["bridge", "vnet9c"]]
+    assert h.net.links["vnif009c"]["master"] == "vnet9c"
+    # A vnetd vnet's vnet.add stays as it was (an older engine takes it).
+    h.rpc.xend_vnet_create(VNET97)
+    assert f"(vnet.add (id {C97}) (vnetif vnif97) (security none))" in h.engine.requests
+    f = fault(h.rpc.xend_vnet_create, "(vnet (id 9d) (security conf) (key-file /k) "
+                                      "(data-path vxlan))")
+    assert f.faultCode == 2 and "data-path" in f.faultString
+    assert "neither authenticates nor encrypts" in f.faultString
+    assert h.rpc.xend_vnets() == ["97", "9c"]
+
+
+def test_engine_vnet_on_the_other_data_path_is_not_the_same(h):
+    h.engine.vnets[C97] = ("vnif97", "none")
+    h.engine.data_paths[C97] = "vxlan"
+    f = fault(h.rpc.xend_vnet_create, VNET97)
+    assert "already has vnet" in f.faultString and "data-path vxlan" in f.faultString
+    assert h.engine.vnets == {C97: ("vnif97", "none")}   # not ours to delete
+
+
+def test_engine_vnets_reads_the_data_path():
+    forms = sxp.parse_all(f"(vnet (id {C97}) (vnetif vnif97) (security none) (header 64))\n"
+                          "(vnet (id 9c) (vnetif vnif009c) (security none) (data-path vxlan))")
+    assert engine_vnets(forms) == {
+        C97: ("vnif97", "none", "vnetd"),      # an engine that does not say: its own path
+        "0000:0000:0000:0000:0000:0000:0000:009c": ("vnif009c", "none", "vxlan")}
 
 
 # -- reconcile (design.md 5) -------------------------------------------------------

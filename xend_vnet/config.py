@@ -18,8 +18,11 @@ from . import sxp
 from .ifnames import ifname_problem
 from .vnet_id import VnetId, VnetIdError, parse_usable
 
-KNOWN_KEYS = ("id", "bridge", "vnetif", "security", "key-file")
+KNOWN_KEYS = ("id", "bridge", "vnetif", "security", "key-file", "data-path")
 SECURITY_LEVELS = ("none", "auth", "conf")
+# vnetd: the engine carries the frames (wire-compatible with legacy hosts);
+# vxlan: the kernel's VXLAN device does, between new hosts only (docs/vxlan.md).
+DATA_PATHS = ("vnetd", "vxlan")
 SECURED_LEVELS = ("auth", "conf")
 # management.md 3.1: the legacy docs promised "at most 14" characters.
 NAME_WARN_LENGTH = 14
@@ -76,6 +79,7 @@ class VnetConfig:
     vnetif: str
     security: str
     key_file: str | None
+    data_path: str = "vnetd"
 
     @classmethod
     def from_sxpr(cls, sxpr: object) -> VnetConfig:
@@ -120,7 +124,18 @@ class VnetConfig:
                 "security", f"{security!r} is not a security level; use none, auth or conf")
         key_file = _text_value(sxpr, "key-file")
         _check_security(security, key_file)
-        return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file)
+        data_path = _text_value(sxpr, "data-path")
+        data_path = "vnetd" if data_path is None else data_path
+        if data_path not in DATA_PATHS:
+            raise ConfigError(
+                "data-path", f"{data_path!r} is not a data path; use vnetd (the default, "
+                "works with legacy hosts) or vxlan (the kernel's VXLAN device)")
+        if data_path == "vxlan" and security != "none":
+            raise ConfigError(
+                "data-path", f"vxlan cannot carry a {security!r} vnet: the kernel VXLAN "
+                "device neither authenticates nor encrypts; use (data-path vnetd) or "
+                "(security none)")
+        return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file, data_path)
 
     @classmethod
     def from_text(cls, text: str) -> VnetConfig:

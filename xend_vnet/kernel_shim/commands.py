@@ -21,6 +21,7 @@ from . import listing
 from .codec import is_multicast, parse_ipv4, parse_mac
 from .core import EngineCore
 from .security import keys
+from .vxlan_table import DATA_PATHS, VxlanTable, vni_of
 
 ENOENT = _errno.ENOENT   # 2
 EIO = _errno.EIO         # 5
@@ -46,14 +47,23 @@ class EngineHost(Protocol):
 
     core: EngineCore
     device: str     # the interface whose address is the care-of address (varp listing)
+    vxlan: VxlanTable   # vnets on the kernel VXLAN data path (outside the core)
 
     def create_vnet(self, vid: VnetId, ifname: str, security: str,
                     key: bytes | None) -> None:
         """Create or reattach the TAP, then ``core.add_vnet`` (``key``: the file
         key of a secured vnet, already read); CommandError on failure."""
 
+    def create_vxlan_vnet(self, vid: VnetId, ifname: str) -> None:
+        """Create or take over the kernel VXLAN device, with a flood entry per
+        peer, and add it to ``vxlan``; CommandError on failure."""
+
     def delete_vnet(self, vid: VnetId) -> None:
-        """``core.remove_vnet`` and remove the TAP."""
+        """``core.remove_vnet`` and remove the TAP, or remove a VXLAN vnet and
+        its device."""
+
+    def peers_changed(self) -> None:
+        """Make every VXLAN vnet's flood entries match ``core.peers``."""
 
     def set_mcaddr(self, addr: str, ttl: int | None) -> None:
         """Leave the old group, join ``addr``, ``core.set_mcaddr``."""
@@ -136,6 +146,12 @@ def _existing(host: EngineHost, form: list, name: str = "id", bare_ok: bool = Fa
     vid = _vid(form, name, bare_ok)
     vnet = host.core.vnet(vid)
     if vnet is None:
+        if host.vxlan.get(vid) is not None:
+            # Its frames never reach the engine: the kernel's counters are in
+            # `ip -s link show IFNAME`, its MACs in `bridge fdb show dev IFNAME`.
+            raise CommandError(EINVAL, f"{form[0]}: vnet {vid.canonical} uses the kernel "
+                               "VXLAN data path: the engine has no vifs, keys or counters "
+                               "for it")
         raise CommandError(ENOENT, f"{form[0]}: no such vnet {vid.canonical}")
     return vnet
 
@@ -186,21 +202,28 @@ def _vnet_add(host: EngineHost, form: list) -> str:
         raise CommandError(EEXIST, f"vnet.add: vnet {text!r} is reserved "
                            "for the physical network")
     core = host.core
-    if core.has_vnet(vid):
+    if core.has_vnet(vid) or host.vxlan.get(vid) is not None:
         raise CommandError(EEXIST, f"vnet.add: vnet {vid.canonical} already exists")
     ifname = _arg(form, "vnetif", required=False) or vid.default_vnetif
     try:
         check_ifname(ifname)
     except ValueError as e:
         raise CommandError(EINVAL, f"vnet.add: {e}") from None
-    for other in core.vnets():
-        if other.ifname == ifname:     # design.md 4: name collisions
+    for other in [*core.vnets(), *host.vxlan.vnets()]:
+        if other.ifname == ifname:     # design.md 4: name collisions, both data paths
             raise CommandError(EEXIST, f"vnet.add: interface {ifname} of vnet "
                                f"{vid.canonical} is already used by vnet {other.vid.canonical}")
     security = _arg(form, "security", required=False) or "none"
     if security not in SECURITY_LEVELS:
         raise CommandError(EINVAL, f"vnet.add: invalid security {security!r}: "
                            "expected none, auth or conf")
+    data_path = _arg(form, "data-path", required=False) or "vnetd"
+    if data_path not in DATA_PATHS:
+        raise CommandError(EINVAL, f"vnet.add: invalid data-path {data_path!r}: "
+                           "expected vnetd or vxlan")
+    if data_path == "vxlan":
+        _add_vxlan(host, form, vid, ifname, security)
+        return ""
     key_file = _arg(form, "key-file", required=False)
     key = None
     if security == "none":
@@ -215,6 +238,21 @@ def _vnet_add(host: EngineHost, form: list) -> str:
         key = _read_key(form, key_file)
     host.create_vnet(vid, ifname, security, key)
     return ""
+
+
+def _add_vxlan(host: EngineHost, form: list, vid: VnetId, ifname: str, security: str) -> None:
+    if security != "none":
+        raise CommandError(EINVAL, f"vnet.add: security {security} cannot use data-path "
+                           "vxlan: the kernel VXLAN device neither authenticates nor "
+                           "encrypts; use data-path vnetd for a secured vnet")
+    if sxp.child(form, "key-file") is not None:
+        raise CommandError(EINVAL, "vnet.add: (key-file ...) is only for security auth or conf")
+    other = host.vxlan.vni_owner(vni_of(vid))
+    if other is not None:
+        raise CommandError(EEXIST, f"vnet.add: vnet {vid.canonical} would have VXLAN VNI "
+                           f"{other.vni} (the id's low 24 bits), already used by vnet "
+                           f"{other.vid.canonical}")
+    host.create_vxlan_vnet(vid, ifname)
 
 
 def _read_key(form: list, path: str) -> bytes:
@@ -264,12 +302,15 @@ def _vnet_key(host: EngineHost, form: list) -> str:
 
 
 def _vnet_del(host: EngineHost, form: list) -> str:
-    host.delete_vnet(_existing(host, form, bare_ok=True).vid)
+    vid = _vid(form, bare_ok=True)
+    if not host.core.has_vnet(vid) and host.vxlan.get(vid) is None:
+        raise CommandError(ENOENT, f"vnet.del: no such vnet {vid.canonical}")
+    host.delete_vnet(vid)
     return ""
 
 
 def _vnet_list(host: EngineHost, form: list) -> str:
-    return listing.vnet_list(host.core)
+    return listing.vnet_list(host.core, host.vxlan)
 
 
 def _vnet_stats(host: EngineHost, form: list) -> str:
@@ -306,6 +347,7 @@ def _peer_add(host: EngineHost, form: list) -> str:
                            "expected a unicast IPv4 address")
     port = _int(form, "port", 1, 65535)
     host.core.peer_add(addr, host.core.port if port is None else port)
+    host.peers_changed()
     return ""
 
 
@@ -315,6 +357,7 @@ def _peer_del(host: EngineHost, form: list) -> str:
         host.core.peer_del(addr)
     except KeyError:
         raise CommandError(ENOENT, f"peer.del: no peer {addr}") from None
+    host.peers_changed()
     return ""
 
 
@@ -332,7 +375,7 @@ def _varp_list(host: EngineHost, form: list) -> str:
 
 
 def _varp_print(host: EngineHost, form: list) -> str:
-    return listing.varp_print(host.core, host.now(), host.device)
+    return listing.varp_print(host.core, host.now(), host.device, host.vxlan)
 
 
 def _varp_mcaddr(host: EngineHost, form: list) -> str:

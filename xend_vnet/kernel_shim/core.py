@@ -41,11 +41,18 @@ and the secured message is what is cut, opcode 2); toward any other
 address and in every flood it is made plain in software first (complete
 checksums, no GSO).  The capability is learned from the trailer our engines add to
 their announces; unicast to an address not known to be fast sends it a
-VARP request with the trailer (at most every few seconds), which our
-engines answer with the trailer and legacy hosts with a legacy announce.
-Received segments are put together again and delivered with their header
-(``DeliverOffload``).  Without the option no trailer is sent and id 5 is an
-unknown id, as for legacy hosts.
+probe, a true announce of the sending domain with the trailer and a probe
+bit (at most every few seconds), which our engines answer with an announce
+of their own and legacy hosts only learn from.  Received segments are put
+together again and delivered with their header (``DeliverOffload``).
+Without the option no trailer is sent and id 5 is an unknown id, as for
+legacy hosts.
+
+Plain frames of one super-frame toward one address leave as ``SendTrain``:
+cut no larger than fits one datagram of the underlay (``underlay_mtu``), so
+they need no IP fragments, and the daemon sends the train with one
+``sendmsg`` (UDP_SEGMENT).  On the wire they are what a legacy host sends:
+one frame per datagram.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ from .fastpath import (
     PROBE_TRAILER,
     FAST_SEGMENT,
     MSG_FAST,
+    UDP_IP_OVERHEAD,
     VNET_HDR_LEN,
     PeerCapabilities,
     Reassembler,
@@ -110,6 +118,14 @@ class SendUdp(NamedTuple):
 
     dst_ip: str
     payload: bytes
+
+
+class SendTrain(NamedTuple):
+    """Send each of ``payloads`` as one datagram to (dst_ip, options.port);
+    all have the same size but the last, which may be shorter."""
+
+    dst_ip: str
+    payloads: list
 
 
 class DeliverFrame(NamedTuple):
@@ -167,6 +183,8 @@ def _is_unicast_host(addr: str) -> bool:
     first = int(addr[:addr.index(".")])
     return 0 < first < 224 and first != 127
 _GROUP_KIND_LIMIT = 256
+DATA_HEADER_LEN = codec.DATA_HEADER_LEN
+_MIN_DATA = DATA_HEADER_LEN + codec.ETH_HEADER_LEN
 
 
 class EngineCore:
@@ -181,6 +199,9 @@ class EngineCore:
         self.port = self.options.port
         self.own_addresses: set[str] = set()
         self.self_address: str | None = None
+        # MTU of the device toward the other hosts (set by the daemon): plain
+        # frames cut from super-frames fit one datagram of it.
+        self.underlay_mtu = 1500
         self.varp = VarpCache()
         self.vifs = VifTable()
         self.peers = PeerTable()
@@ -555,10 +576,33 @@ class EngineCore:
                 except DecodeError as e:
                     count(c.rx_dropped, e.reason)
                 return actions
-        out = []
+        out: list = []
         receive = self.receive_udp
+        c = self.counters
+        same = None        # header, source MAC, vnet id and counters of the last data
         for at in range(0, len(data), gso):
-            out += receive(data[at:at + gso], src_ip, dst_ip, now)
+            payload = data[at:at + gso]
+            if (same is not None and payload[:DATA_HEADER_LEN] == same[0]
+                    and payload[28:34] == same[1] and len(payload) >= _MIN_DATA):
+                # The same vnet and sender as the datagram before, already
+                # decoded, checked and learned: only count and deliver.
+                frame = payload[DATA_HEADER_LEN:]
+                vc = same[3]
+                c.rx_datagrams += 1
+                c.rx_bytes += len(payload)
+                c.rx_data += 1
+                vc.rx_packets += 1
+                vc.rx_bytes += len(frame)
+                out.append(DeliverFrame(same[2], frame))
+                continue
+            actions = receive(payload, src_ip, dst_ip, now)
+            out += actions
+            same = None
+            if (len(actions) == 1 and actions[0].__class__ is DeliverFrame
+                    and payload[:2] == DATA_PREFIX[:2] and dst_ip != self.mcaddr):
+                vid = actions[0].vid
+                same = (payload[:DATA_HEADER_LEN], payload[28:34], vid,
+                        self._vnets[vid.raw].counters)
         return out
 
     def _receive_fast(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
@@ -740,21 +784,30 @@ class EngineCore:
                     if keys is not None:
                         probe = keys.seal(probe, care_of, now)
                     self._send(addr, probe, actions)
+        room = self.underlay_mtu - UDP_IP_OVERHEAD - codec.DATA_HEADER_LEN
+        if keys is not None:
+            room -= secure_codec.OVERHEAD
         try:
-            frames = plain_frames(packet)
+            frames = plain_frames(packet, room)
         except DecodeError as e:
             count(vc.dropped, e.reason)
             return
         if addr is None:
             vc.flooded += 1                                  # wire.md 5
-        for f in frames:
-            payload = DATA_PREFIX + vraw + f
-            if keys is not None:
-                payload = keys.seal(payload, care_of, now)
-            if addr is None:
+            for f in frames:
+                payload = DATA_PREFIX + vraw + f
+                if keys is not None:
+                    payload = keys.seal(payload, care_of, now)
                 self._send_group(payload, actions)
-            else:
-                self._send(addr, payload, actions)
+            return
+        payloads = [DATA_PREFIX + vraw + f for f in frames]
+        if keys is not None:
+            payloads = [keys.seal(p, care_of, now) for p in payloads]
+        c = self.counters
+        c.tx_datagrams += len(payloads)
+        c.tx_bytes += sum(map(len, payloads))
+        actions.append(SendTrain(addr, payloads) if len(payloads) > 1
+                       else SendUdp(addr, payloads[0]))
 
     # -- sending ---------------------------------------------------------------------
 

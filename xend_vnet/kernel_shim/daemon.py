@@ -33,6 +33,7 @@ from ..vnet_id import VnetId, VnetIdError
 from . import commands
 from .codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
 from .commands import CommandError
+from .coalesce import coalesce
 from .control_server import ControlServer, ControlSocketError
 from .core import (
     CoreOptions,
@@ -41,11 +42,15 @@ from .core import (
     EngineCore,
     SendFast,
     SendRaw,
+    SendTrain,
     SendUdp,
 )
 from .fastpath import (
+    BYTES_PER_SEND,
     MAX_PACKET,
     SEGMENT_HEADER_LEN,
+    SEGMENTS_PER_SEND,
+    UDP_IP_OVERHEAD,
     VNET_HDR_LEN,
     ZERO_VNET_HDR,
     chunk_size,
@@ -56,6 +61,24 @@ from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
 from .security import epoch_file
 from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE, SecurityContext
 from .udp import EngineSocket
+from .vxlan import (
+    VxlanError,
+    VxlanSpec,
+    delete_vxlan,
+    open_vxlan,
+    set_group,
+    sync_flood,
+    vxlan_exists,
+)
+from .vxlan_table import (
+    DEFAULT_VXLAN_PORT,
+    MIN_MTU,
+    VxlanTable,
+    VxlanVnet,
+    kernel_ttl,
+    vni_of,
+    vxlan_mtu,
+)
 
 log = logging.getLogger("vnetd")
 
@@ -86,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=os.environ.get("VNETD_SOCKET") or DEFAULT_CONTROL,
                    help="control socket (default $VNETD_SOCKET or %(default)s)")
     p.add_argument("--port", type=int, default=VARP_PORT, help="UDP port (default 1798)")
+    p.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT,
+                   help="UDP port of vnets on the kernel VXLAN data path (default 4789; "
+                        "docs/vxlan.md)")
     p.add_argument("-a", "--mcaddr", "--varp_mcaddr", dest="mcaddr", default=VARP_MCADDR,
                    help="VARP multicast group (default 224.10.0.1)")
     p.add_argument("--mcast-ttl", type=int, default=1, help="multicast TTL (default 1)")
@@ -93,8 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MTU of the vnet TAPs (default 1500; guests do best with 1436, "
                         "or the legacy advice 1400, to avoid fragmented outer packets)")
     p.add_argument("--no-offload", action="store_true",
-                   help="legacy framing only: one frame per datagram, plain checksums, no "
-                        "TAP offloads, no fast framing toward other engines (docs/performance.md)")
+                   help="legacy framing only: one frame per datagram with plain checksums, "
+                        "no fast framing toward other engines (docs/performance.md)")
+    p.add_argument("--no-tap-offload", action="store_true",
+                   help="TAPs without offloads: one frame per read and per write, no "
+                        "receive coalescing (implies --no-offload)")
     p.add_argument("--no-default-vnets", action="store_true",
                    help="do not create vnets 2, 3 and 4 at start")
     p.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
@@ -124,6 +153,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts = p.parse_args(argv)
     if not 0 < opts.port < 65536:
         p.error(f"invalid --port {opts.port}: expected 1 to 65535")
+    if not 0 < opts.vxlan_port < 65536:
+        p.error(f"invalid --vxlan-port {opts.vxlan_port}: expected 1 to 65535")
+    if opts.vxlan_port in (opts.port, VARP_PORT):
+        # The kernel would take the vnet datagrams of every host (legacy ones too).
+        p.error(f"invalid --vxlan-port {opts.vxlan_port}: it is the vnet port; "
+                f"choose another (default {DEFAULT_VXLAN_PORT})")
     if not 0 <= opts.mcast_ttl <= 255:
         p.error(f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255")
     if not 68 <= opts.mtu <= MAX_MTU:
@@ -237,13 +272,15 @@ class Vnetd:
                       "clock refuse this host's secured traffic as from the future; if the "
                       "clock is right now, stop vnetd and remove that file", opts.epoch_file,
                       ahead)
-        self.offload = not opts.no_offload
+        self.offload = not (opts.no_offload or opts.no_tap_offload)
+        self.tap_offload = not opts.no_tap_offload
         self.core = EngineCore(CoreOptions(mcaddr=opts.mcaddr, port=opts.port,
                                            varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl,
                                            offload=self.offload),
                                security)
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
+        self.vxlan = VxlanTable(opts.vxlan_port)   # vnets on the kernel data path
         self.lost_taps: dict[VnetId, str] = {}     # deleted from outside, to recreate
         self.udp: EngineSocket | None = None
         self.raw: RawSender | None = None
@@ -252,6 +289,7 @@ class Vnetd:
         self.started_wall = time.time()
         self.started = time.monotonic()
         self.io_dropped: dict[str, int] = {}
+        self.coalesced = 0          # frames that reached a TAP inside a merged one
         self.file_vnets: set[VnetId] = set()
         self.file_peers: set[str] = set()
         self._stopping = False
@@ -264,6 +302,7 @@ class Vnetd:
         self.device = opts.device or ""   # shown as (device ...) by varp.list
         self.max_frame = opts.mtu + ETH_HEADER_LEN + 4   # room for one 802.1Q tag
         self.underlay_mtu = DEFAULT_MTU   # of the device the group is on; sizes segments
+        self._udp_segment_works = True
         self._chunk = chunk_size(DEFAULT_MTU)
 
     def now(self) -> float:
@@ -285,7 +324,7 @@ class Vnetd:
         """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
         try:
             # Offloads at every security level unless --no-offload (fastpath.py).
-            tap = open_tap(ifname, self.opts.mtu, self.offload)
+            tap = open_tap(ifname, self.opts.mtu, self.tap_offload)
         except TapError as e:
             raise CommandError(e.errno, e.message) from None
         try:
@@ -332,7 +371,7 @@ class Vnetd:
                 del self.lost_taps[vid]
                 continue
             try:
-                tap = open_tap(ifname, self.opts.mtu, self.offload)
+                tap = open_tap(ifname, self.opts.mtu, self.tap_offload)
             except TapError as e:
                 log.warning("vnet %s: cannot recreate %s yet: %s", vid.canonical, ifname,
                             e.message)
@@ -343,6 +382,9 @@ class Vnetd:
 
     def delete_vnet(self, vid: VnetId) -> None:
         """Remove the vnet from the core and delete its TAP (design.md 5)."""
+        if self.vxlan.get(vid) is not None:
+            self._delete_vxlan_vnet(vid)
+            return
         self.core.remove_vnet(vid)
         tap = self.taps.pop(vid, None)
         if tap is None:
@@ -365,6 +407,104 @@ class Vnetd:
             log.info("joined VARP group %s", addr)
         else:
             log.warning("cannot join VARP group %s yet (%s); retrying", addr, self.udp.join_error)
+        self._move_vxlan_group(addr)
+
+    # -- the kernel VXLAN data path (vxlan.py, docs/vxlan.md) -----------------------
+
+    def _has_vnet(self, vid: VnetId) -> bool:
+        return self.core.has_vnet(vid) or self.vxlan.get(vid) is not None
+
+    def _vxlan_spec(self, vnet: VxlanVnet) -> VxlanSpec:
+        return VxlanSpec(vnet.ifname, vnet.vni, self.core.mcaddr, self.vxlan.port,
+                         kernel_ttl(self.udp.mcast_ttl), self.device, vnet.mtu)
+
+    def create_vxlan_vnet(self, vid: VnetId, ifname: str) -> None:
+        """Create (or take over) the vnet's kernel VXLAN device with a flood
+        entry per peer; the core never sees this vnet's frames."""
+        mtu = vxlan_mtu(self.opts.mtu, self.underlay_mtu)
+        if mtu < MIN_MTU:
+            raise CommandError(errno.EINVAL, f"vnet.add: the underlay MTU {self.underlay_mtu} "
+                               "leaves no room for VXLAN")
+        vnet = VxlanVnet(vid, ifname, vni_of(vid), mtu)
+        try:
+            self.vxlan.add(vnet)
+        except (KeyError, ValueError) as e:
+            raise CommandError(errno.EEXIST, f"vnet.add: {e}") from None
+        spec = self._vxlan_spec(vnet)
+        try:
+            created = open_vxlan(spec)
+            try:
+                sync_flood(ifname, spec.group, self._peer_addresses())
+            except VxlanError:
+                if created:
+                    delete_vxlan(ifname)
+                raise
+        except VxlanError as e:
+            self.vxlan.remove(vid)
+            raise CommandError(e.errno, f"vnet.add: {e.message}") from None
+        log.info("vnet %s up on %s: kernel VXLAN, VNI %d, group %s, port %d, device %s, "
+                 "MTU %d%s", vid.canonical, ifname, vnet.vni, spec.group, spec.port,
+                 spec.device, mtu, "" if mtu == self.opts.mtu else
+                 f" (underlay MTU {self.underlay_mtu} - 50; domains on its bridge need "
+                 f"MTU {mtu} or less)")
+
+    def _delete_vxlan_vnet(self, vid: VnetId) -> None:
+        ifname = self.vxlan.get(vid).ifname
+        try:
+            delete_vxlan(ifname)
+        except VxlanError as e:
+            raise CommandError(e.errno, f"vnet.del: {e.message}") from None
+        self.vxlan.remove(vid)
+        log.info("vnet %s deleted with its VXLAN device %s", vid.canonical, ifname)
+
+    def _peer_addresses(self) -> list[str]:
+        return [p.addr for p in self.core.peers]
+
+    def peers_changed(self) -> None:
+        """Give every VXLAN vnet a flood entry per peer, and only those: the
+        kernel sends floods to each peer directly (there is no VFWD relay)."""
+        peers = self._peer_addresses()
+        failed = []
+        for vnet in self.vxlan:
+            try:
+                added, removed = sync_flood(vnet.ifname, self.core.mcaddr, peers)
+            except VxlanError as e:
+                failed.append(e.message)
+                continue
+            for dst in added:
+                log.info("vnet %s: floods also go to peer %s", vnet.vid.canonical, dst)
+            for dst in removed:
+                log.info("vnet %s: floods no longer go to %s", vnet.vid.canonical, dst)
+        if failed:
+            raise CommandError(errno.EIO, "; ".join(failed))
+
+    def _move_vxlan_group(self, addr: str) -> None:
+        """A new group applies to the VXLAN vnets too (the kernel rejoins)."""
+        ttl = kernel_ttl(self.udp.mcast_ttl)
+        failed = []
+        for vnet in self.vxlan:
+            try:
+                set_group(vnet.ifname, addr, ttl)
+            except VxlanError as e:
+                failed.append(e.message)
+        if failed:
+            raise CommandError(errno.EIO, f"varp.mcaddr: the engine moved to {addr}, but "
+                               + "; ".join(failed))
+
+    def _recreate_lost_vxlan(self) -> None:
+        """A VXLAN device deleted from outside is made again, like a lost TAP."""
+        for vnet in self.vxlan:
+            spec = self._vxlan_spec(vnet)
+            try:
+                if vxlan_exists(vnet.ifname) or not open_vxlan(spec):
+                    continue
+                sync_flood(vnet.ifname, spec.group, self._peer_addresses())
+            except VxlanError as e:
+                log.warning("vnet %s: cannot recreate %s yet: %s", vnet.vid.canonical,
+                            vnet.ifname, e.message)
+                continue
+            log.warning("vnet %s: VXLAN device %s was deleted from outside; recreated",
+                        vnet.vid.canonical, vnet.ifname)
 
     def status(self) -> list:
         """Children of the (engine.status) reply (design.md 6)."""
@@ -380,11 +520,15 @@ class Vnetd:
             ["mcaddr", udp.mcaddr],
             ["port", str(udp.port)],
             ["address", self.core.self_address or ""],
-            ["vnets", str(len(self.core.vnets()))],
+            ["vnets", str(len(self.core.vnets()) + len(self.vxlan))],
+            ["vxlan-vnets", str(len(self.vxlan))],
+            ["vxlan-port", str(self.vxlan.port)],
             ["peers", str(len(self.core.peers))],
             ["remulticast", "yes" if self.raw is not None else "no"],
             ["etherip-receive", "yes" if self.etherip is not None else "no"],
             ["offload", "yes" if self.offload else "no"],
+            ["tap-offload", "yes" if self.tap_offload else "no"],
+            ["coalesced", str(self.coalesced)],
             ["fast-peers"] + self.core.caps.addresses(now),
             ["control", self.opts.control],
             ["mtu", str(self.opts.mtu)],
@@ -403,7 +547,7 @@ class Vnetd:
         self._refresh_addresses()
         try:
             self.udp = EngineSocket(opts.port, opts.mcaddr, opts.mcast_ttl, self._device_index,
-                                    gro=self.offload)
+                                    gro=self.tap_offload)
             if opts.address:
                 self._pin_source()
         except OSError as e:
@@ -516,7 +660,7 @@ class Vnetd:
                     log.error("%s: %s ignored: %s", path, sxp.to_string(form), e)
                     continue
                 listed_vnets.add(vid)
-                if not self.core.has_vnet(vid) and self._command(form, path):
+                if not self._has_vnet(vid) and self._command(form, path):
                     self.file_vnets.add(vid)
             else:
                 try:
@@ -531,7 +675,7 @@ class Vnetd:
                         self.file_peers.add(addr)
         for vid in sorted(self.file_vnets - listed_vnets):
             self.file_vnets.discard(vid)
-            if self.core.has_vnet(vid):
+            if self._has_vnet(vid):
                 self._command(["vnet.del", ["id", vid.canonical]], path)
         for addr in sorted(self.file_peers - listed_peers):
             self.file_peers.discard(addr)
@@ -565,20 +709,24 @@ class Vnetd:
                 self._refresh(now)
 
     def _on_udp(self, _mask: int, now: float) -> None:
+        """A batch of datagrams; with TAP offloads, the frames it delivers are
+        coalesced like GRO would (coalesce.py) before they are written."""
         receive = self.core.receive_udp
-        perform = self._perform
         receive_train = self.core.receive_train
+        actions: list = []
         for payload, src, dst, gso in self.udp.recv_batch(BATCH):
             try:
                 if gso:
-                    actions = receive_train(payload, gso, src, dst, now)
+                    actions += receive_train(payload, gso, src, dst, now)
                 else:
-                    actions = receive(payload, src, dst, now)
+                    actions += receive(payload, src, dst, now)
             except Exception:  # noqa: BLE001 -- one bad datagram must not stop the engine
                 self._engine_error("datagram from " + src)
-                continue
-            if actions:
-                perform(actions)
+        if len(actions) > 1 and self.tap_offload:
+            actions, merged = coalesce(actions)
+            self.coalesced += merged
+        if actions:
+            self._perform(actions)
 
     def _open_raw_sockets(self) -> None:
         """Re-multicast of VFWD and proto-97 receive (wire.md 4.3, 7); without
@@ -670,6 +818,8 @@ class Vnetd:
                         os.write(tap.fd, action.frame)
                 except OSError as e:
                     self._io_error("tap_write_", e)
+            elif action.__class__ is SendTrain:
+                self._send_train(action)
             elif action.__class__ is SendFast:
                 self._send_fast(action)
             elif action.__class__ is DeliverOffload:
@@ -694,6 +844,34 @@ class Vnetd:
                     self._io_error("raw_send_", e)
             else:
                 log.error("unknown engine action %r", action)
+
+    def _send_train(self, action: SendTrain) -> None:
+        """Plain datagrams of one super-frame: trains of equal ones that fit the
+        underlay go with one sendmsg each (UDP_SEGMENT), others one by one."""
+        payloads = action.payloads
+        size = len(payloads[0])
+        addr = (action.dst_ip, self.udp.port)
+        if size + UDP_IP_OVERHEAD <= self.underlay_mtu and self._udp_segment_works:
+            per_send = min(SEGMENTS_PER_SEND, BYTES_PER_SEND // size)
+            try:
+                for at in range(0, len(payloads), per_send):
+                    self.udp.send_segments(payloads[at:at + per_send], action.dst_ip, size)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+                    self._io_error("udp_send_", e)
+                    return
+                # A kernel without UDP_SEGMENT, or a device that refuses it.
+                log.warning("UDP_SEGMENT refused (%s): plain trains go one datagram "
+                            "at a time", e.strerror)
+                self._udp_segment_works = False
+                payloads = payloads[at:]
+        sendto = self.udp.send_to
+        for payload in payloads:
+            try:
+                sendto(payload, addr)
+            except OSError as e:
+                self._io_error("udp_send_", e)
 
     def _send_fast(self, action: SendFast) -> None:
         """The segments of one frame, one sendmsg per UDP_SEGMENT train."""
@@ -729,6 +907,8 @@ class Vnetd:
         self._refresh_addresses()
         if self.lost_taps:
             self._recreate_lost_taps()
+        if len(self.vxlan):
+            self._recreate_lost_vxlan()
         udp = self.udp
         if udp.joined and not udp.check_membership():
             log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)
@@ -776,7 +956,7 @@ class Vnetd:
             self.device = links[0].get_attr("IFLA_IFNAME") if links else ""
         mtu = links[0].get_attr("IFLA_MTU") if links else None
         if mtu and mtu != self.underlay_mtu and mtu >= 576:
-            self.underlay_mtu = mtu
+            self.underlay_mtu = self.core.underlay_mtu = mtu
             self._chunk = chunk_size(mtu)
         self.core.own_addresses = {a for _, a in addrs if a}
         if opts.address:

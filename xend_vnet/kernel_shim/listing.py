@@ -18,6 +18,7 @@ from .core import EngineCore, Vnet
 from .security.secure_codec import OVERHEAD as SECURE_OVERHEAD
 from .security.secure_codec import SUITE_NAMES
 from .varp_cache import STATE_NAMES
+from .vxlan_table import VXLAN_OVERHEAD, VxlanTable, VxlanVnet
 
 HZ = 1000
 # Header room of UDP mode (outer IP 20 + UDP 8 + VnetMsgHdr 4 + etherip 18 +
@@ -33,14 +34,25 @@ def _block(head: str, lines: Iterable[str], indent: str = " ") -> str:
     return head + "\n" + "".join(f"{indent}{line}\n" for line in lines) + ")\n"
 
 
-def vnet_list(core: EngineCore) -> str:
-    """``(vnet.list)``: one line per vnet, sorted by id.  A secured vnet
-    also lists its key generations and states, never key material."""
-    return "".join(_vnet_line(v) for v in core.vnets())
+def vnet_list(core: EngineCore, vxlan: VxlanTable | None = None) -> str:
+    """``(vnet.list)``: one line per vnet of either data path, sorted by id.
+    A secured vnet also lists its key generations and states, never key
+    material; a VXLAN vnet its VNI, group, port and MTU (docs/vxlan.md)."""
+    lines = [(v.vid, _vnet_line(v)) for v in core.vnets()]
+    if vxlan is not None:
+        lines += [(v.vid, _vxlan_line(v, core.mcaddr, vxlan.port)) for v in vxlan.vnets()]
+    return "".join(line for _, line in sorted(lines))
+
+
+def _vxlan_line(v: VxlanVnet, group: str, port: int) -> str:
+    return (f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security none)"
+            f" (data-path vxlan) (vni {v.vni}) (group {group}) (vxlan-port {port})"
+            f" (mtu {v.mtu}) (header {VXLAN_OVERHEAD}))\n")
 
 
 def _vnet_line(v: Vnet) -> str:
-    head = f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security {v.security})"
+    head = (f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security {v.security})"
+            " (data-path vnetd)")
     if v.keys is None:
         return f"{head} (header {UDP_HEADER_ROOM}))\n"
     gens = "".join(f" (gen {gen} {state})" for gen, state, _ in v.keys.listing())
@@ -109,9 +121,10 @@ def peer_list(core: EngineCore) -> str:
     ], indent="  ") for p in core.peers.sorted())
 
 
-def varp_print(core: EngineCore, now: float, device: str) -> str:
+def varp_print(core: EngineCore, now: float, device: str,
+               vxlan: VxlanTable | None = None) -> str:
     """``(varp.print)``: vnets, vifs and varp together."""
-    return vnet_list(core) + vif_list(core, now) + varp_list(core, now, device)
+    return vnet_list(core, vxlan) + vif_list(core, now) + varp_list(core, now, device)
 
 
 def _with_reasons(name: str, table: dict[str, int]) -> str:

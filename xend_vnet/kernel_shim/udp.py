@@ -179,7 +179,7 @@ class EngineSocket:
     def send_segments(self, iov: list, dst_ip: str, segment_size: int) -> None:
         """Send the datagrams gathered in ``iov``, cut every ``segment_size``
         bytes by the kernel (UDP_SEGMENT); a single one goes as it is."""
-        if len(iov) > 2:
+        if sum(map(len, iov)) > segment_size:
             gso = segment_size.to_bytes(2, sys.byteorder)
             self.sock.sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, gso), *self._source_cmsg], 0,
                               (dst_ip, self.port))

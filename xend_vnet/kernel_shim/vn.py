@@ -506,6 +506,8 @@ class Vn:
             form.append(["security", opts["security"]])
         if opts["key-file"]:
             form.append(["key-file", os.path.abspath(str(opts["key-file"]))])
+        if opts["data-path"]:
+            form.append(["data-path", opts["data-path"]])
         self.call(form)
         try:
             created = self.lookup(vnet)
@@ -620,7 +622,7 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             """Start vnetd if it is not running; return once its control socket answers.
 Parameters name=value: varp_mcaddr (multicast group, default 224.10.0.1),
 varp_device (interface whose address is the care-of address), vnet_encaps=udp
-(etherip is not supported), and engine options mtu, port, mcast_ttl, varp_ttl,
+(etherip is not supported), and engine options mtu, port, vxlan_port, mcast_ttl, varp_ttl,
 address, file, log_file, log_level, no_default_vnets, allow_foreign_netns.
 With systemd as PID 1 and vnetd.service installed, the default engine is
 started with systemctl. When vnetd already runs, a different varp_mcaddr or
@@ -629,8 +631,8 @@ mcast_ttl is applied to it; any other parameter that differs is an error
     -L, --list-params  Print the parameter names, one a line, and exit.""",
             (Option("list-params", "L"),), more="param=value"),
     Command("rmmod", Vn.op_rmmod, "Stop vnetd.",
-            """Stop vnetd. Its TAP devices stay for the next start, unless
-    -p, --purge        Delete every vnet first, so its TAP goes too.""",
+            """Stop vnetd. Its TAP and VXLAN devices stay for the next start, unless
+    -p, --purge        Delete every vnet first, so its device goes too.""",
             (Option("purge", "p"),)),
     Command("status", Vn.op_status, "Say whether vnetd runs (exit 0) or not (exit 3).",
             """Print 'running (pid N, up T, group G joined, N vnets)' and the other
@@ -655,9 +657,13 @@ engine facts, exit 0; or 'not running', exit 3."""),
     -b, --bridge       Create the bridge (or adopt an existing one) and add the
                        vnet interface to it.
     -v, --vnetif       Name of the vnet interface (default vnif%04x of the id).
+    -d, --data-path    vnetd (default: the engine carries the frames, legacy hosts
+                       included) or vxlan (the kernel's VXLAN device; every host
+                       of the vnet must use it; security none only; docs/vxlan.md).
 The vnet interface keeps its own MAC address (the legacy vn copied eth0's).""",
             (Option("security", "s", "LEVEL"), Option("key-file", "k", "PATH"),
-             Option("bridge", "b", "BRIDGE"), Option("vnetif", "v", "VNETIF")), ("vnet",)),
+             Option("bridge", "b", "BRIDGE"), Option("vnetif", "v", "VNETIF"),
+             Option("data-path", "d", "vnetd|vxlan")), ("vnet",)),
     Command("vnet-delete", Vn.op_vnet_delete, "Delete a vnet.",
             """Delete a vnet (given by id or interface).
     -b, --bridge       Delete the bridge the vnet interface is attached to.""",

@@ -36,9 +36,10 @@ class VnetFault(Exception):
     """An error the caller gets as XML-RPC Fault 2 (ERROR_GENERIC, management.md 1.2)."""
 
 
-def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str]]:
-    """``(vnet.list)`` reply forms -> {canonical id: (vnetif, security)}."""
-    out: dict[str, tuple[str, str]] = {}
+def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str, str]]:
+    """``(vnet.list)`` reply forms -> {canonical id: (vnetif, security, data path)};
+    an engine that lists no data path runs every vnet itself (vnetd)."""
+    out: dict[str, tuple[str, str, str]] = {}
     for form in reply:
         if not (isinstance(form, list) and form[:1] == ["vnet"]):
             continue
@@ -48,7 +49,8 @@ def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str]]:
             vid = VnetId.parse(str(fields.get("id", "")))
         except VnetIdError:
             continue
-        out[vid.canonical] = (str(fields.get("vnetif", "")), str(fields.get("security", "none")))
+        out[vid.canonical] = (str(fields.get("vnetif", "")), str(fields.get("security", "none")),
+                              str(fields.get("data-path", "vnetd")))
     return out
 
 
@@ -58,6 +60,9 @@ def add_form(config: VnetConfig) -> list:
             ["security", config.security]]
     if config.key_file:
         form.append(["key-file", config.key_file])
+    if config.data_path != "vnetd":
+        # Only when asked: an engine without the option still takes every other config.
+        form.append(["data-path", config.data_path])
     return form
 
 
@@ -155,8 +160,9 @@ class VnetService:
             self.problems.pop(config.canonical, None)
         for w in config.warnings():
             log.warning("%s", w)
-        log.info("created vnet %s (bridge %s, vnetif %s, security %s)", config.id_text,
-                 config.bridge, config.vnetif, config.security)
+        log.info("created vnet %s (bridge %s, vnetif %s, security %s, data-path %s)",
+                 config.id_text, config.bridge, config.vnetif, config.security,
+                 config.data_path)
         return config
 
     def _bring_up(self, config: VnetConfig, undo: list, creating: bool) -> list[str]:
@@ -202,9 +208,10 @@ class VnetService:
                 # EEXIST for something else (e.g. the vnetif belongs to another
                 # vnet): the engine's own message says what.
                 raise
-            if present != (config.vnetif, config.security):
+            if present != (config.vnetif, config.security, config.data_path):
                 raise VnetFault(f"the engine already has vnet {config.canonical} with vnetif "
-                                f"{present[0]}, security {present[1]}") from None
+                                f"{present[0]}, security {present[1]}, data-path "
+                                f"{present[2]}") from None
             return False
         if undo is not None:
             undo.append(("engine", lambda: self.engine.call(

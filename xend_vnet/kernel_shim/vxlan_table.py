@@ -1,0 +1,109 @@
+"""Vnets on the kernel VXLAN data path: the engine's bookkeeping (issue 7, docs/vxlan.md).
+
+A vnet with ``(data-path vxlan)`` has no TAP and no frame of it crosses
+user space: the kernel's VXLAN device sits on the vnet's bridge, floods to
+the engine's multicast group and, through all-zeros FDB entries, to each
+peer.  This module holds what the engine decides about such vnets (VNI,
+MTU, TTL, which flood entries a device should have) without touching the
+kernel; ``vxlan.py`` is the pyroute2 adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ..vnet_id import VnetId
+
+DATA_PATHS = ("vnetd", "vxlan")
+DEFAULT_VXLAN_PORT = 4789       # IANA's VXLAN port
+# Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: the kernel refuses a
+# larger MTU than the underlay's minus this on a device bound to one.
+VXLAN_OVERHEAD = 50
+MIN_MTU = 68
+
+
+def vni_of(vid: VnetId) -> int:
+    """The VXLAN network identifier of a vnet: the id's low 24 bits."""
+    return int.from_bytes(vid.raw[13:], "big")
+
+
+def vxlan_mtu(requested: int, underlay_mtu: int) -> int:
+    """The device MTU: the vnet MTU, capped so the outer packet fits the underlay."""
+    return min(requested, underlay_mtu - VXLAN_OVERHEAD)
+
+
+def kernel_ttl(mcast_ttl: int) -> int:
+    """The VXLAN ``ttl`` for the engine's multicast TTL.
+
+    The kernel has one TTL for every packet of the device, unicast to peers
+    included.  Its automatic value (0) sends multicast with TTL 1 and
+    unicast with the host default, so the legacy TTL 1 must stay automatic,
+    or packets to peers behind a router would die at the router.
+    """
+    return 0 if mcast_ttl <= 1 else mcast_ttl
+
+
+def flood_changes(present: Iterable[str], peers: Iterable[str],
+                  group: str) -> tuple[list[str], list[str]]:
+    """(destinations to append, to delete) so that a device's all-zeros FDB
+    entries are the group (the kernel's own entry, never touched) and one
+    per peer."""
+    have = set(present) - {group}
+    want = set(peers) - {group}
+    return sorted(want - have, key=_ip_key), sorted(have - want, key=_ip_key)
+
+
+def _ip_key(addr: str) -> tuple:
+    return tuple(int(p) for p in addr.split("."))
+
+
+@dataclass
+class VxlanVnet:
+    """One vnet of this engine on the kernel VXLAN data path."""
+
+    vid: VnetId
+    ifname: str
+    vni: int
+    mtu: int
+
+
+class VxlanTable:
+    """The engine's VXLAN vnets, by id; VNIs are unique within one engine."""
+
+    def __init__(self, port: int = DEFAULT_VXLAN_PORT):
+        self.port = port
+        self._vnets: dict[bytes, VxlanVnet] = {}
+
+    def __len__(self) -> int:
+        return len(self._vnets)
+
+    def __iter__(self) -> Iterator[VxlanVnet]:
+        return iter(self.vnets())
+
+    def add(self, vnet: VxlanVnet) -> None:
+        """KeyError when the id is there; ValueError when the VNI or the
+        interface name belongs to another vnet."""
+        if vnet.vid.raw in self._vnets:
+            raise KeyError(f"vnet {vnet.vid} already exists")
+        other = self.vni_owner(vnet.vni)
+        if other is not None:
+            raise ValueError(f"VNI {vnet.vni} is already used by vnet {other.vid}")
+        for other in self._vnets.values():
+            if other.ifname == vnet.ifname:
+                raise ValueError(f"interface {vnet.ifname} is already used by vnet {other.vid}")
+        self._vnets[vnet.vid.raw] = vnet
+
+    def remove(self, vid: VnetId) -> VxlanVnet:
+        """KeyError when absent."""
+        return self._vnets.pop(vid.raw)
+
+    def get(self, vid: VnetId) -> VxlanVnet | None:
+        return self._vnets.get(vid.raw)
+
+    def vni_owner(self, vni: int) -> VxlanVnet | None:
+        return next((v for v in self._vnets.values() if v.vni == vni), None)
+
+    def vnets(self) -> list[VxlanVnet]:
+        """Sorted by id."""
+        return [self._vnets[k] for k in sorted(self._vnets)]
