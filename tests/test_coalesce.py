@@ -151,6 +151,16 @@ def test_other_actions_keep_their_place_and_non_tcp_frames_pass():
     assert isinstance(out[2], DeliverOffload) and len(out) == 4
 
 
+def test_frames_longer_than_the_vnet_mtu_are_never_merged():
+    """A jumbo sender on a 1500-byte vnet: the writer must still refuse its
+    frames one by one (frame_too_big), so they must not hide in a merged one."""
+    frames = segments(5 * 8948, mss=8948, flags=0x10)
+    out, merged = coalesce(deliver(frames), max_frame=1518)
+    assert merged == 0 and [a.frame for a in out] == frames
+    out, merged = coalesce(deliver(frames), max_frame=9018)
+    assert merged == 5
+
+
 def shift_seq(frames: list[bytes], delta: int) -> list[bytes]:
     """IPv4 segments moved ``delta`` bytes on in the stream, checksums redone."""
     out = []

@@ -179,8 +179,8 @@ def test_vxlan_vnet_add_goes_to_the_host_not_the_core(host):
     ("(vnet.add (id 9d) (key-file /k) (data-path vxlan))", EINVAL, "only for security"),
     ("(vnet.add (id 9c))", EEXIST, "already exists"),                 # either data path
     ("(vnet.add (id 0:0:0:0:0:0:0:9c) (data-path vxlan))", EEXIST, "already exists"),
-    ("(vnet.add (id 0:0:0:0:0:0:100:9c) (vnetif vx2) (data-path vxlan))", EEXIST,
-     f"VNI 156 (the id's low 24 bits), already used by vnet {ID9C}"),
+    ("(vnet.add (id 0:0:0:0:0:0:100:9c) (vnetif vx2) (data-path vxlan))", EINVAL,
+     "a VXLAN VNI is 24 bits"),
     ("(vnet.add (id 98) (vnetif vnif009c))", EEXIST, f"already used by vnet {ID9C}"),
     ("(vnet.add (id 9d) (vnetif vnif0004) (data-path vxlan))", EEXIST,
      "already used by vnet 0000:0000:0000:0000:0000:0000:0000:0004"),
@@ -190,6 +190,24 @@ def test_vxlan_vnet_add_refusals(host, request_text, errno, fragment):
     got_errno, message = err(execute(host, request_text))
     assert got_errno == errno and fragment in message, message
     assert host.vxlan_created == [(V9C, "vnif009c")] and not host.created
+
+
+@pytest.mark.parametrize("text", ["0:0:0:0:0:0:100:9c", "1:0:0:0:0:0:0:9c",
+                                  "0:0:0:0:0:0:100:0"])
+def test_vxlan_ids_above_24_bits_are_refused(host, text):
+    """The VNI is the id: a larger id would share the VNI of its low 24 bits with
+    that vnet on another host (0:0:0:0:0:0:100:9c here, 9c there: both VNI 156)."""
+    errno, message = err(execute(host, f"(vnet.add (id {text}) (data-path vxlan))"))
+    assert errno == EINVAL and "a VXLAN VNI is 24 bits" in message, message
+    assert VnetId.parse(text).canonical in message and "data-path vnetd" in message
+    assert not host.vxlan_created and not host.created
+
+
+def test_vxlan_ids_up_to_24_bits_are_accepted(host):
+    assert execute(host, "(vnet.add (id 0:0:0:0:0:0:ff:ffff) (vnetif vx1) "
+                         "(data-path vxlan))") == ""
+    assert execute(host, "(vnet.add (id 0:0:0:0:0:0:1:9c) (vnetif vx2) (data-path vxlan))") == ""
+    assert [v.vni for v in host.vxlan] == [0x1009c, 0xffffff]
 
 
 def test_same_low_bits_on_the_engine_data_path_are_fine(host):

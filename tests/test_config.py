@@ -164,6 +164,10 @@ def test_data_path_default_and_values():
      "neither authenticates nor encrypts"),
     ("(vnet (id 97) (security conf) (key-file /k) (data-path vxlan))",
      "vxlan cannot carry a 'conf' vnet"),
+    # The VNI is the id, 24 bits: 0:..:100:9c would share VNI 156 with vnet 9c.
+    ("(vnet (id 0:0:0:0:0:0:100:9c) (data-path vxlan))",
+     "vxlan cannot carry vnet 0:0:0:0:0:0:100:9c: its VNI is the id, and a VNI is 24 bits"),
+    ("(vnet (id 1:0:0:0:0:0:0:9c) (data-path vxlan))", "share VNI 156 with vnet 9c"),
 ])
 def test_bad_data_path_names_the_field(text, reason):
     with pytest.raises(ConfigError) as info:
@@ -174,3 +178,9 @@ def test_bad_data_path_names_the_field(text, reason):
 def test_secured_vnet_on_the_engine_data_path_is_fine():
     c = cfg("(vnet (id 98) (security conf) (key-file /etc/xen/k) (data-path vnetd))")
     assert (c.security, c.data_path) == ("conf", "vnetd")
+
+
+def test_vxlan_ids_up_to_24_bits_and_larger_ids_on_the_engine_data_path():
+    assert cfg("(vnet (id 0:0:0:0:0:0:ff:ffff) (data-path vxlan))").data_path == "vxlan"
+    assert cfg("(vnet (id 0:0:0:0:0:0:100:9c))").data_path == "vnetd"
+    assert cfg("(vnet (id 0:0:0:0:0:0:100:9c) (data-path vnetd))").data_path == "vnetd"

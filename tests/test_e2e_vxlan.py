@@ -92,6 +92,8 @@ def _device(ifname: str) -> dict | None:
             "mtu": link.get_attr("IFLA_MTU"),
             "master": ipr.link("get", index=master)[0].get_attr("IFLA_IFNAME") if master
             else None,
+            "alias": link.get_attr("IFLA_IFALIAS"),
+            "up": bool(link["flags"] & 1),          # IFF_UP
             "kinds": sorted({(lk.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND")
                               if lk.get_attr("IFLA_LINKINFO") is not None else "")
                              for lk in ipr.get_links()}),
@@ -138,8 +140,9 @@ class World:
         for name, (host, addr) in DOMAINS.items():
             self.ns[name] = lab.domain(name, self.ns[host], "vnet9c", addr, mtu=VXLAN_MTU)
 
-    def start(self, host: str):
-        return self.lab.start_vnetd(self.ns[host], "--no-default-vnets", "-f", self.files[host])
+    def start(self, host: str, *extra: str):
+        return self.lab.start_vnetd(self.ns[host], "--no-default-vnets", "-f", self.files[host],
+                                    *extra)
 
     def device(self, host: str, ifname: str = "vnif009c") -> dict | None:
         return call_in_netns(self.ns[host], _device, ifname)
@@ -238,10 +241,10 @@ def test_refusals(world):
     errno, message = world.error("a", "(vnet.add (id 9d) (security conf) "
                                       "(key-file /etc/xen/k) (data-path vxlan))")
     assert errno == 22 and "neither authenticates nor encrypts" in message
-    # Another id with the same low 24 bits would share VNI 156.
+    # An id above 24 bits would share VNI 156 with vnet 9c on another host.
     errno, message = world.error("a", "(vnet.add (id 0:0:0:0:0:0:100:9c) (vnetif vx2) "
                                       "(data-path vxlan))")
-    assert errno == 17 and "VNI 156" in message and V9C in message
+    assert errno == 22 and "VNI is 24 bits" in message and "share VNI 156" in message
     # Ids and names are unique across both data paths.
     assert world.error("a", "(vnet.add (id 9c))")[0] == 17
     assert world.error("a", "(vnet.add (id 98) (vnetif vnif009c))")[0] == 17
@@ -251,6 +254,23 @@ def test_refusals(world):
     errno, message = world.error("a", "(vnet.add (id 9d) (vnetif eth0) (data-path vxlan))")
     assert errno == 17 and "not a VXLAN device" in message
     assert "9d" not in " ".join(world.listed("a"))
+
+
+def test_an_admins_own_vxlan_device_is_never_taken_over(world):
+    """Same name, VNI and port, but not tagged as ours: refused, left as it was."""
+    lab, ns = world.lab, world.ns["a"]
+    lab.ns_sh(ns, "ip", "link", "add", "vnif009d", "type", "vxlan", "id", "157", "group",
+              "239.1.1.1", "dev", "eth0", "dstport", "4789")
+    try:
+        errno, message = world.error("a", "(vnet.add (id 9d) (data-path vxlan))")
+        assert errno == 17 and "VXLAN device that is not ours" in message, message
+        dev = world.device("a", "vnif009d")
+        assert (dev["group"], dev["flood"]) == ("239.1.1.1", ["239.1.1.1"])
+        assert "9d" not in " ".join(world.listed("a"))
+    finally:
+        lab.ns_sh(ns, "ip", "link", "del", "vnif009d")
+    # Ours carry an alias naming the vnet.
+    assert world.device("a")["alias"] == f"xend-vnet vnet {V9C}"
 
 
 def test_other_subnet_unreachable_before_peering(world):
@@ -285,15 +305,23 @@ def test_peer_del_stops_it(world):
 
 
 def test_group_change_applies_to_the_device(world):
+    world.vn("a", "peer-add", "198.51.100.3")
     for host in ("a", "b"):
         world.vnetd[host].call(["varp.mcaddr", ["addr", "224.10.0.7"]])
-    assert world.device("a")["group"] == "224.10.0.7"
+    dev = world.device("a")
+    assert dev["group"] == "224.10.0.7"
+    # Set down, changed and set up again (every kernel rejoins): still on its
+    # bridge, up, with its flood entry for the peer.
+    assert (dev["master"], dev["up"]) == ("vnet9c", True)
+    assert dev["flood"] == sorted(["224.10.0.7", "198.51.100.3"])
     assert world.listed("a")[V9C]["group"] == "224.10.0.7"
     world.forget_neighbours()
     assert world.pings("da", "db")
     for host in ("a", "b"):
         world.vnetd[host].call(["varp.mcaddr", ["addr", GROUP]])
     assert world.device("b")["group"] == GROUP
+    world.vn("a", "peer-delete", "198.51.100.3")
+    assert world.device("a")["flood"] == [GROUP]
 
 
 def test_vnet_del_removes_the_device(world):
@@ -327,9 +355,44 @@ def test_restart_from_the_startup_file(world):
     lab.ns_sh(world.ns["b"], "ip", "link", "del", "vnif009c")
     wait_for(lambda: world.device("b"), timeout=15, what="vnif009c to come back")
     assert "deleted from outside; recreated" in world.vnetd["b"].log()
+    lab.enslave(world.ns["b"], "vnif009c", "vnet9c")
 
 
-def test_xend_vnet_create_refuses_secured_vxlan_and_keeps_the_key(world):
+def test_restart_with_another_vxlan_port_remakes_our_device(world):
+    """Ours (tagged) with another port is deleted and made again, on its bridge."""
+    world.vnetd["b"].stop()
+    world.vnetd["b"] = world.start("b", "--vxlan-port", "4790")
+    dev = world.device("b")
+    assert (dev["port"], dev["vni"], dev["master"], dev["alias"]) == (
+        4790, 0x9c, "vnet9c", f"xend-vnet vnet {V9C}")
+    world.vnetd["b"].stop()
+    world.vnetd["b"] = world.start("b")
+    dev = world.device("b")
+    assert (dev["port"], dev["master"]) == (4789, "vnet9c")
+    world.forget_neighbours()
+    assert wait_for(lambda: world.pings("da", "db", count=2), timeout=20,
+                    what="da to reach db after the port changes")
+
+
+def test_mcast_ttl_0_refuses_vxlan_vnets(world):
+    """TTL 0 keeps group traffic on the host: a VXLAN device cannot do that."""
+    world.vnetd["b"].stop()
+    world.vnetd["b"] = world.start("b", "--mcast-ttl", "0")
+    try:
+        assert V9C not in world.listed("b")     # the startup file's vnet.add was refused
+        assert "multicast TTL is 0" in world.vnetd["b"].log()
+        errno, message = world.error("b", "(vnet.add (id 9e) (data-path vxlan))")
+        assert errno == 22 and "multicast TTL is 0" in message
+        assert world.device("b", "vnif009e") is None
+        # The device the last run left stays (like a TAP), untouched.
+        assert world.device("b")["master"] == "vnet9c"
+    finally:
+        world.vnetd["b"].stop()
+        world.vnetd["b"] = world.start("b")
+    assert world.listed("b")[V9C]["data-path"] == "vxlan"
+
+
+def test_xend_vnet_create_refuses_secured_vxlan_and_keeps_unknown_keys(world):
     lab, ns = world.lab, world.ns["a"]
     sock = os.path.join(lab.tmp, "xend.sock")
     state = os.path.join(lab.tmp, "state")
@@ -364,7 +427,7 @@ def test_xend_vnet_create_refuses_secured_vxlan_and_keeps_the_key(world):
         out = call_in_netns(ns, session)
         assert out["fault"][0] == 2
         assert "data-path" in out["fault"][1] and "neither authenticates" in out["fault"][1]
-        assert out["config"] == sxp.parse_one(config)      # verbatim, key included
+        assert out["config"] == sxp.parse_one(config)   # verbatim, with the unknown (note kept)
         dev = world.device("a", "vnif009f")
         assert (dev["kind"], dev["vni"], dev["master"]) == ("vxlan", 0x9f, "vnet9f")
         assert world.listed("a")["0000:0000:0000:0000:0000:0000:0000:009f"][

@@ -5,8 +5,11 @@ import pytest
 from xend_vnet.kernel_shim.vxlan_table import (
     VxlanTable,
     VxlanVnet,
+    device_alias,
     flood_changes,
+    id_problem,
     kernel_ttl,
+    ttl_problem,
     vni_of,
     vxlan_mtu,
 )
@@ -28,6 +31,22 @@ def test_vni_is_the_low_24_bits():
     assert vni_of(VnetId.parse("1:0:0:0:0:0:0:9c")) == 0x9c
 
 
+def test_only_ids_of_24_bits_can_use_vxlan():
+    for text in ("9c", "ffff", "0:0:0:0:0:0:ff:ffff", "0:0:0:0:0:0:12:3456"):
+        assert id_problem(VnetId.parse(text)) is None, text
+    for text in ("0:0:0:0:0:0:100:9c", "0:0:0:0:0:0:1234:5678", "1:0:0:0:0:0:0:9c",
+                 "0:0:0:0:0:0:100:0"):
+        problem = id_problem(VnetId.parse(text))
+        assert problem and "24 bits" in problem and VnetId.parse(text).canonical in problem
+    assert "share VNI 156 with vnet 9c" in id_problem(VnetId.parse("0:0:0:0:0:0:100:9c"))
+
+
+def test_device_alias_names_the_vnet():
+    assert device_alias(VnetId.parse("9c")) == (
+        "xend-vnet vnet 0000:0000:0000:0000:0000:0000:0000:009c")
+    assert len(device_alias(VnetId.parse("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"))) < 128
+
+
 def test_mtu_fits_the_underlay():
     assert vxlan_mtu(1500, 1500) == 1450
     assert vxlan_mtu(1400, 1500) == 1400
@@ -37,6 +56,12 @@ def test_mtu_fits_the_underlay():
 def test_ttl_1_stays_automatic_so_peers_behind_routers_are_reached():
     assert kernel_ttl(1) == 0 and kernel_ttl(0) == 0
     assert kernel_ttl(4) == 4
+
+
+def test_ttl_0_cannot_be_honoured_by_the_kernel():
+    """TTL 0 keeps group traffic on the host; the device's ttl 0 is automatic (1)."""
+    assert "multicast TTL is 0" in ttl_problem(0)
+    assert ttl_problem(1) is None and ttl_problem(255) is None
 
 
 def test_flood_changes():

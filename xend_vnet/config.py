@@ -24,6 +24,8 @@ SECURITY_LEVELS = ("none", "auth", "conf")
 # vxlan: the kernel's VXLAN device does, between new hosts only (docs/vxlan.md).
 DATA_PATHS = ("vnetd", "vxlan")
 SECURED_LEVELS = ("auth", "conf")
+# The VXLAN VNI is the vnet id, and a VNI is 24 bits (docs/vxlan.md).
+VXLAN_MAX_ID = 0xFFFFFF
 # management.md 3.1: the legacy docs promised "at most 14" characters.
 NAME_WARN_LENGTH = 14
 class ConfigError(ValueError):
@@ -135,6 +137,12 @@ class VnetConfig:
                 "data-path", f"vxlan cannot carry a {security!r} vnet: the kernel VXLAN "
                 "device neither authenticates nor encrypts; use (data-path vnetd) or "
                 "(security none)")
+        if data_path == "vxlan" and vid.value > VXLAN_MAX_ID:
+            raise ConfigError(
+                "data-path", f"vxlan cannot carry vnet {id_text}: its VNI is the id, and a "
+                "VNI is 24 bits, so only ids up to 0:0:0:0:0:0:ff:ffff can use it (a larger "
+                f"id would share VNI {vid.value & VXLAN_MAX_ID} with vnet "
+                f"{vid.value & VXLAN_MAX_ID:x}); use (data-path vnetd) or a smaller id")
         return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file, data_path)
 
     @classmethod

@@ -70,6 +70,11 @@ class VnetId:
         return tuple((r[i] << 8) | r[i + 1] for i in range(0, 16, 2))
 
     @property
+    def value(self) -> int:
+        """The id as one 128-bit number."""
+        return int.from_bytes(self.raw, "big")
+
+    @property
     def last_field(self) -> int:
         return (self.raw[14] << 8) | self.raw[15]
 

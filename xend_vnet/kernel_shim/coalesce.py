@@ -189,44 +189,40 @@ def merge(first: _Segment, frames: list[bytes], psh: int) -> bytes:
     return b"".join((vnet_hdr, header, payload))
 
 
-def coalesce(actions: list) -> tuple[list, int]:
+def coalesce(actions: list, max_frame: int = MAX_FRAME) -> tuple[list, int]:
     """``actions`` with each run of adjacent ``DeliverFrame`` that GRO would merge
     (same vnet) replaced by one ``DeliverOffload``, everything in its order;
-    and how many frames were merged."""
+    and how many frames were merged.  A frame longer than ``max_frame`` (the
+    vnet's MTU) is never merged, so the writer still refuses it."""
     out: list = []
     merged = 0
     run: _Run | None = None
-    for action in actions:
-        if action.__class__ is DeliverFrame:
-            frame = action.frame
-            if run is not None and action.vid == run.vid and run.takes(frame):
-                run.add(frame)
-                if run.ended():
-                    merged += _close(run, out)
-                    run = None
-                continue
-            if run is not None:
-                merged += _close(run, out)
-                run = None
-            seg = parse_segment(frame)
-            if seg is not None and checksums_ok(frame, seg.l3, seg.l4, seg.v6):
-                run = _Run(action.vid, seg)
-                if run.ended():
-                    merged += _close(run, out)
-                    run = None
-                continue
-            # Not mergeable, or corrupt: the domain's stack drops it, as it would have.
-        elif run is not None:
-            merged += _close(run, out)
+
+    def close() -> None:
+        nonlocal run, merged
+        if run is not None:
+            out.append(run.action())
+            if len(run.frames) > 1:
+                merged += len(run.frames)
             run = None
-        out.append(action)
-    if run is not None:
-        merged += _close(run, out)
+
+    for action in actions:
+        if action.__class__ is not DeliverFrame:
+            close()
+            out.append(action)
+            continue
+        frame = action.frame
+        if run is not None and action.vid == run.vid and run.takes(frame):
+            run.add(frame)
+        else:
+            close()
+            seg = parse_segment(frame) if len(frame) <= max_frame else None
+            if seg is None or not checksums_ok(frame, seg.l3, seg.l4, seg.v6):
+                # Not mergeable, or corrupt: the domain's stack drops it, as it would have.
+                out.append(action)
+                continue
+            run = _Run(action.vid, seg)
+        if run.ended():
+            close()
+    close()
     return out, merged
-
-
-def _close(run: _Run, out: list) -> int:
-    """Append the run's action; how many frames it merged."""
-    out.append(run.action())
-    n = len(run.frames)
-    return n if n > 1 else 0

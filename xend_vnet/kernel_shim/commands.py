@@ -21,7 +21,7 @@ from . import listing
 from .codec import is_multicast, parse_ipv4, parse_mac
 from .core import EngineCore
 from .security import keys
-from .vxlan_table import DATA_PATHS, VxlanTable, vni_of
+from .vxlan_table import DATA_PATHS, VxlanTable, id_problem
 
 ENOENT = _errno.ENOENT   # 2
 EIO = _errno.EIO         # 5
@@ -63,7 +63,8 @@ class EngineHost(Protocol):
         its device."""
 
     def peers_changed(self) -> None:
-        """Make every VXLAN vnet's flood entries match ``core.peers``."""
+        """Make every VXLAN vnet's flood entries match ``core.peers``; never
+        raises: a failure is logged and retried at the periodic refresh."""
 
     def set_mcaddr(self, addr: str, ttl: int | None) -> None:
         """Leave the old group, join ``addr``, ``core.set_mcaddr``."""
@@ -241,17 +242,15 @@ def _vnet_add(host: EngineHost, form: list) -> str:
 
 
 def _add_vxlan(host: EngineHost, form: list, vid: VnetId, ifname: str, security: str) -> None:
+    problem = id_problem(vid)      # the VNI is the id: 24 bits, never shared
+    if problem:
+        raise CommandError(EINVAL, f"vnet.add: {problem}")
     if security != "none":
         raise CommandError(EINVAL, f"vnet.add: security {security} cannot use data-path "
                            "vxlan: the kernel VXLAN device neither authenticates nor "
                            "encrypts; use data-path vnetd for a secured vnet")
     if sxp.child(form, "key-file") is not None:
         raise CommandError(EINVAL, "vnet.add: (key-file ...) is only for security auth or conf")
-    other = host.vxlan.vni_owner(vni_of(vid))
-    if other is not None:
-        raise CommandError(EEXIST, f"vnet.add: vnet {vid.canonical} would have VXLAN VNI "
-                           f"{other.vni} (the id's low 24 bits), already used by vnet "
-                           f"{other.vid.canonical}")
     host.create_vxlan_vnet(vid, ifname)
 
 

@@ -65,17 +65,21 @@ from .vxlan import (
     VxlanError,
     VxlanSpec,
     delete_vxlan,
+    link_indexes,
+    netlink,
     open_vxlan,
     set_group,
     sync_flood,
-    vxlan_exists,
+    sync_floods,
 )
 from .vxlan_table import (
     DEFAULT_VXLAN_PORT,
     MIN_MTU,
     VxlanTable,
     VxlanVnet,
+    device_alias,
     kernel_ttl,
+    ttl_problem,
     vni_of,
     vxlan_mtu,
 )
@@ -281,6 +285,7 @@ class Vnetd:
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
         self.vxlan = VxlanTable(opts.vxlan_port)   # vnets on the kernel data path
+        self.flood_sync_pending = False   # a flood-entry sync failed: retried at refresh
         self.lost_taps: dict[VnetId, str] = {}     # deleted from outside, to recreate
         self.udp: EngineSocket | None = None
         self.raw: RawSender | None = None
@@ -323,7 +328,7 @@ class Vnetd:
                     key: bytes | None) -> None:
         """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
         try:
-            # Offloads at every security level unless --no-offload (fastpath.py).
+            # Offloads at every security level unless --no-tap-offload (fastpath.py).
             tap = open_tap(ifname, self.opts.mtu, self.tap_offload)
         except TapError as e:
             raise CommandError(e.errno, e.message) from None
@@ -416,11 +421,15 @@ class Vnetd:
 
     def _vxlan_spec(self, vnet: VxlanVnet) -> VxlanSpec:
         return VxlanSpec(vnet.ifname, vnet.vni, self.core.mcaddr, self.vxlan.port,
-                         kernel_ttl(self.udp.mcast_ttl), self.device, vnet.mtu)
+                         kernel_ttl(self.udp.mcast_ttl), self.device, vnet.mtu,
+                         device_alias(vnet.vid))
 
     def create_vxlan_vnet(self, vid: VnetId, ifname: str) -> None:
         """Create (or take over) the vnet's kernel VXLAN device with a flood
         entry per peer; the core never sees this vnet's frames."""
+        problem = ttl_problem(self.udp.mcast_ttl)
+        if problem:
+            raise CommandError(errno.EINVAL, f"vnet.add: vnet {vid.canonical}: {problem}")
         mtu = vxlan_mtu(self.opts.mtu, self.underlay_mtu)
         if mtu < MIN_MTU:
             raise CommandError(errno.EINVAL, f"vnet.add: the underlay MTU {self.underlay_mtu} "
@@ -437,7 +446,7 @@ class Vnetd:
                 sync_flood(ifname, spec.group, self._peer_addresses())
             except VxlanError:
                 if created:
-                    delete_vxlan(ifname)
+                    delete_vxlan(ifname, spec.alias)
                 raise
         except VxlanError as e:
             self.vxlan.remove(vid)
@@ -451,7 +460,9 @@ class Vnetd:
     def _delete_vxlan_vnet(self, vid: VnetId) -> None:
         ifname = self.vxlan.get(vid).ifname
         try:
-            delete_vxlan(ifname)
+            if not delete_vxlan(ifname, device_alias(vid)):
+                log.warning("vnet %s: no VXLAN device of ours named %s to delete", vid.canonical,
+                            ifname)
         except VxlanError as e:
             raise CommandError(e.errno, f"vnet.del: {e.message}") from None
         self.vxlan.remove(vid)
@@ -460,23 +471,25 @@ class Vnetd:
     def _peer_addresses(self) -> list[str]:
         return [p.addr for p in self.core.peers]
 
-    def peers_changed(self) -> None:
+    def peers_changed(self, ipr=None, links: dict[str, int] | None = None) -> None:
         """Give every VXLAN vnet a flood entry per peer, and only those: the
-        kernel sends floods to each peer directly (there is no VFWD relay)."""
-        peers = self._peer_addresses()
-        failed = []
+        kernel sends floods to each peer directly (there is no VFWD relay).
+        A failure leaves the peer change in place: it is logged and the sync
+        is retried at every refresh until it succeeds."""
+        changes, failed = sync_floods([v.ifname for v in self.vxlan], self.core.mcaddr,
+                                      self._peer_addresses(), ipr, links)
         for vnet in self.vxlan:
-            try:
-                added, removed = sync_flood(vnet.ifname, self.core.mcaddr, peers)
-            except VxlanError as e:
-                failed.append(e.message)
-                continue
+            added, removed = changes.get(vnet.ifname, ((), ()))
             for dst in added:
                 log.info("vnet %s: floods also go to peer %s", vnet.vid.canonical, dst)
             for dst in removed:
                 log.info("vnet %s: floods no longer go to %s", vnet.vid.canonical, dst)
-        if failed:
-            raise CommandError(errno.EIO, "; ".join(failed))
+        if failed and not self.flood_sync_pending:
+            log.warning("VXLAN flood entries not in line with the peers (retried at each "
+                        "refresh): %s", "; ".join(e.message for e in failed))
+        elif self.flood_sync_pending and not failed:
+            log.info("VXLAN flood entries in line with the peers again")
+        self.flood_sync_pending = bool(failed)
 
     def _move_vxlan_group(self, addr: str) -> None:
         """A new group applies to the VXLAN vnets too (the kernel rejoins)."""
@@ -484,7 +497,7 @@ class Vnetd:
         failed = []
         for vnet in self.vxlan:
             try:
-                set_group(vnet.ifname, addr, ttl)
+                set_group(vnet.ifname, device_alias(vnet.vid), addr, ttl)
             except VxlanError as e:
                 failed.append(e.message)
         if failed:
@@ -492,19 +505,30 @@ class Vnetd:
                                + "; ".join(failed))
 
     def _recreate_lost_vxlan(self) -> None:
-        """A VXLAN device deleted from outside is made again, like a lost TAP."""
-        for vnet in self.vxlan:
-            spec = self._vxlan_spec(vnet)
+        """A VXLAN device deleted from outside is made again, like a lost TAP,
+        and flood entries a failure left behind are synced again: one IPRoute,
+        one link dump (and one FDB dump when entries need a sync) per refresh."""
+        with netlink() as ipr:
             try:
-                if vxlan_exists(vnet.ifname) or not open_vxlan(spec):
-                    continue
-                sync_flood(vnet.ifname, spec.group, self._peer_addresses())
+                present = link_indexes(ipr)
             except VxlanError as e:
-                log.warning("vnet %s: cannot recreate %s yet: %s", vnet.vid.canonical,
-                            vnet.ifname, e.message)
-                continue
-            log.warning("vnet %s: VXLAN device %s was deleted from outside; recreated",
-                        vnet.vid.canonical, vnet.ifname)
+                log.warning("cannot check the VXLAN devices: %s", e.message)
+                return
+            sync = self.flood_sync_pending
+            for vnet in self.vxlan:
+                if vnet.ifname in present:
+                    continue
+                try:
+                    open_vxlan(self._vxlan_spec(vnet), ipr)
+                except VxlanError as e:
+                    log.warning("vnet %s: cannot recreate %s yet: %s", vnet.vid.canonical,
+                                vnet.ifname, e.message)
+                    continue
+                sync = True
+                log.warning("vnet %s: VXLAN device %s was deleted from outside; recreated",
+                            vnet.vid.canonical, vnet.ifname)
+            if sync:
+                self.peers_changed(ipr, present)
 
     def status(self) -> list:
         """Children of the (engine.status) reply (design.md 6)."""
@@ -709,22 +733,33 @@ class Vnetd:
                 self._refresh(now)
 
     def _on_udp(self, _mask: int, now: float) -> None:
-        """A batch of datagrams; with TAP offloads, the frames it delivers are
-        coalesced like GRO would (coalesce.py) before they are written."""
+        """A batch of receives.  With TAP offloads, the frames of a UDP_GRO train,
+        or of single datagrams read in a row, are coalesced like GRO would
+        (coalesce.py) before they are written; a train is written before the
+        next receive is looked at, so nothing waits for the whole batch."""
         receive = self.core.receive_udp
         receive_train = self.core.receive_train
-        actions: list = []
+        pending: list = []       # actions of single datagrams, not yet performed
         for payload, src, dst, gso in self.udp.recv_batch(BATCH):
             try:
                 if gso:
-                    actions += receive_train(payload, gso, src, dst, now)
+                    self._deliver_batch(pending)
+                    pending = []
+                    self._deliver_batch(receive_train(payload, gso, src, dst, now))
                 else:
-                    actions += receive(payload, src, dst, now)
+                    pending += receive(payload, src, dst, now)
             except Exception:  # noqa: BLE001 -- one bad datagram must not stop the engine
                 self._engine_error("datagram from " + src)
+        self._deliver_batch(pending)
+
+    def _deliver_batch(self, actions: list) -> None:
         if len(actions) > 1 and self.tap_offload:
-            actions, merged = coalesce(actions)
-            self.coalesced += merged
+            try:
+                actions, merged = coalesce(actions, self.max_frame)
+            except Exception:  # noqa: BLE001 -- then the frames go unmerged
+                self._engine_error("batch to coalesce", "written unmerged")
+            else:
+                self.coalesced += merged
         if actions:
             self._perform(actions)
 
@@ -850,24 +885,28 @@ class Vnetd:
         underlay go with one sendmsg each (UDP_SEGMENT), others one by one."""
         payloads = action.payloads
         size = len(payloads[0])
-        addr = (action.dst_ip, self.udp.port)
+        at = 0
         if size + UDP_IP_OVERHEAD <= self.underlay_mtu and self._udp_segment_works:
             per_send = min(SEGMENTS_PER_SEND, BYTES_PER_SEND // size)
-            try:
-                for at in range(0, len(payloads), per_send):
-                    self.udp.send_segments(payloads[at:at + per_send], action.dst_ip, size)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
-                    self._io_error("udp_send_", e)
-                    return
-                # A kernel without UDP_SEGMENT, or a device that refuses it.
-                log.warning("UDP_SEGMENT refused (%s): plain trains go one datagram "
-                            "at a time", e.strerror)
-                self._udp_segment_works = False
-                payloads = payloads[at:]
+            send = self.udp.send_segments
+            while at < len(payloads):
+                chunk = payloads[at:at + per_send]
+                try:
+                    send(chunk, action.dst_ip, size)
+                except OSError as e:
+                    if e.errno == errno.EINVAL or e.errno == errno.EMSGSIZE:
+                        break     # the path to it is narrower: this train one by one
+                    if e.errno in (errno.ENOPROTOOPT, errno.EIO):
+                        log.warning("UDP_SEGMENT refused (%s): plain trains go one "
+                                    "datagram at a time", e.strerror)
+                        self._udp_segment_works = False
+                        break
+                    for _ in chunk:
+                        self._io_error("udp_send_", e)
+                at += len(chunk)
         sendto = self.udp.send_to
-        for payload in payloads:
+        addr = (action.dst_ip, self.udp.port)
+        for payload in payloads[at:]:
             try:
                 sendto(payload, addr)
             except OSError as e:
@@ -893,13 +932,13 @@ class Vnetd:
     def _io_drop(self, reason: str) -> None:
         self.io_dropped[reason] = self.io_dropped.get(reason, 0) + 1
 
-    def _engine_error(self, what: str) -> None:
+    def _engine_error(self, what: str, outcome: str = "dropped") -> None:
         """Count a core failure; log the first of each second with its traceback."""
         self._io_drop("engine_error")
         now = time.monotonic()
         if now >= self._next_error_log:
             self._next_error_log = now + DROP_LOG_INTERVAL
-            log.exception("engine error on a %s (dropped)", what)
+            log.exception("engine error on a %s (%s)", what, outcome)
 
     # -- periodic work -------------------------------------------------------------
 

@@ -1,12 +1,20 @@
 """The kernel VXLAN device of a vnet, through pyroute2 (issue 7, docs/vxlan.md).
 
 The engine owns the device as it owns TAPs (tap.py): it is created when
-its name is free, and an existing device of that name is taken over only
-if it is a VXLAN device with the vnet's VNI and port (the one an earlier
-run of the engine left; devices stay when the engine stops, like TAPs).
-A name held by anything else is refused (design.md 4).  Flood entries for
-peers are all-zeros FDB entries, one per peer, beside the kernel's own
-entry for the multicast group.  What to set is decided in vxlan_table.py.
+its name is free and tagged with an interface alias naming the vnet
+(``vxlan_table.device_alias``).  An existing device of that name is taken
+over only if it carries that tag (the one an earlier run of the engine
+left; devices stay when the engine stops, like TAPs); a tagged device
+whose VNI or port differ (a restart with another ``--vxlan-port``) is
+made again.  A name held by anything else, an untagged VXLAN device
+included, is refused (design.md 4).  A change of group or underlay is
+made while the device is down, so that every kernel leaves the old group
+and joins the new one when it comes up again.  Flood entries for peers are
+all-zeros FDB entries, one per peer, beside the kernel's own entry for the
+multicast group.  What to set is decided in vxlan_table.py.
+
+Each public function takes an optional ``ipr``: the daemon's refresh passes
+one IPRoute to the whole pass; without it, the function opens its own.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -22,6 +32,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .vxlan_table import flood_changes
 
 ALL_ZEROS = "00:00:00:00:00:00"
+# pyroute2 keyword -> IFLA_VXLAN_* attribute, for the settings taken over
+_SETTINGS = {"vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
+             "vxlan_link": "IFLA_VXLAN_LINK"}
+# Applied while the device is down: the kernel joins the group when it opens.
+_REJOIN = ("vxlan_group", "vxlan_link")
 
 
 class VxlanError(Exception):
@@ -44,6 +59,21 @@ class VxlanSpec:
     ttl: int          # 0: the kernel's automatic TTL (vxlan_table.kernel_ttl)
     device: str       # the underlay interface: the group is joined on it
     mtu: int
+    alias: str        # our tag (vxlan_table.device_alias)
+
+
+def netlink() -> IPRoute:
+    """One netlink socket for several calls (``with netlink() as ipr``)."""
+    return IPRoute()
+
+
+@contextmanager
+def _netlink(ipr: IPRoute | None) -> Iterator[IPRoute]:
+    if ipr is not None:
+        yield ipr
+    else:
+        with IPRoute() as own:
+            yield own
 
 
 def _failure(what: str, e: NetlinkError) -> VxlanError:
@@ -67,10 +97,49 @@ def _kind_and_data(link) -> tuple[str, object]:
     return info.get_attr("IFLA_INFO_KIND") or "device", info.get_attr("IFLA_INFO_DATA")
 
 
-def open_vxlan(spec: VxlanSpec) -> bool:
+def _ours(link, ifname: str, alias: str):
+    """The VXLAN data of ``link`` when it is our device (tagged ``alias``);
+    VxlanError EEXIST for any other device (design.md 4)."""
+    kind, data = _kind_and_data(link)
+    if kind != "vxlan" or data is None:
+        raise VxlanError(errno.EEXIST, f"interface {ifname} exists and is a {kind}, "
+                         "not a VXLAN device")
+    found = link.get_attr("IFLA_IFALIAS")
+    if found != alias:
+        tag = f"alias {found!r}" if found else "no alias"
+        raise VxlanError(errno.EEXIST, f"interface {ifname} exists and is a VXLAN device "
+                         f"that is not ours ({tag}, not {alias!r}): the engine takes over "
+                         "only the devices it made; delete it or give the vnet another "
+                         "vnetif")
+    return data
+
+
+def _apply(ipr: IPRoute, link, data, **wanted) -> None:
+    """Give the device the ``wanted`` settings (pyroute2 keywords of
+    ``_SETTINGS``).  A new group or underlay is set while the device is down:
+    only kernels with commit d42d54336834 (6.14) leave and join groups on a
+    live change, every kernel joins when the device comes up.  The device
+    keeps its bridge and its flood entries (ours are permanent)."""
+    changes = {k: v for k, v in wanted.items() if data.get_attr(_SETTINGS[k]) != v}
+    if not changes:
+        return
+    index = link["index"]
+    if not any(k in changes for k in _REJOIN):
+        ipr.link("set", index=index, kind="vxlan", **changes)
+        return
+    ipr.link("set", index=index, state="down")
+    try:
+        ipr.link("set", index=index, kind="vxlan", **changes)
+    finally:
+        ipr.link("set", index=index, state="up")
+
+
+def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
     """Create or take over the device of ``spec``, set its MTU and bring it up;
     True when this call created it (a later failure removes it again)."""
-    with IPRoute() as ipr:
+    with _netlink(ipr) as ipr:
+        created = False
+        what = "create"
         try:
             found = ipr.link_lookup(ifname=spec.device) if spec.device else []
             if not found:
@@ -79,46 +148,41 @@ def open_vxlan(spec: VxlanSpec) -> bool:
                                  "is joined on (vnetd --device)")
             dev_index = found[0]
             link = _link(ipr, spec.ifname)
-            created = link is None
-            if created:
+            master = None
+            if link is not None:
+                data = _ours(link, spec.ifname, spec.alias)
+                what = "take over"
+                if (data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT")) == (
+                        spec.vni, spec.port):
+                    _apply(ipr, link, data, vxlan_group=spec.group, vxlan_ttl=spec.ttl,
+                           vxlan_link=dev_index)
+                else:
+                    # Ours, from a run with another --vxlan-port: made again, on its bridge.
+                    master = link.get_attr("IFLA_MASTER")
+                    ipr.link("del", index=link["index"])
+                    link = None
+                    what = "create"
+            if link is None:
                 ipr.link("add", ifname=spec.ifname, kind="vxlan", vxlan_id=spec.vni,
                          vxlan_group=spec.group, vxlan_port=spec.port, vxlan_link=dev_index,
                          vxlan_ttl=spec.ttl, vxlan_learning=1, mtu=spec.mtu)
-            else:
-                _take_over(ipr, link, spec, dev_index)
-        except NetlinkError as e:
-            raise _failure(f"cannot create VXLAN device {spec.ifname}", e) from None
-        try:
+                created = True
+                # The kernel ignores IFLA_IFALIAS in a link creation: set it now.
+                index = ipr.link_lookup(ifname=spec.ifname)[0]
+                ipr.link("set", index=index, ifalias=spec.alias)
+                if master:
+                    ipr.link("set", index=index, master=master)
             index = ipr.link_lookup(ifname=spec.ifname)[0]
             ipr.link("set", index=index, mtu=spec.mtu, state="up")
-        except (NetlinkError, IndexError) as e:
+        except (NetlinkError, IndexError, VxlanError) as e:
             if created:
                 _delete(ipr, spec.ifname)
+            if isinstance(e, VxlanError):
+                raise
             if isinstance(e, IndexError):
                 raise VxlanError(errno.ENODEV, f"VXLAN device {spec.ifname} vanished") from None
-            raise _failure(f"cannot configure VXLAN device {spec.ifname}", e) from None
+            raise _failure(f"cannot {what} VXLAN device {spec.ifname}", e) from None
     return created
-
-
-def _take_over(ipr: IPRoute, link, spec: VxlanSpec, dev_index: int) -> None:
-    """Take over our own device from an earlier run; refuse any other (design.md 4)."""
-    kind, data = _kind_and_data(link)
-    if kind != "vxlan" or data is None:
-        raise VxlanError(errno.EEXIST, f"interface {spec.ifname} exists and is a {kind}, "
-                         "not a VXLAN device")
-    vni, port = data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT")
-    if (vni, port) != (spec.vni, spec.port):
-        raise VxlanError(errno.EEXIST, f"interface {spec.ifname} exists and is a VXLAN device "
-                         f"with VNI {vni} port {port}, not VNI {spec.vni} port {spec.port}")
-    changes = {}
-    if data.get_attr("IFLA_VXLAN_GROUP") != spec.group:
-        changes["vxlan_group"] = spec.group
-    if data.get_attr("IFLA_VXLAN_TTL") != spec.ttl:
-        changes["vxlan_ttl"] = spec.ttl
-    if data.get_attr("IFLA_VXLAN_LINK") != dev_index:
-        changes["vxlan_link"] = dev_index
-    if changes:
-        ipr.link("set", index=link["index"], kind="vxlan", **changes)
 
 
 def _delete(ipr: IPRoute, ifname: str) -> bool:
@@ -132,53 +196,103 @@ def _delete(ipr: IPRoute, ifname: str) -> bool:
     return False
 
 
-def delete_vxlan(ifname: str) -> bool:
-    """Remove the device; False when it was already gone."""
-    with IPRoute() as ipr:
+def delete_vxlan(ifname: str, alias: str, ipr: IPRoute | None = None) -> bool:
+    """Remove our device; False when it is gone, or when the name now belongs
+    to a device that is not ours (left in place)."""
+    with _netlink(ipr) as ipr:
         try:
-            return _delete(ipr, ifname)
+            link = _link(ipr, ifname)
+            if link is None:
+                return False
+            try:
+                _ours(link, ifname, alias)
+            except VxlanError:
+                return False
+            ipr.link("del", index=link["index"])
+            return True
         except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
             raise _failure(f"cannot delete VXLAN device {ifname}", e) from None
 
 
-def vxlan_exists(ifname: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=ifname))
-
-
-def set_group(ifname: str, group: str, ttl: int) -> None:
-    """Move the device to another multicast group (the kernel leaves and joins)."""
-    with IPRoute() as ipr:
+def link_indexes(ipr: IPRoute | None = None) -> dict[str, int]:
+    """Every interface's index by name: one link dump."""
+    with _netlink(ipr) as ipr:
         try:
-            index = ipr.link_lookup(ifname=ifname)[0]
-            ipr.link("set", index=index, kind="vxlan", vxlan_group=group, vxlan_ttl=ttl)
-        except IndexError:
-            raise VxlanError(errno.ENODEV, f"VXLAN device {ifname} not found") from None
+            return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+        except NetlinkError as e:
+            raise _failure("cannot list the interfaces", e) from None
+
+
+def set_group(ifname: str, alias: str, group: str, ttl: int,
+              ipr: IPRoute | None = None) -> None:
+    """Move our device to another multicast group (and TTL): down, changed, up."""
+    with _netlink(ipr) as ipr:
+        try:
+            link = _link(ipr, ifname)
+            if link is None:
+                raise VxlanError(errno.ENODEV, f"VXLAN device {ifname} not found")
+            _apply(ipr, link, _ours(link, ifname, alias), vxlan_group=group, vxlan_ttl=ttl)
         except NetlinkError as e:
             raise _failure(f"cannot move VXLAN device {ifname} to group {group}", e) from None
 
 
-def _flood_destinations(ipr: IPRoute, index: int) -> set[str]:
-    return {entry.get_attr("NDA_DST")
-            for entry in ipr.get_neighbours(family=socket.AF_BRIDGE)
-            if entry["ifindex"] == index and entry.get_attr("NDA_LLADDR") == ALL_ZEROS
-            and entry.get_attr("NDA_DST")}
+def _flood_destinations(ipr: IPRoute, indexes: set[int]) -> dict[int, set[str]]:
+    """The all-zeros destinations of each device of ``indexes``: one FDB dump."""
+    out: dict[int, set[str]] = {index: set() for index in indexes}
+    for entry in ipr.get_neighbours(family=socket.AF_BRIDGE):
+        dst = entry.get_attr("NDA_DST")
+        if entry["ifindex"] in out and dst and entry.get_attr("NDA_LLADDR") == ALL_ZEROS:
+            out[entry["ifindex"]].add(dst)
+    return out
 
 
-def sync_flood(ifname: str, group: str, peers: list[str]) -> tuple[list[str], list[str]]:
-    """Make the device's all-zeros entries one per peer (plus the group's);
-    return the destinations (added, removed)."""
-    with IPRoute() as ipr:
+def sync_floods(ifnames: list[str], group: str, peers: list[str],
+                ipr: IPRoute | None = None, links: dict[str, int] | None = None
+                ) -> tuple[dict[str, tuple[list[str], list[str]]], list[VxlanError]]:
+    """Make each device's all-zeros entries one per peer (plus the group's),
+    with one link dump (none when ``links``, a ``link_indexes`` of this pass,
+    is given; a device missing from it is looked up) and one FDB dump for all
+    of them.  Returns the destinations (added, removed) by device, and the
+    failures (a device that failed is left as it was; the others are done)."""
+    if not ifnames:
+        return {}, []
+    changes: dict[str, tuple[list[str], list[str]]] = {}
+    failed: list[VxlanError] = []
+    with _netlink(ipr) as ipr:
         try:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
-                raise VxlanError(errno.ENODEV, f"VXLAN device {ifname} not found")
-            index = found[0]
-            add, remove = flood_changes(_flood_destinations(ipr, index), peers, group)
-            for dst in add:
-                ipr.fdb("append", ifindex=index, lladdr=ALL_ZEROS, dst=dst)
-            for dst in remove:
-                ipr.fdb("del", ifindex=index, lladdr=ALL_ZEROS, dst=dst)
+            if links is None:
+                links = link_indexes(ipr)
+            index_of = {n: links.get(n) or next(iter(ipr.link_lookup(ifname=n)), None)
+                        for n in ifnames}
+            present = _flood_destinations(ipr, {i for i in index_of.values() if i})
         except NetlinkError as e:
-            raise _failure(f"cannot update the flood entries of {ifname}", e) from None
-    return add, remove
+            return {}, [_failure("cannot read the flood entries", e)]
+        except VxlanError as e:
+            return {}, [e]
+        for ifname in ifnames:
+            index = index_of.get(ifname)
+            if index is None:
+                failed.append(VxlanError(errno.ENODEV, f"VXLAN device {ifname} not found"))
+                continue
+            add, remove = flood_changes(present[index], peers, group)
+            try:
+                for dst in add:
+                    ipr.fdb("append", ifindex=index, lladdr=ALL_ZEROS, dst=dst)
+                for dst in remove:
+                    ipr.fdb("del", ifindex=index, lladdr=ALL_ZEROS, dst=dst)
+            except NetlinkError as e:
+                failed.append(_failure(f"cannot update the flood entries of {ifname}", e))
+                continue
+            changes[ifname] = (add, remove)
+    return changes, failed
+
+
+def sync_flood(ifname: str, group: str, peers: list[str],
+               ipr: IPRoute | None = None) -> tuple[list[str], list[str]]:
+    """``sync_floods`` for one device; VxlanError on failure."""
+    changes, failed = sync_floods([ifname], group, peers, ipr)
+    if failed:
+        raise failed[0]
+    return changes[ifname]

@@ -21,11 +21,34 @@ DEFAULT_VXLAN_PORT = 4789       # IANA's VXLAN port
 # larger MTU than the underlay's minus this on a device bound to one.
 VXLAN_OVERHEAD = 50
 MIN_MTU = 68
+MAX_VNI = 0xFFFFFF              # a VNI is 24 bits
 
 
 def vni_of(vid: VnetId) -> int:
-    """The VXLAN network identifier of a vnet: the id's low 24 bits."""
+    """The VXLAN network identifier of a vnet: the id's low 24 bits (the whole
+    id, for the ids ``id_problem`` accepts)."""
     return int.from_bytes(vid.raw[13:], "big")
+
+
+def id_problem(vid: VnetId) -> str | None:
+    """Why ``vid`` cannot use the VXLAN data path, or None.
+
+    The VNI is the id itself, so only ids up to ffffff (24 bits) are
+    accepted: a larger id would silently share its VNI with the id of its
+    low 24 bits on another host (0:0:0:0:0:0:100:9c and 9c both VNI 156).
+    """
+    if vid.value > MAX_VNI:
+        return (f"vnet {vid.canonical} cannot use data-path vxlan: a VXLAN VNI is 24 "
+                "bits, so only ids up to 0:0:0:0:0:0:ff:ffff can (a larger id would "
+                f"share VNI {vni_of(vid)} with vnet {vni_of(vid):x}); use data-path vnetd "
+                "or a smaller id")
+    return None
+
+
+def device_alias(vid: VnetId) -> str:
+    """The interface alias (IFLA_IFALIAS) that marks a VXLAN device as the
+    engine's own for ``vid``: only a device with it is ever taken over."""
+    return f"xend-vnet vnet {vid.canonical}"
 
 
 def vxlan_mtu(requested: int, underlay_mtu: int) -> int:
@@ -34,7 +57,8 @@ def vxlan_mtu(requested: int, underlay_mtu: int) -> int:
 
 
 def kernel_ttl(mcast_ttl: int) -> int:
-    """The VXLAN ``ttl`` for the engine's multicast TTL.
+    """The VXLAN ``ttl`` for the engine's multicast TTL (1 to 255; see
+    ``ttl_problem`` for 0).
 
     The kernel has one TTL for every packet of the device, unicast to peers
     included.  Its automatic value (0) sends multicast with TTL 1 and
@@ -42,6 +66,21 @@ def kernel_ttl(mcast_ttl: int) -> int:
     or packets to peers behind a router would die at the router.
     """
     return 0 if mcast_ttl <= 1 else mcast_ttl
+
+
+def ttl_problem(mcast_ttl: int) -> str | None:
+    """Why the VXLAN data path cannot honour the engine's multicast TTL, or None.
+
+    TTL 0 keeps group traffic on the host.  A VXLAN device cannot say that:
+    its ``ttl`` 0 is the kernel's automatic TTL, which sends multicast with
+    TTL 1, onto the link.
+    """
+    if mcast_ttl == 0:
+        return ("the engine's multicast TTL is 0 (group traffic kept on this host), "
+                "which a kernel VXLAN device cannot honour (its TTL 0 means automatic: "
+                "TTL 1 onto the link); run vnetd with --mcast-ttl 1 or more, or use "
+                "data-path vnetd")
+    return None
 
 
 def flood_changes(present: Iterable[str], peers: Iterable[str],

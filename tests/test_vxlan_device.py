@@ -1,0 +1,398 @@
+"""The kernel VXLAN device adapter (vxlan.py) and the daemon's use of it, against a
+fake IPRoute that records every netlink call (no root; docs/vxlan.md)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from types import SimpleNamespace
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xend_vnet import sxp
+from xend_vnet.kernel_shim import daemon
+from xend_vnet.kernel_shim import vxlan as vxlan_mod
+from xend_vnet.kernel_shim.vxlan import (
+    ALL_ZEROS,
+    VxlanError,
+    VxlanSpec,
+    delete_vxlan,
+    open_vxlan,
+    set_group,
+    sync_floods,
+)
+from xend_vnet.kernel_shim.vxlan_table import device_alias
+from xend_vnet.vnet_id import VnetId
+
+GROUP = "224.10.0.1"
+V9C = VnetId.parse("9c")
+ALIAS = device_alias(V9C)
+VX = {"vxlan_id": "IFLA_VXLAN_ID", "vxlan_port": "IFLA_VXLAN_PORT",
+      "vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
+      "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_learning": "IFLA_VXLAN_LEARNING"}
+
+
+class Msg(dict):
+    """A netlink message: fields by key, NLAs through get_attr."""
+
+    def __init__(self, attrs: dict, **fields):
+        super().__init__(fields)
+        self.attrs = attrs
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+class FakeKernel:
+    """Links and bridge FDB entries, and the log of what was asked."""
+
+    def __init__(self):
+        self.links: dict[str, dict] = {}
+        self.fdb: set[tuple[int, str, str]] = set()   # (ifindex, lladdr, dst)
+        self.calls: list[tuple] = []
+        self.opened = 0
+        self.fail_fdb = None
+        self._next = 1
+        self.add_link("eth0", "veth")
+        self.add_link("vnet9c", "bridge")
+
+    def add_link(self, name, kind, **vxlan):
+        self.links[name] = {"index": self._next, "kind": kind, "vxlan": dict(vxlan),
+                            "alias": None, "master": None, "up": True, "mtu": 1500}
+        self._next += 1
+        return self.links[name]
+
+    def by_index(self, index):
+        return next(v for v in self.links.values() if v["index"] == index)
+
+    def ipr(self):
+        self.opened += 1
+        return FakeIPRoute(self)
+
+    def ops(self, *names):
+        return [c for c in self.calls if c[0] in names]
+
+
+class FakeIPRoute:
+    def __init__(self, kernel: FakeKernel):
+        self.k = kernel
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _msg(self, name):
+        link = self.k.links[name]
+        data = Msg({VX[k]: v for k, v in link["vxlan"].items()})
+        info = Msg({"IFLA_INFO_KIND": link["kind"],
+                    "IFLA_INFO_DATA": data if link["kind"] == "vxlan" else None})
+        return Msg({"IFLA_IFNAME": name, "IFLA_LINKINFO": info, "IFLA_IFALIAS": link["alias"],
+                    "IFLA_MASTER": link["master"], "IFLA_MTU": link["mtu"]},
+                   index=link["index"])
+
+    def link_lookup(self, ifname):
+        return [self.k.links[ifname]["index"]] if ifname in self.k.links else []
+
+    def get_links(self):
+        self.k.calls.append(("link-dump",))
+        return [self._msg(n) for n in self.k.links]
+
+    def get_neighbours(self, family):
+        assert family == socket.AF_BRIDGE
+        self.k.calls.append(("fdb-dump",))
+        return [Msg({"NDA_LLADDR": mac, "NDA_DST": dst}, ifindex=i)
+                for i, mac, dst in sorted(self.k.fdb)]
+
+    def fdb(self, command, ifindex, lladdr, dst):
+        self.k.calls.append(("fdb-" + command, ifindex, dst))
+        if self.k.fail_fdb:
+            raise NetlinkError(self.k.fail_fdb)
+        if command == "append":
+            self.k.fdb.add((ifindex, lladdr, dst))
+        else:
+            self.k.fdb.discard((ifindex, lladdr, dst))
+
+    def link(self, command, **kw):
+        k = self.k
+        if command == "get":
+            if kw["ifname"] not in k.links:
+                raise NetlinkError(errno.ENODEV)
+            return [self._msg(kw["ifname"])]
+        if command == "add":
+            k.calls.append(("add", kw["ifname"]))
+            link = k.add_link(kw.pop("ifname"), kw.pop("kind"),
+                              **{x: kw.pop(x) for x in list(kw) if x.startswith("vxlan_")})
+            link["mtu"], link["up"] = kw.pop("mtu"), False
+            assert not kw, kw
+            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            return []
+        name = next(n for n, v in k.links.items() if v["index"] == kw["index"])
+        link = k.links[name]
+        if command == "del":
+            k.calls.append(("del", name))
+            del k.links[name]
+            k.fdb = {e for e in k.fdb if e[0] != link["index"]}
+            return []
+        assert command == "set", command
+        kw.pop("index")
+        if kw.pop("kind", None) is not None:
+            k.calls.append(("change", name, dict(kw), "up" if link["up"] else "down"))
+            old_group = link["vxlan"].get("vxlan_group")
+            link["vxlan"].update(kw)
+            k.fdb.discard((link["index"], ALL_ZEROS, old_group))
+            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            return []
+        for key, value in kw.items():
+            if key == "state":
+                k.calls.append((value, name))
+                link["up"] = value == "up"
+            elif key == "ifalias":
+                k.calls.append(("alias", name, value))
+                link["alias"] = value
+            else:
+                link[key] = value
+        return []
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    k = FakeKernel()
+    monkeypatch.setattr(vxlan_mod, "IPRoute", k.ipr)
+    return k
+
+
+def spec(**changes) -> VxlanSpec:
+    base = dict(ifname="vnif009c", vni=0x9c, group=GROUP, port=4789, ttl=0, device="eth0",
+                mtu=1450, alias=ALIAS)
+    return VxlanSpec(**{**base, **changes})
+
+
+def ours(kernel, **vxlan):
+    """A device an earlier run of the engine left, on its bridge, with a peer's entry."""
+    settings = dict(vxlan_id=0x9c, vxlan_port=4789, vxlan_group=GROUP, vxlan_ttl=0,
+                    vxlan_link=kernel.links["eth0"]["index"], vxlan_learning=1)
+    link = kernel.add_link("vnif009c", "vxlan", **{**settings, **vxlan})
+    link["alias"], link["master"] = ALIAS, kernel.links["vnet9c"]["index"]
+    kernel.fdb |= {(link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]),
+                   (link["index"], ALL_ZEROS, "198.51.100.3")}
+    return link
+
+
+def flood(kernel, name="vnif009c"):
+    index = kernel.links[name]["index"]
+    return sorted(dst for i, _, dst in kernel.fdb if i == index)
+
+
+# -- finding 1: a group change is made while the device is down -----------------------
+
+def test_group_change_is_made_down_then_up_keeping_bridge_and_flood_entries(kernel):
+    link = ours(kernel)
+    kernel.calls.clear()
+    set_group("vnif009c", ALIAS, "224.10.0.7", 0)
+    assert kernel.calls == [("down", "vnif009c"),
+                            ("change", "vnif009c", {"vxlan_group": "224.10.0.7"}, "down"),
+                            ("up", "vnif009c")]
+    assert link["up"] and link["master"] == kernel.links["vnet9c"]["index"]
+    assert flood(kernel) == ["198.51.100.3", "224.10.0.7"]
+
+
+def test_ttl_alone_is_changed_live_and_nothing_is_done_when_nothing_changes(kernel):
+    ours(kernel)
+    kernel.calls.clear()
+    set_group("vnif009c", ALIAS, GROUP, 4)
+    assert kernel.calls == [("change", "vnif009c", {"vxlan_ttl": 4}, "up")]
+    kernel.calls.clear()
+    set_group("vnif009c", ALIAS, GROUP, 4)
+    assert kernel.calls == []
+
+
+def test_group_change_brings_the_device_up_again_when_the_change_fails(kernel, monkeypatch):
+    link = ours(kernel)
+    real = FakeIPRoute.link
+
+    def refuse_change(self, command, **kw):
+        if kw.get("kind") == "vxlan":
+            raise NetlinkError(errno.EINVAL)
+        return real(self, command, **kw)
+
+    monkeypatch.setattr(FakeIPRoute, "link", refuse_change)
+    with pytest.raises(VxlanError, match="cannot move VXLAN device vnif009c"):
+        set_group("vnif009c", ALIAS, "224.10.0.7", 0)
+    assert link["up"]
+
+
+@pytest.mark.parametrize("change", [{"group": "224.10.0.7"}, {"device": "eth1"}])
+def test_take_over_with_another_group_or_device_rejoins(kernel, change):
+    """A restart with another --mcaddr or --device takes over the device down, then up."""
+    kernel.add_link("eth1", "veth")
+    link = ours(kernel)
+    kernel.calls.clear()
+    assert open_vxlan(spec(**change)) is False
+    changed = [c for c in kernel.calls if c[0] == "change"]
+    assert len(changed) == 1 and changed[0][3] == "down", kernel.calls
+    assert kernel.calls[0] == ("down", "vnif009c")
+    assert link["up"] and link["master"] == kernel.links["vnet9c"]["index"]
+    assert "198.51.100.3" in flood(kernel) and not kernel.ops("add", "del")
+
+
+# -- finding 3: only a device tagged as ours is taken over ----------------------------
+
+def test_created_devices_are_tagged(kernel):
+    assert open_vxlan(spec()) is True
+    link = kernel.links["vnif009c"]
+    assert link["alias"] == "xend-vnet vnet 0000:0000:0000:0000:0000:0000:0000:009c"
+    assert link["up"] and link["mtu"] == 1450
+    assert link["vxlan"]["vxlan_id"] == 0x9c and link["vxlan"]["vxlan_port"] == 4789
+
+
+@pytest.mark.parametrize("alias", [None, "my own tunnel",
+                                   device_alias(VnetId.parse("9d"))])
+def test_a_vxlan_device_that_is_not_ours_is_refused_and_left_alone(kernel, alias):
+    link = ours(kernel, vxlan_group="239.9.9.9")
+    link["alias"] = alias
+    kernel.calls.clear()
+    with pytest.raises(VxlanError) as info:
+        open_vxlan(spec())
+    assert info.value.errno == errno.EEXIST
+    assert "is a VXLAN device that is not ours" in info.value.message
+    assert not [c for c in kernel.calls if c[0] not in ("link-dump",)]
+    assert link["vxlan"]["vxlan_group"] == "239.9.9.9"
+    with pytest.raises(VxlanError, match="not ours"):
+        set_group("vnif009c", ALIAS, GROUP, 0)
+    assert delete_vxlan("vnif009c", ALIAS) is False and "vnif009c" in kernel.links
+
+
+def test_other_kinds_are_refused(kernel):
+    kernel.add_link("vnif009c", "veth")
+    with pytest.raises(VxlanError, match="is a veth, not a VXLAN device"):
+        open_vxlan(spec())
+
+
+@pytest.mark.parametrize("change", [{"port": 4790}, {"vni": 0x9d}])
+def test_ours_with_another_port_or_vni_is_made_again_on_its_bridge(kernel, change):
+    old = ours(kernel)
+    assert open_vxlan(spec(**change)) is True
+    assert [c[0] for c in kernel.ops("del", "add")] == ["del", "add"]
+    new = kernel.links["vnif009c"]
+    assert new["index"] != old["index"] and new["alias"] == ALIAS and new["up"]
+    assert new["master"] == kernel.links["vnet9c"]["index"]
+    assert (new["vxlan"]["vxlan_port"], new["vxlan"]["vxlan_id"]) == (
+        change.get("port", 4789), change.get("vni", 0x9c))
+
+
+def test_delete_removes_only_ours(kernel):
+    ours(kernel)
+    assert delete_vxlan("vnif009c", device_alias(VnetId.parse("9d"))) is False
+    assert delete_vxlan("vnif009c", ALIAS) is True and "vnif009c" not in kernel.links
+    assert delete_vxlan("vnif009c", ALIAS) is False
+
+
+# -- finding 5: one link dump and one FDB dump for every device -----------------------
+
+def test_sync_floods_dumps_once_for_all_devices(kernel):
+    for n in ("a", "b", "c"):
+        kernel.add_link(f"vx{n}", "vxlan", vxlan_group=GROUP)
+    kernel.fdb.add((kernel.links["vxb"]["index"], ALL_ZEROS, "192.0.2.9"))
+    changes, failed = sync_floods(["vxa", "vxb", "vxc", "gone"], GROUP, ["198.51.100.3"])
+    assert kernel.opened == 1 and len(kernel.ops("link-dump")) == 1
+    assert len(kernel.ops("fdb-dump")) == 1
+    assert changes == {"vxa": (["198.51.100.3"], []), "vxb": (["198.51.100.3"], ["192.0.2.9"]),
+                       "vxc": (["198.51.100.3"], [])}
+    assert [e.errno for e in failed] == [errno.ENODEV]
+    assert flood(kernel, "vxb") == ["198.51.100.3"]
+    assert sync_floods([], GROUP, []) == ({}, []) and kernel.opened == 1
+
+
+# -- the daemon: findings 4, 5 and 6 --------------------------------------------------
+
+@pytest.fixture
+def engine(kernel, tmp_path):
+    opts = daemon.parse_args(["--epoch-file", str(tmp_path / "epoch"), "--no-default-vnets",
+                              "-f", str(tmp_path / "vnetd.conf")])
+    d = daemon.Vnetd(opts)
+    d.udp = SimpleNamespace(mcast_ttl=1)
+    d.device = "eth0"
+    return d
+
+
+def request(d, text):
+    return d.handle_request(text)
+
+
+def add_vnets(d, kernel, *ids):
+    for n in ids:
+        assert request(d, f"(vnet.add (id {n}) (data-path vxlan))") == ""
+    kernel.calls.clear()
+    kernel.opened = 0
+
+
+def test_a_flood_sync_failure_keeps_the_peer_and_is_retried(engine, kernel, caplog):
+    add_vnets(engine, kernel, "9c")
+    kernel.fail_fdb = errno.ENOBUFS
+    with caplog.at_level(logging.WARNING, "vnetd"):
+        assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
+    assert engine.core.peers.get("198.51.100.3") is not None
+    assert engine.flood_sync_pending
+    assert "retried at each refresh" in caplog.text and "No buffer space" in caplog.text
+    engine._recreate_lost_vxlan()                   # the refresh: still failing
+    assert engine.flood_sync_pending and flood(kernel) == [GROUP]
+    kernel.fail_fdb = None
+    engine._recreate_lost_vxlan()
+    assert not engine.flood_sync_pending and flood(kernel) == sorted([GROUP, "198.51.100.3"])
+    kernel.fail_fdb = errno.ENOBUFS
+    assert request(engine, "(peer.del (addr 198.51.100.3))") == ""
+    assert engine.core.peers.get("198.51.100.3") is None and engine.flood_sync_pending
+    kernel.fail_fdb = None
+    engine._recreate_lost_vxlan()
+    assert flood(kernel) == [GROUP] and not engine.flood_sync_pending
+
+
+def test_a_file_peer_is_tracked_even_when_the_flood_sync_fails(engine, kernel):
+    with open(engine.opts.file, "w") as f:
+        f.write("(vnet.add (id 9c) (data-path vxlan))\n(peer.add (addr 198.51.100.3))\n")
+    kernel.fail_fdb = errno.ENOBUFS
+    engine.load_file(initial=True)
+    assert engine.vxlan.get(V9C) is not None
+    assert engine.file_peers == {"198.51.100.3"} and engine.flood_sync_pending
+    kernel.fail_fdb = None
+    with open(engine.opts.file, "w") as f:
+        f.write("(vnet.add (id 9c) (data-path vxlan))\n")
+    engine.load_file(initial=False)
+    assert engine.file_peers == set() and engine.core.peers.get("198.51.100.3") is None
+
+
+def test_refresh_costs_one_netlink_socket_and_one_link_dump(engine, kernel):
+    add_vnets(engine, kernel, "9c", "9d", "9e")
+    engine._recreate_lost_vxlan()
+    assert kernel.opened == 1 and kernel.ops("link-dump", "fdb-dump") == [("link-dump",)]
+    # A device deleted from outside: made again, then one FDB dump for the flood entries.
+    request(engine, "(peer.add (addr 198.51.100.3))")
+    del kernel.links["vnif009d"]
+    kernel.calls.clear()
+    kernel.opened = 0
+    engine._recreate_lost_vxlan()
+    assert kernel.opened == 1
+    assert len(kernel.ops("link-dump")) == 1 and len(kernel.ops("fdb-dump")) == 1
+    assert flood(kernel, "vnif009d") == sorted([GROUP, "198.51.100.3"])
+    assert kernel.links["vnif009d"]["alias"] == device_alias(VnetId.parse("9d"))
+    assert not engine.flood_sync_pending
+
+
+def test_mcast_ttl_0_refuses_vxlan_vnets(engine, kernel):
+    engine.udp.mcast_ttl = 0
+    form = sxp.parse_one(request(engine, "(vnet.add (id 9c) (data-path vxlan))"))
+    assert form[0] == "err" and sxp.child_value(form, "errno") == str(errno.EINVAL)
+    message = sxp.child_value(form, "message")
+    assert "multicast TTL is 0" in message and "--mcast-ttl 1" in message
+    assert "vnif009c" not in kernel.links and not len(engine.vxlan)
+
+
+def test_vnet_del_keeps_a_device_that_is_not_ours(engine, kernel):
+    add_vnets(engine, kernel, "9c")
+    kernel.links["vnif009c"]["alias"] = "my own tunnel"    # replaced behind our back
+    assert request(engine, "(vnet.del (id 9c))") == ""
+    assert "vnif009c" in kernel.links and engine.vxlan.get(V9C) is None
