@@ -95,9 +95,9 @@ def open_(aead: AESGCM, suite: int, payload: bytes) -> bytes:
     every byte verifies.  The nonce is built from the sequence number field."""
     nonce = _NONCE_PAD + payload[24:32]
     try:
+        view = memoryview(payload)          # no copy of a 64 KB super-frame
         if suite == SUITE_CONF:
-            return aead.decrypt(nonce, payload[HEADER_LEN:], payload[:HEADER_LEN])
-        view = memoryview(payload)
+            return aead.decrypt(nonce, view[HEADER_LEN:], view[:HEADER_LEN])
         aead.decrypt(nonce, payload[-ICV_LEN:], view[:-ICV_LEN])
         return payload[HEADER_LEN:-ICV_LEN]
     except InvalidTag:
