@@ -743,16 +743,17 @@ class Vnetd:
         for payload, src, dst, gso in self.udp.recv_batch(BATCH):
             try:
                 if gso:
-                    self._deliver_batch(pending)
+                    self._perform_coalesced(pending)
                     pending = []
-                    self._deliver_batch(receive_train(payload, gso, src, dst, now))
+                    self._perform_coalesced(receive_train(payload, gso, src, dst, now))
                 else:
                     pending += receive(payload, src, dst, now)
             except Exception:  # noqa: BLE001 -- one bad datagram must not stop the engine
                 self._engine_error("datagram from " + src)
-        self._deliver_batch(pending)
+        self._perform_coalesced(pending)
 
-    def _deliver_batch(self, actions: list) -> None:
+    def _perform_coalesced(self, actions: list) -> None:
+        """``_perform`` after merging what coalesce.py can merge."""
         if len(actions) > 1 and self.tap_offload:
             try:
                 actions, merged = coalesce(actions, self.max_frame)

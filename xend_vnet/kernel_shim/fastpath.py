@@ -479,11 +479,7 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
     seq = int.from_bytes(tcph[4:8], "big")
     tcp_flags = tcph[13]
     ip_id = int.from_bytes(ip[4:6], "big") if version == 4 else 0
-    if version == 4:
-        ip[10:12] = b"\0\0"
-        addresses = ip[12:20]
-    else:
-        addresses = ip[8:40]
+    addresses = ip[12:20] if version == 4 else ip[8:40]
     # Pseudo-header (RFC 793, RFC 8200 8.1) but its length, in swapped words.
     pseudo = int.from_bytes(addresses, "little") + swap16(6)
     out = []
