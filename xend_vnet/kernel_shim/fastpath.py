@@ -94,6 +94,9 @@ _SEGMENT = struct.Struct("!HH16sIHH")
 _SEALED_PREFIX = struct.pack("!HH", MSG_FAST, FAST_SEALED)
 _VNET_HDR = struct.Struct("=BBHHHH")
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_TCP_FRONT = struct.Struct("!4sI4sBBH")          # ports, seq, ack, offset, flags, window
+_IPV4_VARIABLE = struct.Struct("!HH")            # total length, id
+_U16 = struct.Struct("!H")
 _ETH_VLAN = (0x8100, 0x88A8)
 _UDP_CSUM_OFFSET = 6              # offsetof(struct udphdr, check); TCP's is 16
 
@@ -474,34 +477,41 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
         raise DecodeError("gso_bad_frame", "bad TCP header length")
     if max_frame and MIN_SEGMENT <= max_frame - body < mss:
         mss = max_frame - body
-    eth, tcph = frame[:l3], bytearray(frame[l4:body])
+    eth = frame[:l3]
+    ports, seq, ack, doff, tcp_flags, window = _TCP_FRONT.unpack_from(frame, l4)
+    after_sum = frame[l4 + 18:body]                     # urgent pointer and options
     ip = bytearray(frame[l3:l4])
-    seq = int.from_bytes(tcph[4:8], "big")
-    tcp_flags = tcph[13]
-    ip_id = int.from_bytes(ip[4:6], "big") if version == 4 else 0
+    if version == 4:
+        ip_id = int.from_bytes(ip[4:6], "big")
+        ip[2:6] = bytes(4)                              # total length, id
+        ip[10:12] = bytes(2)                            # checksum
+    # What stays the same in every segment's sums: the pseudo-header (RFC 793,
+    # RFC 8200 8.1) but its length, and the TCP header but its first 16 bytes
+    # (in little-endian "swapped" words, as residue reads them); the IPv4
+    # header with length, id and checksum zero (big-endian words).
     addresses = ip[12:20] if version == 4 else ip[8:40]
-    # Pseudo-header (RFC 793, RFC 8200 8.1) but its length, in swapped words.
-    pseudo = int.from_bytes(addresses, "little") + swap16(6)
+    fixed = int.from_bytes(addresses, "little") + 0x0600 + int.from_bytes(after_sum, "little")
+    ip_fixed = int.from_bytes(ip, "big") if version == 4 else 0
     out = []
     size = len(frame) - body
     n = -(-size // mss) or 1
+    view = memoryview(frame)
     for i in range(n):
-        data = frame[body + i * mss:body + (i + 1) * mss]
-        last = i == n - 1
-        tcph[4:8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
+        data = view[body + i * mss:body + (i + 1) * mss]
         # FIN and PSH belong to the last segment, CWR to the first (as GSO does).
-        tcph[13] = tcp_flags & ~(0x09 if not last else 0) & ~(0x80 if i else 0)
-        tcph[16:18] = b"\0\0"
+        flags = tcp_flags & ~(0x09 if i != n - 1 else 0) & ~(0x80 if i else 0)
+        front = _TCP_FRONT.pack(ports, (seq + i * mss) & 0xFFFFFFFF, ack, doff, flags, window)
         tcp_len = thl + len(data)
         if version == 4:
-            ip[2:4] = (ihl + tcp_len).to_bytes(2, "big")
-            ip[4:6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            ip[10:12] = b"\0\0"
-            ip[10:12] = checksum(ip).to_bytes(2, "big")
+            ident = (ip_id + i) & 0xFFFF
+            ip_sum = (ip_fixed + ihl + tcp_len + ident) % 0xFFFF or 0xFFFF
+            _IPV4_VARIABLE.pack_into(ip, 2, ihl + tcp_len, ident)
+            _U16.pack_into(ip, 10, ~ip_sum & 0xFFFF)
         else:
-            ip[4:6] = tcp_len.to_bytes(2, "big")
-        # The header and the data sum apart: thl is even, so the words align.
-        total = ones_sum(data, int.from_bytes(tcph, "little") + pseudo + swap16(tcp_len))
-        tcph[16:18] = swap16(~total & 0xFFFF).to_bytes(2, "big")
-        out.append(b"".join((eth, ip, tcph, data)))
+            _U16.pack_into(ip, 4, tcp_len)
+        # The parts sum apart: each starts at an even offset of the segment,
+        # so their words are the segment's words.
+        total = ones_sum(data, int.from_bytes(front, "little") + fixed + swap16(tcp_len))
+        out.append(b"".join((eth, ip, front, swap16(~total & 0xFFFF).to_bytes(2, "big"),
+                             after_sum, data)))
     return out
