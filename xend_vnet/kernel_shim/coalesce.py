@@ -177,7 +177,7 @@ def merge(first: _Segment, frames: list[bytes], psh: int) -> bytes:
     else:
         header[l3 + 2:l3 + 4] = (20 + tcp_len).to_bytes(2, "big")
         header[l3 + 10:l3 + 12] = b"\0\0"
-        s = int.from_bytes(header[l3:l4], "big") % 0xFFFF
+        s = int.from_bytes(header[l3:l4], "big") % 0xFFFF or 0xFFFF
         header[l3 + 10:l3 + 12] = (~s & 0xFFFF).to_bytes(2, "big")
         gso_type = GSO_TCPV4
     header[l4 + 13] = first.flags | psh
