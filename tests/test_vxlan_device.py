@@ -4,6 +4,7 @@ fake IPRoute that records every netlink call (no root; docs/vxlan.md)."""
 from __future__ import annotations
 
 import errno
+import os
 import logging
 import socket
 from types import SimpleNamespace
@@ -92,7 +93,7 @@ class FakeIPRoute:
                     "IFLA_INFO_DATA": data if link["kind"] == "vxlan" else None})
         return Msg({"IFLA_IFNAME": name, "IFLA_LINKINFO": info, "IFLA_IFALIAS": link["alias"],
                     "IFLA_MASTER": link["master"], "IFLA_MTU": link["mtu"]},
-                   index=link["index"])
+                   index=link["index"], flags=1 if link["up"] else 0)   # IFF_UP
 
     def link_lookup(self, ifname):
         return [self.k.links[ifname]["index"]] if ifname in self.k.links else []
@@ -295,16 +296,17 @@ def test_delete_removes_only_ours(kernel):
 
 def test_sync_floods_dumps_once_for_all_devices(kernel):
     for n in ("a", "b", "c"):
-        kernel.add_link(f"vx{n}", "vxlan", vxlan_group=GROUP)
+        kernel.add_link(f"vx{n}", "vxlan", vxlan_group=GROUP)["alias"] = f"alias {n}"
     kernel.fdb.add((kernel.links["vxb"]["index"], ALL_ZEROS, "192.0.2.9"))
-    changes, failed = sync_floods(["vxa", "vxb", "vxc", "gone"], GROUP, ["198.51.100.3"])
+    changes, failed = sync_floods({f"vx{n}": f"alias {n}" for n in ("a", "b", "c", "gone")},
+                                  ["198.51.100.3"])
     assert kernel.opened == 1 and len(kernel.ops("link-dump")) == 1
     assert len(kernel.ops("fdb-dump")) == 1
     assert changes == {"vxa": (["198.51.100.3"], []), "vxb": (["198.51.100.3"], ["192.0.2.9"]),
                        "vxc": (["198.51.100.3"], [])}
     assert [e.errno for e in failed] == [errno.ENODEV]
     assert flood(kernel, "vxb") == ["198.51.100.3"]
-    assert sync_floods([], GROUP, []) == ({}, []) and kernel.opened == 1
+    assert sync_floods({}, []) == ({}, []) and kernel.opened == 1
 
 
 # -- the daemon: findings 4, 5 and 6 --------------------------------------------------
@@ -396,3 +398,169 @@ def test_vnet_del_keeps_a_device_that_is_not_ours(engine, kernel):
     kernel.links["vnif009c"]["alias"] = "my own tunnel"    # replaced behind our back
     assert request(engine, "(vnet.del (id 9c))") == ""
     assert "vnif009c" in kernel.links and engine.vxlan.get(V9C) is None
+
+
+# -- second review ------------------------------------------------------------------
+
+def foreign(kernel, kind="vxlan", alias="admin tunnel"):
+    """Someone else's device under our name, with its own flood entries."""
+    link = kernel.add_link("vnif009c", kind, **({"vxlan_id": 5, "vxlan_group": "239.9.9.9"}
+                                               if kind == "vxlan" else {}))
+    link["alias"] = alias
+    kernel.fdb |= {(link["index"], ALL_ZEROS, "239.9.9.9"),
+                   (link["index"], ALL_ZEROS, "192.0.2.77")}
+    return link
+
+
+@pytest.mark.parametrize("kind", ["vxlan", "veth"])
+def test_sync_floods_changes_nothing_on_a_device_that_is_not_ours(kernel, kind):
+    """Finding 1: a device of our name that is not ours keeps its flood entries."""
+    foreign(kernel, kind)
+    before = set(kernel.fdb)
+    changes, failed = sync_floods({"vnif009c": ALIAS}, ["198.51.100.3"])
+    assert changes == {} and [e.errno for e in failed] == [errno.EEXIST]
+    assert "not ours" in failed[0].message
+    assert kernel.fdb == before and not kernel.ops("fdb-append", "fdb-del")
+
+
+def test_peer_add_and_refresh_leave_a_foreign_device_of_our_name_alone(engine, kernel, caplog):
+    """Finding 1, the reviewer's reproduction: ours deleted, someone makes theirs."""
+    add_vnets(engine, kernel, "9c")
+    del kernel.links["vnif009c"]
+    kernel.fdb = set()
+    foreign(kernel)
+    before = set(kernel.fdb)
+    with caplog.at_level(logging.WARNING, "vnetd"):
+        assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
+        assert kernel.fdb == before and not kernel.ops("fdb-append", "fdb-del")
+        assert engine.flood_sync_pending
+        caplog.clear()
+        for _ in range(3):
+            engine._recreate_lost_vxlan()
+    assert kernel.fdb == before and not kernel.ops("fdb-append", "fdb-del", "add", "del")
+    held = [r for r in caplog.records if "held by a device that is not ours" in r.getMessage()]
+    assert len(held) == 1 and "vnif009c" in held[0].getMessage()
+    # Once the name is free again, the device is made again and synced.
+    del kernel.links["vnif009c"]
+    engine._recreate_lost_vxlan()
+    assert kernel.links["vnif009c"]["alias"] == ALIAS
+    assert flood(kernel) == sorted([GROUP, "198.51.100.3"]) and not engine.flood_sync_pending
+
+
+def test_sync_floods_spares_the_devices_own_group_entry(kernel):
+    """Finding 2: the entry of the group the device is on is the kernel's, whatever
+    the engine's group is."""
+    ours(kernel, vxlan_group="224.10.0.7")
+    changes, failed = sync_floods({"vnif009c": ALIAS}, ["198.51.100.3"])
+    assert failed == [] and changes == {"vnif009c": ([], [])}
+    assert flood(kernel) == ["198.51.100.3", "224.10.0.7"]
+
+
+def refuse_group_changes(monkeypatch, code=errno.EBUSY, up_code=None):
+    real = FakeIPRoute.link
+
+    def refuse(self, command, **kw):
+        if kw.get("kind") == "vxlan":
+            raise NetlinkError(code)
+        if up_code and kw.get("state") == "up":
+            raise NetlinkError(up_code)
+        return real(self, command, **kw)
+
+    monkeypatch.setattr(FakeIPRoute, "link", refuse)
+
+
+def test_a_failed_group_move_is_retried_at_refresh(engine, kernel, monkeypatch):
+    """Finding 2, the reviewer's reproduction: the core moved, the device did not."""
+    engine.udp = SimpleNamespace(mcast_ttl=1, joined=True, join_error=None,
+                                 set_group=lambda addr, ttl: True)
+    add_vnets(engine, kernel, "9c")
+    with monkeypatch.context() as m:
+        refuse_group_changes(m)
+        form = sxp.parse_one(request(engine, "(varp.mcaddr (addr 224.10.0.7))"))
+    assert form[0] == "err" and "retried at each refresh" in sxp.child_value(form, "message")
+    link = kernel.links["vnif009c"]
+    assert link["vxlan"]["vxlan_group"] == GROUP and link["up"]
+    assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
+    assert flood(kernel) == sorted([GROUP, "198.51.100.3"])     # still floods to its group
+    engine._recreate_lost_vxlan()
+    assert link["vxlan"]["vxlan_group"] == "224.10.0.7"
+    assert flood(kernel) == ["198.51.100.3", "224.10.0.7"]
+    assert not engine.group_move_pending
+    kernel.calls.clear()
+    engine._recreate_lost_vxlan()
+    assert not kernel.ops("change", "down", "up")
+
+
+def test_refresh_sets_a_device_of_ours_up_again(engine, kernel, caplog):
+    add_vnets(engine, kernel, "9c")
+    kernel.links["vnif009c"]["up"] = False
+    with caplog.at_level(logging.WARNING, "vnetd"):
+        engine._recreate_lost_vxlan()
+    assert kernel.links["vnif009c"]["up"] and "vnif009c" in caplog.text and "down" in caplog.text
+    foreign_down = kernel.links["vnif009c"]
+    foreign_down["alias"], foreign_down["up"] = "admin tunnel", False
+    engine._recreate_lost_vxlan()
+    assert not foreign_down["up"]                    # not ours: left as it is
+
+
+def test_a_failure_to_bring_the_device_up_again_keeps_the_original_error(kernel, monkeypatch,
+                                                                         caplog):
+    ours(kernel)
+    refuse_group_changes(monkeypatch, errno.EBUSY, up_code=errno.ENETDOWN)
+    with caplog.at_level(logging.WARNING, "vnetd"), pytest.raises(VxlanError) as info:
+        set_group("vnif009c", ALIAS, "224.10.0.7", 0)
+    assert os.strerror(errno.EBUSY) in info.value.message
+    assert "up again" in caplog.text and os.strerror(errno.ENETDOWN) in caplog.text
+
+
+def test_an_ipv6_flood_entry_is_left_alone(kernel):
+    """Finding 3: the kernel accepts an IPv6 NDA_DST; it is not one of ours."""
+    link = ours(kernel)
+    kernel.fdb.add((link["index"], ALL_ZEROS, "2001:db8::7"))
+    changes, failed = sync_floods({"vnif009c": ALIAS}, ["192.0.2.9"])
+    assert failed == [] and changes == {"vnif009c": (["192.0.2.9"], ["198.51.100.3"])}
+    assert flood(kernel) == ["192.0.2.9", "2001:db8::7", GROUP]
+
+
+def test_an_unexpected_failure_never_stops_the_refresh(engine, kernel, monkeypatch, caplog):
+    """Finding 3: OSError (EMFILE) from IPRoute() is logged, rate-limited."""
+    add_vnets(engine, kernel, "9c")
+    engine.udp = SimpleNamespace(mcast_ttl=1, joined=True, mcaddr=GROUP,
+                                 check_membership=lambda: True)
+    monkeypatch.setattr(engine, "_refresh_addresses", lambda: None)
+
+    def emfile():
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(vxlan_mod, "IPRoute", emfile)
+    with caplog.at_level(logging.WARNING, "vnetd"):
+        engine._refresh(100.0)
+        engine._refresh(101.0)
+    assert engine._next_refresh > 100.0
+    failures = [r for r in caplog.records if "refresh" in r.getMessage()]
+    assert len(failures) == 1 and "VXLAN" in failures[0].getMessage()
+
+
+def test_a_failed_remake_says_the_old_device_is_gone(kernel, monkeypatch, caplog):
+    """Finding 4: ours with another port is deleted before the new one is made."""
+    ours(kernel)
+    real = FakeIPRoute.link
+
+    def refuse_add(self, command, **kw):
+        if command == "add":
+            raise NetlinkError(errno.EBUSY)
+        return real(self, command, **kw)
+
+    monkeypatch.setattr(FakeIPRoute, "link", refuse_add)
+    with caplog.at_level(logging.WARNING, "vnetd"), pytest.raises(VxlanError) as info:
+        open_vxlan(spec(port=4790))
+    message = info.value.message
+    assert "vnet is refused" in message and "was removed" in message and "bridge" in message
+    assert "vnif009c" not in kernel.links and "was removed" in caplog.text
+
+
+def test_an_untagged_device_names_the_manual_step(kernel):
+    """Finding 5: a device left by an engine stopped before it set the alias."""
+    ours(kernel)["alias"] = None
+    with pytest.raises(VxlanError, match=r"ip link delete vnif009c"):
+        open_vxlan(spec())

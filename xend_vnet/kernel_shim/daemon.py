@@ -65,10 +65,12 @@ from .vxlan import (
     VxlanError,
     VxlanSpec,
     delete_vxlan,
-    link_indexes,
+    link_states,
     netlink,
+    not_ours,
     open_vxlan,
     set_group,
+    set_up,
     sync_flood,
     sync_floods,
 )
@@ -286,6 +288,8 @@ class Vnetd:
         self.taps: dict[VnetId, TapDevice] = {}
         self.vxlan = VxlanTable(opts.vxlan_port)   # vnets on the kernel data path
         self.flood_sync_pending = False   # a flood-entry sync failed: retried at refresh
+        self.group_move_pending: set[VnetId] = set()   # set_group failed: retried at refresh
+        self.vxlan_noted: dict[VnetId, str] = {}   # a device problem logged once, by vnet
         self.lost_taps: dict[VnetId, str] = {}     # deleted from outside, to recreate
         self.udp: EngineSocket | None = None
         self.raw: RawSender | None = None
@@ -302,6 +306,7 @@ class Vnetd:
         self._next_refresh = 0.0
         self._next_drop_log = 0.0
         self._next_error_log = 0.0
+        self._next_refresh_error_log = 0.0
         self._drop_snapshot: dict[str, int] = {}
         self._device_index = 0
         self.device = opts.device or ""   # shown as (device ...) by varp.list
@@ -443,7 +448,7 @@ class Vnetd:
         try:
             created = open_vxlan(spec)
             try:
-                sync_flood(ifname, spec.group, self._peer_addresses())
+                sync_flood(ifname, spec.alias, self._peer_addresses())
             except VxlanError:
                 if created:
                     delete_vxlan(ifname, spec.alias)
@@ -476,7 +481,7 @@ class Vnetd:
         kernel sends floods to each peer directly (there is no VFWD relay).
         A failure leaves the peer change in place: it is logged and the sync
         is retried at every refresh until it succeeds."""
-        changes, failed = sync_floods([v.ifname for v in self.vxlan], self.core.mcaddr,
+        changes, failed = sync_floods({v.ifname: device_alias(v.vid) for v in self.vxlan},
                                       self._peer_addresses(), ipr, links)
         for vnet in self.vxlan:
             added, removed = changes.get(vnet.ifname, ((), ()))
@@ -500,9 +505,38 @@ class Vnetd:
                 set_group(vnet.ifname, device_alias(vnet.vid), addr, ttl)
             except VxlanError as e:
                 failed.append(e.message)
+                self.group_move_pending.add(vnet.vid)
+            else:
+                self.group_move_pending.discard(vnet.vid)
         if failed:
             raise CommandError(errno.EIO, f"varp.mcaddr: the engine moved to {addr}, but "
-                               + "; ".join(failed))
+                               + "; ".join(failed) + " (retried at each refresh)")
+
+    def _retry_group_moves(self, ipr) -> bool:
+        """Move the devices a failed set_group left on the old group; True if any moved."""
+        self.group_move_pending &= {v.vid for v in self.vxlan}
+        moved = False
+        for vnet in self.vxlan:
+            if vnet.vid not in self.group_move_pending:
+                continue
+            try:
+                set_group(vnet.ifname, device_alias(vnet.vid), self.core.mcaddr,
+                          kernel_ttl(self.udp.mcast_ttl), ipr)
+            except VxlanError:
+                continue    # reported by varp.mcaddr; retried at the next refresh
+            self.group_move_pending.discard(vnet.vid)
+            moved = True
+            log.info("vnet %s: VXLAN device %s moved to group %s", vnet.vid.canonical,
+                     vnet.ifname, self.core.mcaddr)
+        return moved
+
+    def _note_vxlan(self, vnet: VxlanVnet, problem: str | None) -> None:
+        """Log a device problem of ``vnet`` once, not at every refresh."""
+        if problem is None:
+            self.vxlan_noted.pop(vnet.vid, None)
+        elif self.vxlan_noted.get(vnet.vid) != problem:
+            self.vxlan_noted[vnet.vid] = problem
+            log.warning("vnet %s: %s", vnet.vid.canonical, problem)
 
     def _recreate_lost_vxlan(self) -> None:
         """A VXLAN device deleted from outside is made again, like a lost TAP,
@@ -510,14 +544,31 @@ class Vnetd:
         one link dump (and one FDB dump when entries need a sync) per refresh."""
         with netlink() as ipr:
             try:
-                present = link_indexes(ipr)
+                present = link_states(ipr)
             except VxlanError as e:
                 log.warning("cannot check the VXLAN devices: %s", e.message)
                 return
             sync = self.flood_sync_pending
+            self.vxlan_noted = {v.vid: self.vxlan_noted[v.vid] for v in self.vxlan
+                                if v.vid in self.vxlan_noted}    # of deleted vnets: gone
             for vnet in self.vxlan:
-                if vnet.ifname in present:
+                state = present.get(vnet.ifname)
+                if state is not None:
+                    problem = not_ours(vnet.ifname, state.kind, state.alias,
+                                       device_alias(vnet.vid))
+                    if problem:
+                        problem = f"its name is held by a device that is not ours: {problem}"
+                    elif not state.up:
+                        try:
+                            set_up(vnet.ifname, state.index, ipr)
+                            log.warning("vnet %s: VXLAN device %s was down; set it up",
+                                        vnet.vid.canonical, vnet.ifname)
+                        except VxlanError as e:
+                            problem = e.message
+                    self._note_vxlan(vnet, problem)
                     continue
+                self.group_move_pending.discard(vnet.vid)   # made on the current group
+                self.vxlan_noted.pop(vnet.vid, None)
                 try:
                     open_vxlan(self._vxlan_spec(vnet), ipr)
                 except VxlanError as e:
@@ -527,6 +578,8 @@ class Vnetd:
                 sync = True
                 log.warning("vnet %s: VXLAN device %s was deleted from outside; recreated",
                             vnet.vid.canonical, vnet.ifname)
+            if self.group_move_pending and self._retry_group_moves(ipr):
+                present = None    # groups changed: sync_floods dumps the links again
             if sync:
                 self.peers_changed(ipr, present)
 
@@ -943,17 +996,29 @@ class Vnetd:
 
     # -- periodic work -------------------------------------------------------------
 
+    def _refresh_step(self, what: str, step) -> None:
+        """One step of the refresh: an unexpected failure (OSError EMFILE from
+        IPRoute(), a bug) is logged, at most once a minute, and never stops the engine."""
+        try:
+            step()
+        except Exception:
+            now = time.monotonic()
+            if now >= self._next_refresh_error_log:
+                self._next_refresh_error_log = now + 60.0
+                log.exception("refresh: %s failed (retried at the next refresh)", what)
+
     def _refresh(self, now: float) -> None:
-        self._refresh_addresses()
+        self._refresh_step("reading the addresses", self._refresh_addresses)
         if self.lost_taps:
-            self._recreate_lost_taps()
+            self._refresh_step("recreating the TAPs", self._recreate_lost_taps)
         if len(self.vxlan):
-            self._recreate_lost_vxlan()
+            self._refresh_step("checking the VXLAN devices", self._recreate_lost_vxlan)
         udp = self.udp
         if udp.joined and not udp.check_membership():
             log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)
         if self.raw is not None:
-            self.raw.set_interface(self._device_index)
+            self._refresh_step("choosing the raw socket's interface",
+                               lambda: self.raw.set_interface(self._device_index))
         if not udp.joined:
             udp.ifindex = self._device_index
             if udp.try_join():

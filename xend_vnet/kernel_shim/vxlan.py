@@ -20,6 +20,8 @@ one IPRoute to the whole pass; without it, the function opens its own.
 from __future__ import annotations
 
 import errno
+import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -31,7 +33,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .vxlan_table import flood_changes
 
+log = logging.getLogger("vnetd.vxlan")
+
 ALL_ZEROS = "00:00:00:00:00:00"
+IFF_UP = 0x1
 # pyroute2 keyword -> IFLA_VXLAN_* attribute, for the settings taken over
 _SETTINGS = {"vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
              "vxlan_link": "IFLA_VXLAN_LINK"}
@@ -60,6 +65,17 @@ class VxlanSpec:
     device: str       # the underlay interface: the group is joined on it
     mtu: int
     alias: str        # our tag (vxlan_table.device_alias)
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What one link dump says of an interface (``link_states``)."""
+
+    index: int
+    kind: str              # IFLA_INFO_KIND, "device" when there is none
+    alias: str | None      # IFLA_IFALIAS: ours carry ``VxlanSpec.alias``
+    group: str | None      # IFLA_VXLAN_GROUP of a VXLAN device
+    up: bool
 
 
 def netlink() -> IPRoute:
@@ -97,20 +113,30 @@ def _kind_and_data(link) -> tuple[str, object]:
     return info.get_attr("IFLA_INFO_KIND") or "device", info.get_attr("IFLA_INFO_DATA")
 
 
+def not_ours(ifname: str, kind: str, found: str | None, alias: str) -> str | None:
+    """Why a device named ``ifname`` of ``kind`` with alias ``found`` is not our
+    device tagged ``alias``, or None when it is (design.md 4)."""
+    if kind != "vxlan":
+        return f"interface {ifname} exists and is a {kind}, not a VXLAN device"
+    if found == alias:
+        return None
+    tag = f"alias {found!r}" if found else "no alias"
+    return (f"interface {ifname} exists and is a VXLAN device that is not ours ({tag}, not "
+            f"{alias!r}): the engine takes over only the devices it made; if it is one an "
+            "engine left without its alias (stopped while making it), delete it "
+            f"(ip link delete {ifname}) and the engine makes its own, else give the "
+            "vnet another vnetif")
+
+
 def _ours(link, ifname: str, alias: str):
     """The VXLAN data of ``link`` when it is our device (tagged ``alias``);
     VxlanError EEXIST for any other device (design.md 4)."""
     kind, data = _kind_and_data(link)
-    if kind != "vxlan" or data is None:
-        raise VxlanError(errno.EEXIST, f"interface {ifname} exists and is a {kind}, "
-                         "not a VXLAN device")
-    found = link.get_attr("IFLA_IFALIAS")
-    if found != alias:
-        tag = f"alias {found!r}" if found else "no alias"
-        raise VxlanError(errno.EEXIST, f"interface {ifname} exists and is a VXLAN device "
-                         f"that is not ours ({tag}, not {alias!r}): the engine takes over "
-                         "only the devices it made; delete it or give the vnet another "
-                         "vnetif")
+    if data is None and kind == "vxlan":
+        kind = "vxlan without VXLAN data"
+    problem = not_ours(ifname, kind, link.get_attr("IFLA_IFALIAS"), alias)
+    if problem:
+        raise VxlanError(errno.EEXIST, problem)
     return data
 
 
@@ -130,8 +156,16 @@ def _apply(ipr: IPRoute, link, data, **wanted) -> None:
     ipr.link("set", index=index, state="down")
     try:
         ipr.link("set", index=index, kind="vxlan", **changes)
-    finally:
-        ipr.link("set", index=index, state="up")
+    except NetlinkError:
+        # Up again without the change; a failure here must not hide the first one
+        # (the refresh sets our devices up again).
+        try:
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as e:
+            log.warning("cannot set VXLAN device %s up again: %s (retried at refresh)",
+                        link.get_attr("IFLA_IFNAME"), os.strerror(e.code))
+        raise
+    ipr.link("set", index=index, state="up")
 
 
 def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
@@ -140,6 +174,7 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
     with _netlink(ipr) as ipr:
         created = False
         what = "create"
+        replaced = ""   # our device of an earlier run, deleted to be made again
         try:
             found = ipr.link_lookup(ifname=spec.device) if spec.device else []
             if not found:
@@ -160,6 +195,12 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
                     # Ours, from a run with another --vxlan-port: made again, on its bridge.
                     master = link.get_attr("IFLA_MASTER")
                     ipr.link("del", index=link["index"])
+                    replaced = (f"; the vnet is refused, and its device {spec.ifname} of an "
+                                f"earlier run (VNI {data.get_attr('IFLA_VXLAN_ID')}, port "
+                                f"{data.get_attr('IFLA_VXLAN_PORT')}) was removed"
+                                + (", with its place on its bridge" if master else "")
+                                + " before this failure: add the vnet again (xend-vnet's "
+                                "reconcile puts the new device on the bridge)")
                     link = None
                     what = "create"
             if link is None:
@@ -178,10 +219,15 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
             if created:
                 _delete(ipr, spec.ifname)
             if isinstance(e, VxlanError):
-                raise
-            if isinstance(e, IndexError):
-                raise VxlanError(errno.ENODEV, f"VXLAN device {spec.ifname} vanished") from None
-            raise _failure(f"cannot {what} VXLAN device {spec.ifname}", e) from None
+                error = e
+            elif isinstance(e, IndexError):
+                error = VxlanError(errno.ENODEV, f"VXLAN device {spec.ifname} vanished")
+            else:
+                error = _failure(f"cannot {what} VXLAN device {spec.ifname}", e)
+            if replaced:
+                error = VxlanError(error.errno, error.message + replaced)
+                log.error("%s", error.message)
+            raise error from None
     return created
 
 
@@ -216,13 +262,29 @@ def delete_vxlan(ifname: str, alias: str, ipr: IPRoute | None = None) -> bool:
             raise _failure(f"cannot delete VXLAN device {ifname}", e) from None
 
 
-def link_indexes(ipr: IPRoute | None = None) -> dict[str, int]:
-    """Every interface's index by name: one link dump."""
+def _state(link) -> LinkState:
+    kind, data = _kind_and_data(link)
+    return LinkState(link["index"], kind, link.get_attr("IFLA_IFALIAS"),
+                     data.get_attr("IFLA_VXLAN_GROUP") if data is not None else None,
+                     bool(link["flags"] & IFF_UP))
+
+
+def link_states(ipr: IPRoute | None = None) -> dict[str, LinkState]:
+    """Every interface by name, with its kind, alias, group and state: one link dump."""
     with _netlink(ipr) as ipr:
         try:
-            return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+            return {link.get_attr("IFLA_IFNAME"): _state(link) for link in ipr.get_links()}
         except NetlinkError as e:
             raise _failure("cannot list the interfaces", e) from None
+
+
+def set_up(ifname: str, index: int, ipr: IPRoute | None = None) -> None:
+    """Bring a device of ours (checked by the caller) up."""
+    with _netlink(ipr) as ipr:
+        try:
+            ipr.link("set", index=index, state="up")
+        except NetlinkError as e:
+            raise _failure(f"cannot set VXLAN device {ifname} up", e) from None
 
 
 def set_group(ifname: str, alias: str, group: str, ttl: int,
@@ -239,44 +301,62 @@ def set_group(ifname: str, alias: str, group: str, ttl: int,
 
 
 def _flood_destinations(ipr: IPRoute, indexes: set[int]) -> dict[int, set[str]]:
-    """The all-zeros destinations of each device of ``indexes``: one FDB dump."""
+    """The IPv4 all-zeros destinations of each device of ``indexes``: one FDB
+    dump.  Other destinations (IPv6, which the kernel accepts) are never ours."""
     out: dict[int, set[str]] = {index: set() for index in indexes}
     for entry in ipr.get_neighbours(family=socket.AF_BRIDGE):
         dst = entry.get_attr("NDA_DST")
         if entry["ifindex"] in out and dst and entry.get_attr("NDA_LLADDR") == ALL_ZEROS:
-            out[entry["ifindex"]].add(dst)
+            try:
+                if ipaddress.ip_address(dst).version == 4:
+                    out[entry["ifindex"]].add(dst)
+            except ValueError:
+                pass
     return out
 
 
-def sync_floods(ifnames: list[str], group: str, peers: list[str],
-                ipr: IPRoute | None = None, links: dict[str, int] | None = None
+def sync_floods(devices: dict[str, str], peers: list[str], ipr: IPRoute | None = None,
+                links: dict[str, LinkState] | None = None
                 ) -> tuple[dict[str, tuple[list[str], list[str]]], list[VxlanError]]:
-    """Make each device's all-zeros entries one per peer (plus the group's),
-    with one link dump (none when ``links``, a ``link_indexes`` of this pass,
-    is given; a device missing from it is looked up) and one FDB dump for all
-    of them.  Returns the destinations (added, removed) by device, and the
-    failures (a device that failed is left as it was; the others are done)."""
-    if not ifnames:
+    """Make the all-zeros entries of each device (name: our alias) one per peer,
+    plus the kernel's for the group the device is on, with one link dump (none
+    when ``links``, a ``link_states`` of this pass, is given; a device missing
+    from it is looked up) and one FDB dump for all of them.  A device that is
+    not ours (another kind or alias) is a failure and nothing is changed on it.
+    Returns the destinations (added, removed) by device, and the failures (a
+    device that failed is left as it was; the others are done)."""
+    if not devices:
         return {}, []
     changes: dict[str, tuple[list[str], list[str]]] = {}
     failed: list[VxlanError] = []
     with _netlink(ipr) as ipr:
         try:
             if links is None:
-                links = link_indexes(ipr)
-            index_of = {n: links.get(n) or next(iter(ipr.link_lookup(ifname=n)), None)
-                        for n in ifnames}
-            present = _flood_destinations(ipr, {i for i in index_of.values() if i})
+                links = link_states(ipr)
+            states: dict[str, LinkState | None] = {}
+            for ifname in devices:
+                state = links.get(ifname)
+                if state is None:
+                    link = _link(ipr, ifname)
+                    state = _state(link) if link is not None else None
+                states[ifname] = state
+            present = _flood_destinations(ipr, {s.index for s in states.values() if s})
         except NetlinkError as e:
             return {}, [_failure("cannot read the flood entries", e)]
         except VxlanError as e:
             return {}, [e]
-        for ifname in ifnames:
-            index = index_of.get(ifname)
-            if index is None:
+        for ifname, alias in devices.items():
+            state = states[ifname]
+            if state is None:
                 failed.append(VxlanError(errno.ENODEV, f"VXLAN device {ifname} not found"))
                 continue
-            add, remove = flood_changes(present[index], peers, group)
+            problem = not_ours(ifname, state.kind, state.alias, alias)
+            if problem:
+                failed.append(VxlanError(errno.EEXIST, f"{problem} (not ours: its flood "
+                                         "entries are left alone)"))
+                continue
+            index = state.index
+            add, remove = flood_changes(present[index], peers, state.group)
             try:
                 for dst in add:
                     ipr.fdb("append", ifindex=index, lladdr=ALL_ZEROS, dst=dst)
@@ -289,10 +369,10 @@ def sync_floods(ifnames: list[str], group: str, peers: list[str],
     return changes, failed
 
 
-def sync_flood(ifname: str, group: str, peers: list[str],
+def sync_flood(ifname: str, alias: str, peers: list[str],
                ipr: IPRoute | None = None) -> tuple[list[str], list[str]]:
     """``sync_floods`` for one device; VxlanError on failure."""
-    changes, failed = sync_floods([ifname], group, peers, ipr)
+    changes, failed = sync_floods({ifname: alias}, peers, ipr)
     if failed:
         raise failed[0]
     return changes[ifname]

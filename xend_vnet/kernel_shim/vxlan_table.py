@@ -10,6 +10,7 @@ kernel; ``vxlan.py`` is the pyroute2 adapter.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -84,17 +85,22 @@ def ttl_problem(mcast_ttl: int) -> str | None:
 
 
 def flood_changes(present: Iterable[str], peers: Iterable[str],
-                  group: str) -> tuple[list[str], list[str]]:
+                  group: str | None) -> tuple[list[str], list[str]]:
     """(destinations to append, to delete) so that a device's all-zeros FDB
-    entries are the group (the kernel's own entry, never touched) and one
-    per peer."""
+    entries are its group (the kernel's own entry for the group the device is
+    on, never touched) and one per peer."""
     have = set(present) - {group}
     want = set(peers) - {group}
     return sorted(want - have, key=_ip_key), sorted(have - want, key=_ip_key)
 
 
 def _ip_key(addr: str) -> tuple:
-    return tuple(int(p) for p in addr.split("."))
+    """Numeric order, IPv4 first; anything else last (never raises)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return (7, 0, addr)
+    return (ip.version, int(ip), addr)
 
 
 @dataclass
