@@ -1,10 +1,13 @@
-"""Helpers shared by the engine's end-to-end tests: reading counters and listings, pings."""
+"""Helpers shared by the engine's end-to-end tests: reading counters and listings,
+pings, TCP transfers."""
 
 from __future__ import annotations
 
 import re
 import socket
 import struct
+import subprocess
+import sys
 
 from netns import Lab, Vnetd
 
@@ -81,3 +84,54 @@ def snmp_ip(lab: Lab, ns: str) -> dict:
     lines = [ln.split() for ln in lab.ns_sh(ns, "cat", "/proc/net/snmp").stdout.splitlines()
              if ln.startswith("Ip:")]
     return dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
+
+
+# A sink that prints "ready", then the byte count and SHA-256 of what one
+# connection brought; a source that sends argv[2] seeded random bytes to
+# argv[1] (retrying the connection for 10 s) and prints the same.
+TCP_SINK = """
+import hashlib, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 5001))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 16)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+TCP_SOURCE = """
+import hashlib, random, socket, sys, time
+data = random.Random(4).randbytes(int(sys.argv[2]))
+deadline = time.monotonic() + 10
+while True:
+    try:
+        s = socket.create_connection((sys.argv[1], 5001), timeout=30)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+s.sendall(data)
+s.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
+def tcp_transfer(lab: Lab, src_ns: str, dst_ns: str, addr: str, size: int,
+                 timeout: float = 300) -> None:
+    """``size`` bytes over TCP from ``src_ns`` to ``addr`` in ``dst_ns``; the
+    count and SHA-256 both ends print must match."""
+    sink = lab.spawn(dst_ns, sys.executable, "-c", TCP_SINK, stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    sent = lab.ns_sh(src_ns, sys.executable, "-c", TCP_SOURCE, addr, str(size),
+                     timeout=timeout).stdout.split()
+    got, _ = sink.communicate(timeout=60)
+    assert got.split() == sent and int(sent[0]) == size

@@ -21,7 +21,7 @@ import sys
 import time
 
 import pytest
-from e2e_helpers import drops, ping, varp_entries, vnet_stats
+from e2e_helpers import drops, ping, tcp_transfer, varp_entries, vnet_stats
 from netns import REPO, Lab, call_in_netns, is_root, sh, wait_for
 
 from xend_vnet.kernel_shim import codec
@@ -66,41 +66,6 @@ while time.monotonic() < end:
         continue
     n += data.startswith(sys.argv[1].encode())
 print(n, flush=True)
-"""
-
-SINK = """
-import hashlib, socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5001))
-s.listen(1)
-print("ready", flush=True)
-c, _ = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-SOURCE = """
-import hashlib, random, socket, sys, time
-data = random.Random(4).randbytes(int(sys.argv[2]))
-deadline = time.monotonic() + 10
-while True:
-    try:
-        s = socket.create_connection((sys.argv[1], 5001), timeout=30)
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.2)
-s.sendall(data)
-s.close()
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 """
 
 
@@ -249,15 +214,7 @@ def test_c_pings_b_through_the_remulticast_of_a(world):
 
 
 def test_tcp_20mb_a_to_c_intact(world):
-    lab = world.lab
-    sink = lab.spawn(world.ns["dc"], sys.executable, "-c", SINK, stdout=subprocess.PIPE,
-                     text=True)
-    assert sink.stdout.readline().strip() == "ready"
-    size = 20 * 1024 * 1024
-    sent = lab.ns_sh(world.ns["da"], sys.executable, "-c", SOURCE, "10.97.0.3", str(size),
-                     timeout=300).stdout.split()
-    got, _ = sink.communicate(timeout=60)
-    assert got.split() == sent and int(sent[0]) == size
+    tcp_transfer(world.lab, world.ns["da"], world.ns["dc"], "10.97.0.3", 20 * 1024 * 1024)
 
 
 def _udp_from(ns: str, payloads: list, dst: str) -> None:

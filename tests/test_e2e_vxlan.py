@@ -19,7 +19,7 @@ import sys
 import xmlrpc.client
 
 import pytest
-from e2e_helpers import ping
+from e2e_helpers import ping, tcp_transfer
 from netns import REPO, Lab, call_in_netns, is_root, sh, wait_for
 
 from xend_vnet import sxp
@@ -43,33 +43,6 @@ DOMAINS = {  # name: (host, address)
 }
 STARTUP = "(vnet.add (id 9c) (data-path vxlan))\n(vnet.add (id 97))\n"
 VXLAN_MTU = 1450
-
-SINK = """
-import hashlib, socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5001))
-s.listen(1)
-print("ready", flush=True)
-c, _ = s.accept()
-h, n = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 16)
-    if not b:
-        break
-    h.update(b)
-    n += len(b)
-print(n, h.hexdigest(), flush=True)
-"""
-
-SOURCE = """
-import hashlib, random, socket, sys
-data = random.Random(9).randbytes(int(sys.argv[2]))
-s = socket.create_connection((sys.argv[1], 5001), timeout=30)
-s.sendall(data)
-s.close()
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
-"""
 
 
 def _device(ifname: str) -> dict | None:
@@ -224,15 +197,8 @@ def test_ping_both_ways_on_one_link(world):
 
 
 def test_tcp_transfer_intact(world):
-    lab = world.lab
-    sink = lab.spawn(world.ns["db"], sys.executable, "-c", SINK, stdout=subprocess.PIPE,
-                     text=True)
-    assert sink.stdout.readline().strip() == "ready"
     size = 8 * 1024 * 1024
-    sent = lab.ns_sh(world.ns["da"], sys.executable, "-c", SOURCE, DOMAINS["db"][1],
-                     str(size), timeout=120).stdout.split()
-    got, _ = sink.communicate(timeout=60)
-    assert got.split() == sent and int(sent[0]) == size
+    tcp_transfer(world.lab, world.ns["da"], world.ns["db"], DOMAINS["db"][1], size)
     # Carried by the kernel: the device counted the transfer.
     assert world.lab.link_stat(world.ns["a"], "vnif009c", "tx_bytes") > size
 

@@ -1,5 +1,6 @@
-"""The kernel VXLAN device adapter (vxlan.py) and the daemon's use of it, against a
-fake IPRoute that records every netlink call (no root; docs/vxlan.md)."""
+"""The kernel VXLAN device adapter (vxlan.py), the engine's VXLAN vnets on it
+(vxlan_vnets.py) and the daemon's use of them, against a fake IPRoute that records
+every netlink call (no root; docs/vxlan.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from xend_vnet import sxp
 from xend_vnet.kernel_shim import daemon
 from xend_vnet.kernel_shim import vxlan as vxlan_mod
+from xend_vnet.kernel_shim.commands import CommandError
 from xend_vnet.kernel_shim.vxlan import (
     ALL_ZEROS,
     VxlanError,
@@ -25,6 +27,7 @@ from xend_vnet.kernel_shim.vxlan import (
     sync_floods,
 )
 from xend_vnet.kernel_shim.vxlan_table import device_alias
+from xend_vnet.kernel_shim.vxlan_vnets import VxlanVnets
 from xend_vnet.vnet_id import VnetId
 
 GROUP = "224.10.0.1"
@@ -309,7 +312,33 @@ def test_sync_floods_dumps_once_for_all_devices(kernel):
     assert sync_floods({}, []) == ({}, []) and kernel.opened == 1
 
 
-# -- the daemon: findings 4, 5 and 6 --------------------------------------------------
+# -- the engine's VXLAN vnets (vxlan_vnets.py) and the daemon: findings 4, 5 and 6 -------
+
+class Host:
+    """What VxlanVnets reads of the engine (as the engine fixture has it), for a
+    test to change: group, multicast TTL and peers."""
+
+    def __init__(self):
+        self.group = GROUP
+        self.mcast_ttl = 1
+        self.peers: list[str] = []
+        self.vnets = VxlanVnets(4789, 1500, group=lambda: self.group,
+                                mcast_ttl=lambda: self.mcast_ttl, device=lambda: "eth0",
+                                underlay_mtu=lambda: 1500, peers=lambda: list(self.peers))
+
+
+@pytest.fixture
+def host(kernel):
+    return Host()
+
+
+def create(vnets, kernel, *ids):
+    for n in ids:
+        vid = VnetId.parse(n)
+        vnets.create(vid, vid.default_vnetif)
+    kernel.calls.clear()
+    kernel.opened = 0
+
 
 @pytest.fixture
 def engine(kernel, tmp_path):
@@ -338,19 +367,20 @@ def test_a_flood_sync_failure_keeps_the_peer_and_is_retried(engine, kernel, capl
     with caplog.at_level(logging.WARNING, "vnetd"):
         assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
     assert engine.core.peers.get("198.51.100.3") is not None
-    assert engine.flood_sync_pending
+    vnets = engine.vxlan_vnets
+    assert vnets.flood_sync_pending
     assert "retried at each refresh" in caplog.text and "No buffer space" in caplog.text
-    engine._recreate_lost_vxlan()                   # the refresh: still failing
-    assert engine.flood_sync_pending and flood(kernel) == [GROUP]
+    vnets.refresh()                                  # the refresh: still failing
+    assert vnets.flood_sync_pending and flood(kernel) == [GROUP]
     kernel.fail_fdb = None
-    engine._recreate_lost_vxlan()
-    assert not engine.flood_sync_pending and flood(kernel) == sorted([GROUP, "198.51.100.3"])
+    vnets.refresh()
+    assert not vnets.flood_sync_pending and flood(kernel) == sorted([GROUP, "198.51.100.3"])
     kernel.fail_fdb = errno.ENOBUFS
     assert request(engine, "(peer.del (addr 198.51.100.3))") == ""
-    assert engine.core.peers.get("198.51.100.3") is None and engine.flood_sync_pending
+    assert engine.core.peers.get("198.51.100.3") is None and vnets.flood_sync_pending
     kernel.fail_fdb = None
-    engine._recreate_lost_vxlan()
-    assert flood(kernel) == [GROUP] and not engine.flood_sync_pending
+    vnets.refresh()
+    assert flood(kernel) == [GROUP] and not vnets.flood_sync_pending
 
 
 def test_a_file_peer_is_tracked_even_when_the_flood_sync_fails(engine, kernel):
@@ -359,7 +389,7 @@ def test_a_file_peer_is_tracked_even_when_the_flood_sync_fails(engine, kernel):
     kernel.fail_fdb = errno.ENOBUFS
     engine.load_file(initial=True)
     assert engine.vxlan.get(V9C) is not None
-    assert engine.file_peers == {"198.51.100.3"} and engine.flood_sync_pending
+    assert engine.file_peers == {"198.51.100.3"} and engine.vxlan_vnets.flood_sync_pending
     kernel.fail_fdb = None
     with open(engine.opts.file, "w") as f:
         f.write("(vnet.add (id 9c) (data-path vxlan))\n")
@@ -367,21 +397,23 @@ def test_a_file_peer_is_tracked_even_when_the_flood_sync_fails(engine, kernel):
     assert engine.file_peers == set() and engine.core.peers.get("198.51.100.3") is None
 
 
-def test_refresh_costs_one_netlink_socket_and_one_link_dump(engine, kernel):
-    add_vnets(engine, kernel, "9c", "9d", "9e")
-    engine._recreate_lost_vxlan()
+def test_refresh_costs_one_netlink_socket_and_one_link_dump(host, kernel):
+    vnets = host.vnets
+    create(vnets, kernel, "9c", "9d", "9e")
+    vnets.refresh()
     assert kernel.opened == 1 and kernel.ops("link-dump", "fdb-dump") == [("link-dump",)]
     # A device deleted from outside: made again, then one FDB dump for the flood entries.
-    request(engine, "(peer.add (addr 198.51.100.3))")
+    host.peers.append("198.51.100.3")
+    vnets.sync_floods()                              # what peer.add does
     del kernel.links["vnif009d"]
     kernel.calls.clear()
     kernel.opened = 0
-    engine._recreate_lost_vxlan()
+    vnets.refresh()
     assert kernel.opened == 1
     assert len(kernel.ops("link-dump")) == 1 and len(kernel.ops("fdb-dump")) == 1
     assert flood(kernel, "vnif009d") == sorted([GROUP, "198.51.100.3"])
     assert kernel.links["vnif009d"]["alias"] == device_alias(VnetId.parse("9d"))
-    assert not engine.flood_sync_pending
+    assert not vnets.flood_sync_pending
 
 
 def test_mcast_ttl_0_refuses_vxlan_vnets(engine, kernel):
@@ -433,18 +465,19 @@ def test_peer_add_and_refresh_leave_a_foreign_device_of_our_name_alone(engine, k
     with caplog.at_level(logging.WARNING, "vnetd"):
         assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
         assert kernel.fdb == before and not kernel.ops("fdb-append", "fdb-del")
-        assert engine.flood_sync_pending
+        assert engine.vxlan_vnets.flood_sync_pending
         caplog.clear()
         for _ in range(3):
-            engine._recreate_lost_vxlan()
+            engine.vxlan_vnets.refresh()
     assert kernel.fdb == before and not kernel.ops("fdb-append", "fdb-del", "add", "del")
     held = [r for r in caplog.records if "held by a device that is not ours" in r.getMessage()]
     assert len(held) == 1 and "vnif009c" in held[0].getMessage()
     # Once the name is free again, the device is made again and synced.
     del kernel.links["vnif009c"]
-    engine._recreate_lost_vxlan()
+    engine.vxlan_vnets.refresh()
     assert kernel.links["vnif009c"]["alias"] == ALIAS
-    assert flood(kernel) == sorted([GROUP, "198.51.100.3"]) and not engine.flood_sync_pending
+    assert flood(kernel) == sorted([GROUP, "198.51.100.3"])
+    assert not engine.vxlan_vnets.flood_sync_pending
 
 
 def test_sync_floods_spares_the_devices_own_group_entry(kernel):
@@ -482,24 +515,45 @@ def test_a_failed_group_move_is_retried_at_refresh(engine, kernel, monkeypatch):
     assert link["vxlan"]["vxlan_group"] == GROUP and link["up"]
     assert request(engine, "(peer.add (addr 198.51.100.3))") == ""
     assert flood(kernel) == sorted([GROUP, "198.51.100.3"])     # still floods to its group
-    engine._recreate_lost_vxlan()
+    engine.vxlan_vnets.refresh()
     assert link["vxlan"]["vxlan_group"] == "224.10.0.7"
     assert flood(kernel) == ["198.51.100.3", "224.10.0.7"]
-    assert not engine.group_move_pending
+    assert not engine.vxlan_vnets.group_move_pending
     kernel.calls.clear()
-    engine._recreate_lost_vxlan()
+    engine.vxlan_vnets.refresh()
     assert not kernel.ops("change", "down", "up")
 
 
-def test_refresh_sets_a_device_of_ours_up_again(engine, kernel, caplog):
-    add_vnets(engine, kernel, "9c")
+def test_group_moves_left_pending_are_retried_for_the_remaining_vnets(host, kernel,
+                                                                        monkeypatch):
+    """The same, on VxlanVnets alone: every device the kernel refused stays pending
+    (a deleted vnet's is forgotten), and the refresh moves it to the current group."""
+    vnets = host.vnets
+    create(vnets, kernel, "9c", "9d")
+    host.group = "224.10.0.7"                        # the engine moved
+    with monkeypatch.context() as m:
+        refuse_group_changes(m)
+        with pytest.raises(CommandError) as info:
+            vnets.move_group("224.10.0.7")
+    assert info.value.errno == errno.EIO
+    assert info.value.message.startswith("varp.mcaddr: the engine moved to 224.10.0.7, but ")
+    assert vnets.group_move_pending == {V9C, VnetId.parse("9d")}
+    vnets.delete(VnetId.parse("9d"))
+    vnets.refresh()
+    assert kernel.links["vnif009c"]["vxlan"]["vxlan_group"] == "224.10.0.7"
+    assert not vnets.group_move_pending and "vnif009d" not in kernel.links
+
+
+def test_refresh_sets_a_device_of_ours_up_again(host, kernel, caplog):
+    vnets = host.vnets
+    create(vnets, kernel, "9c")
     kernel.links["vnif009c"]["up"] = False
     with caplog.at_level(logging.WARNING, "vnetd"):
-        engine._recreate_lost_vxlan()
+        vnets.refresh()
     assert kernel.links["vnif009c"]["up"] and "vnif009c" in caplog.text and "down" in caplog.text
     foreign_down = kernel.links["vnif009c"]
     foreign_down["alias"], foreign_down["up"] = "admin tunnel", False
-    engine._recreate_lost_vxlan()
+    vnets.refresh()
     assert not foreign_down["up"]                    # not ours: left as it is
 
 

@@ -61,30 +61,8 @@ from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
 from .security import epoch_file
 from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE, SecurityContext
 from .udp import EngineSocket
-from .vxlan import (
-    VxlanError,
-    VxlanSpec,
-    delete_vxlan,
-    link_states,
-    netlink,
-    not_ours,
-    open_vxlan,
-    set_group,
-    set_up,
-    sync_flood,
-    sync_floods,
-)
-from .vxlan_table import (
-    DEFAULT_VXLAN_PORT,
-    MIN_MTU,
-    VxlanTable,
-    VxlanVnet,
-    device_alias,
-    kernel_ttl,
-    ttl_problem,
-    vni_of,
-    vxlan_mtu,
-)
+from .vxlan_table import DEFAULT_VXLAN_PORT
+from .vxlan_vnets import VxlanVnets
 
 log = logging.getLogger("vnetd")
 
@@ -286,10 +264,14 @@ class Vnetd:
                                security)
         self.selector = selectors.DefaultSelector()
         self.taps: dict[VnetId, TapDevice] = {}
-        self.vxlan = VxlanTable(opts.vxlan_port)   # vnets on the kernel data path
-        self.flood_sync_pending = False   # a flood-entry sync failed: retried at refresh
-        self.group_move_pending: set[VnetId] = set()   # set_group failed: retried at refresh
-        self.vxlan_noted: dict[VnetId, str] = {}   # a device problem logged once, by vnet
+        # Vnets on the kernel VXLAN data path (vxlan_vnets.py); ``vxlan`` is their
+        # table, the EngineHost's view of them.
+        self.vxlan_vnets = VxlanVnets(
+            opts.vxlan_port, opts.mtu,
+            group=lambda: self.core.mcaddr, mcast_ttl=lambda: self.udp.mcast_ttl,
+            device=lambda: self.device, underlay_mtu=lambda: self.underlay_mtu,
+            peers=lambda: [p.addr for p in self.core.peers])
+        self.vxlan = self.vxlan_vnets.table
         self.lost_taps: dict[VnetId, str] = {}     # deleted from outside, to recreate
         self.udp: EngineSocket | None = None
         self.raw: RawSender | None = None
@@ -393,7 +375,7 @@ class Vnetd:
     def delete_vnet(self, vid: VnetId) -> None:
         """Remove the vnet from the core and delete its TAP (design.md 5)."""
         if self.vxlan.get(vid) is not None:
-            self._delete_vxlan_vnet(vid)
+            self.vxlan_vnets.delete(vid)
             return
         self.core.remove_vnet(vid)
         tap = self.taps.pop(vid, None)
@@ -417,171 +399,21 @@ class Vnetd:
             log.info("joined VARP group %s", addr)
         else:
             log.warning("cannot join VARP group %s yet (%s); retrying", addr, self.udp.join_error)
-        self._move_vxlan_group(addr)
+        self.vxlan_vnets.move_group(addr)
 
-    # -- the kernel VXLAN data path (vxlan.py, docs/vxlan.md) -----------------------
+    # -- the kernel VXLAN data path (vxlan_vnets.py, docs/vxlan.md) -----------------
 
     def _has_vnet(self, vid: VnetId) -> bool:
         return self.core.has_vnet(vid) or self.vxlan.get(vid) is not None
 
-    def _vxlan_spec(self, vnet: VxlanVnet) -> VxlanSpec:
-        return VxlanSpec(vnet.ifname, vnet.vni, self.core.mcaddr, self.vxlan.port,
-                         kernel_ttl(self.udp.mcast_ttl), self.device, vnet.mtu,
-                         device_alias(vnet.vid))
-
     def create_vxlan_vnet(self, vid: VnetId, ifname: str) -> None:
-        """Create (or take over) the vnet's kernel VXLAN device with a flood
-        entry per peer; the core never sees this vnet's frames."""
-        problem = ttl_problem(self.udp.mcast_ttl)
-        if problem:
-            raise CommandError(errno.EINVAL, f"vnet.add: vnet {vid.canonical}: {problem}")
-        mtu = vxlan_mtu(self.opts.mtu, self.underlay_mtu)
-        if mtu < MIN_MTU:
-            raise CommandError(errno.EINVAL, f"vnet.add: the underlay MTU {self.underlay_mtu} "
-                               "leaves no room for VXLAN")
-        vnet = VxlanVnet(vid, ifname, vni_of(vid), mtu)
-        try:
-            self.vxlan.add(vnet)
-        except (KeyError, ValueError) as e:
-            raise CommandError(errno.EEXIST, f"vnet.add: {e}") from None
-        spec = self._vxlan_spec(vnet)
-        try:
-            created = open_vxlan(spec)
-            try:
-                sync_flood(ifname, spec.alias, self._peer_addresses())
-            except VxlanError:
-                if created:
-                    delete_vxlan(ifname, spec.alias)
-                raise
-        except VxlanError as e:
-            self.vxlan.remove(vid)
-            raise CommandError(e.errno, f"vnet.add: {e.message}") from None
-        log.info("vnet %s up on %s: kernel VXLAN, VNI %d, group %s, port %d, device %s, "
-                 "MTU %d%s", vid.canonical, ifname, vnet.vni, spec.group, spec.port,
-                 spec.device, mtu, "" if mtu == self.opts.mtu else
-                 f" (underlay MTU {self.underlay_mtu} - 50; domains on its bridge need "
-                 f"MTU {mtu} or less)")
+        """Create (or take over) the vnet's kernel VXLAN device (vxlan_vnets.py)."""
+        self.vxlan_vnets.create(vid, ifname)
 
-    def _delete_vxlan_vnet(self, vid: VnetId) -> None:
-        ifname = self.vxlan.get(vid).ifname
-        try:
-            if not delete_vxlan(ifname, device_alias(vid)):
-                log.warning("vnet %s: no VXLAN device of ours named %s to delete", vid.canonical,
-                            ifname)
-        except VxlanError as e:
-            raise CommandError(e.errno, f"vnet.del: {e.message}") from None
-        self.vxlan.remove(vid)
-        log.info("vnet %s deleted with its VXLAN device %s", vid.canonical, ifname)
-
-    def _peer_addresses(self) -> list[str]:
-        return [p.addr for p in self.core.peers]
-
-    def peers_changed(self, ipr=None, links: dict[str, int] | None = None) -> None:
-        """Give every VXLAN vnet a flood entry per peer, and only those: the
-        kernel sends floods to each peer directly (there is no VFWD relay).
-        A failure leaves the peer change in place: it is logged and the sync
-        is retried at every refresh until it succeeds."""
-        changes, failed = sync_floods({v.ifname: device_alias(v.vid) for v in self.vxlan},
-                                      self._peer_addresses(), ipr, links)
-        for vnet in self.vxlan:
-            added, removed = changes.get(vnet.ifname, ((), ()))
-            for dst in added:
-                log.info("vnet %s: floods also go to peer %s", vnet.vid.canonical, dst)
-            for dst in removed:
-                log.info("vnet %s: floods no longer go to %s", vnet.vid.canonical, dst)
-        if failed and not self.flood_sync_pending:
-            log.warning("VXLAN flood entries not in line with the peers (retried at each "
-                        "refresh): %s", "; ".join(e.message for e in failed))
-        elif self.flood_sync_pending and not failed:
-            log.info("VXLAN flood entries in line with the peers again")
-        self.flood_sync_pending = bool(failed)
-
-    def _move_vxlan_group(self, addr: str) -> None:
-        """A new group applies to the VXLAN vnets too (the kernel rejoins)."""
-        ttl = kernel_ttl(self.udp.mcast_ttl)
-        failed = []
-        for vnet in self.vxlan:
-            try:
-                set_group(vnet.ifname, device_alias(vnet.vid), addr, ttl)
-            except VxlanError as e:
-                failed.append(e.message)
-                self.group_move_pending.add(vnet.vid)
-            else:
-                self.group_move_pending.discard(vnet.vid)
-        if failed:
-            raise CommandError(errno.EIO, f"varp.mcaddr: the engine moved to {addr}, but "
-                               + "; ".join(failed) + " (retried at each refresh)")
-
-    def _retry_group_moves(self, ipr) -> bool:
-        """Move the devices a failed set_group left on the old group; True if any moved."""
-        self.group_move_pending &= {v.vid for v in self.vxlan}
-        moved = False
-        for vnet in self.vxlan:
-            if vnet.vid not in self.group_move_pending:
-                continue
-            try:
-                set_group(vnet.ifname, device_alias(vnet.vid), self.core.mcaddr,
-                          kernel_ttl(self.udp.mcast_ttl), ipr)
-            except VxlanError:
-                continue    # reported by varp.mcaddr; retried at the next refresh
-            self.group_move_pending.discard(vnet.vid)
-            moved = True
-            log.info("vnet %s: VXLAN device %s moved to group %s", vnet.vid.canonical,
-                     vnet.ifname, self.core.mcaddr)
-        return moved
-
-    def _note_vxlan(self, vnet: VxlanVnet, problem: str | None) -> None:
-        """Log a device problem of ``vnet`` once, not at every refresh."""
-        if problem is None:
-            self.vxlan_noted.pop(vnet.vid, None)
-        elif self.vxlan_noted.get(vnet.vid) != problem:
-            self.vxlan_noted[vnet.vid] = problem
-            log.warning("vnet %s: %s", vnet.vid.canonical, problem)
-
-    def _recreate_lost_vxlan(self) -> None:
-        """A VXLAN device deleted from outside is made again, like a lost TAP,
-        and flood entries a failure left behind are synced again: one IPRoute,
-        one link dump (and one FDB dump when entries need a sync) per refresh."""
-        with netlink() as ipr:
-            try:
-                present = link_states(ipr)
-            except VxlanError as e:
-                log.warning("cannot check the VXLAN devices: %s", e.message)
-                return
-            sync = self.flood_sync_pending
-            self.vxlan_noted = {v.vid: self.vxlan_noted[v.vid] for v in self.vxlan
-                                if v.vid in self.vxlan_noted}    # of deleted vnets: gone
-            for vnet in self.vxlan:
-                state = present.get(vnet.ifname)
-                if state is not None:
-                    problem = not_ours(vnet.ifname, state.kind, state.alias,
-                                       device_alias(vnet.vid))
-                    if problem:
-                        problem = f"its name is held by a device that is not ours: {problem}"
-                    elif not state.up:
-                        try:
-                            set_up(vnet.ifname, state.index, ipr)
-                            log.warning("vnet %s: VXLAN device %s was down; set it up",
-                                        vnet.vid.canonical, vnet.ifname)
-                        except VxlanError as e:
-                            problem = e.message
-                    self._note_vxlan(vnet, problem)
-                    continue
-                self.group_move_pending.discard(vnet.vid)   # made on the current group
-                self.vxlan_noted.pop(vnet.vid, None)
-                try:
-                    open_vxlan(self._vxlan_spec(vnet), ipr)
-                except VxlanError as e:
-                    log.warning("vnet %s: cannot recreate %s yet: %s", vnet.vid.canonical,
-                                vnet.ifname, e.message)
-                    continue
-                sync = True
-                log.warning("vnet %s: VXLAN device %s was deleted from outside; recreated",
-                            vnet.vid.canonical, vnet.ifname)
-            if self.group_move_pending and self._retry_group_moves(ipr):
-                present = None    # groups changed: sync_floods dumps the links again
-            if sync:
-                self.peers_changed(ipr, present)
+    def peers_changed(self) -> None:
+        """Sync every VXLAN vnet's flood entries with the peers; a failure is
+        logged and retried at the refresh."""
+        self.vxlan_vnets.sync_floods()
 
     def status(self) -> list:
         """Children of the (engine.status) reply (design.md 6)."""
@@ -1012,7 +844,7 @@ class Vnetd:
         if self.lost_taps:
             self._refresh_step("recreating the TAPs", self._recreate_lost_taps)
         if len(self.vxlan):
-            self._refresh_step("checking the VXLAN devices", self._recreate_lost_vxlan)
+            self._refresh_step("checking the VXLAN devices", self.vxlan_vnets.refresh)
         udp = self.udp
         if udp.joined and not udp.check_membership():
             log.warning("lost VARP group %s (its device went away); rejoining", udp.mcaddr)
