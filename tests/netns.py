@@ -288,6 +288,32 @@ class Lab:
         self.connect(ns, addr, underlay)
         return ns
 
+    def routed_hosts(self, router_addrs: dict[str, str],
+                     hosts: dict[str, tuple[str, str]]) -> tuple[str, dict[str, str]]:
+        """LANs joined by a unicast router (no multicast routing, so each group
+        stays on its LAN): ``router_addrs`` maps each LAN's name to the router's
+        address on it (one of 192.0.2.0/24 and 198.51.100.0/24), ``hosts`` maps
+        host names to (LAN, address). Returns the router's namespace and each
+        host's, with a route to the other LAN through the router."""
+        lans = {name: self.underlay(name) for name in router_addrs}
+        router = self.netns("r")
+        for i, (lan, addr) in enumerate(router_addrs.items(), 1):
+            sh(["ip", "link", "add", f"eth{i}", "netns", router, "type", "veth",
+                "peer", "name", f"v-r{i}", "netns", lans[lan]])
+            self.ns_sh(lans[lan], "ip", "link", "set", f"v-r{i}", "master", "br0", "up")
+            self.ns_sh(router, "ip", "addr", "add", f"{addr}/24", "dev", f"eth{i}")
+            self.ns_sh(router, "ip", "link", "set", f"eth{i}", "up")
+        self.ns_sh(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        out = {}
+        for name, (lan, addr) in hosts.items():
+            ns = out[name] = self.host(name, addr, underlay=lans[lan])
+            for other, other_router in router_addrs.items():
+                if other != lan:
+                    self.ns_sh(ns, "ip", "route", "add",
+                               other_router.rsplit(".", 1)[0] + ".0/24", "via",
+                               router_addrs[lan])
+        return router, out
+
     def connect(self, ns: str, addr: str, underlay: str | None = None) -> None:
         """Put namespace ``ns`` on the LAN: eth0 = addr/24, 224.0.0.0/4 routed on it."""
         ul = underlay or self.ul

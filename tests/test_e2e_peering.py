@@ -22,7 +22,7 @@ import time
 
 import pytest
 from e2e_helpers import drops, ping, tcp_transfer, varp_entries, vnet_stats
-from netns import REPO, Lab, call_in_netns, is_root, sh, wait_for
+from netns import REPO, Lab, call_in_netns, is_root, wait_for
 
 from xend_vnet.kernel_shim import codec
 
@@ -76,20 +76,10 @@ class World:
         self.vnetd = {}
         self.files: dict[str, str] = {}
         self.etc_dirs: list[str] = []
-        lans = {name: lab.underlay(name) for name in ("lan1", "lan2")}
-        router = self.ns["r"] = lab.netns("r")
-        for i, (lan, addr) in enumerate(ROUTER.items(), 1):
-            sh(["ip", "link", "add", f"eth{i}", "netns", router, "type", "veth",
-                "peer", "name", f"v-r{i}", "netns", lans[lan]])
-            lab.ns_sh(lans[lan], "ip", "link", "set", f"v-r{i}", "master", "br0", "up")
-            lab.ns_sh(router, "ip", "addr", "add", f"{addr}/24", "dev", f"eth{i}")
-            lab.ns_sh(router, "ip", "link", "set", f"eth{i}", "up")
         # A unicast router: no multicast routing daemon, so the group stays on its LAN.
-        lab.ns_sh(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for name, (lan, addr) in HOSTS.items():
-            ns = self.ns[name] = lab.host(name, addr, underlay=lans[lan])
-            other = "198.51.100.0/24" if lan == "lan1" else "192.0.2.0/24"
-            lab.ns_sh(ns, "ip", "route", "add", other, "via", ROUTER[lan])
+        self.ns["r"], hosts = lab.routed_hosts(ROUTER, HOSTS)
+        self.ns.update(hosts)
+        for name, ns in hosts.items():
             for conf in ("all", "default", "eth0"):
                 lab.ns_sh(ns, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=1")
             path = self.files[name] = os.path.join(lab.tmp, f"{name}.conf")
