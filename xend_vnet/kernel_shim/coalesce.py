@@ -20,12 +20,9 @@ Nothing is held back: a run ends with the batch, so no frame waits.
 
 from __future__ import annotations
 
-import struct
-
 from .core import DeliverFrame, DeliverOffload
-from .fastpath import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, residue, swap16
+from .fastpath import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, encode_vnet_hdr, residue, swap16
 
-_VNET_HDR = struct.Struct("=BBHHHH")
 _ETH_IPV4 = b"\x08\x00"
 _ETH_IPV6 = b"\x86\xdd"
 _ETH_VLAN = b"\x81\x00"
@@ -185,7 +182,7 @@ def merge(first: _Segment, frames: list[bytes], psh: int) -> bytes:
     # kernel completes it per segment (the contract of VIRTIO_NET_HDR_F_NEEDS_CSUM).
     s = _pseudo_sum(first, tcp_len) % 0xFFFF
     header[l4 + 16:l4 + 18] = (s or 0xFFFF).to_bytes(2, "big")
-    vnet_hdr = _VNET_HDR.pack(F_NEEDS_CSUM, gso_type, body, first.size, l4, _TCP_CSUM_OFFSET)
+    vnet_hdr = encode_vnet_hdr(F_NEEDS_CSUM, gso_type, body, first.size, l4, _TCP_CSUM_OFFSET)
     return b"".join((vnet_hdr, header, payload))
 
 

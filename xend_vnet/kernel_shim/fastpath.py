@@ -373,6 +373,12 @@ def decode_vnet_hdr(hdr: bytes) -> tuple[int, int, int, int, int, int]:
     return _VNET_HDR.unpack_from(hdr)
 
 
+def encode_vnet_hdr(flags: int, gso_type: int, hdr_len: int, gso_size: int,
+                    csum_start: int, csum_offset: int) -> bytes:
+    """The 10-byte virtio_net_hdr, in the host's byte order as the TAP reads it."""
+    return _VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
 def residue(data: bytes, extra: int = 0) -> int:
     """The sum of ``data``'s 16-bit words, read little-endian, plus ``extra``,
     modulo 0xffff: 0 for data whose Internet checksum holds.
