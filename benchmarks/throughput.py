@@ -43,6 +43,7 @@ and ping.  The benchmark uses ``ip`` itself; the product never does.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -85,6 +86,8 @@ def engine_paths(phase: str) -> tuple:
             (phase + "-auth", label + " auth", D1, D2, "10.154.0.2"),
             (phase + "-conf", label + " conf", D1, D2, "10.155.0.2"))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One run at a time owns the namespaces (latency.py shares the test bed).
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "xend-vnet-benchmark.lock")
 
 
 class BenchError(Exception):
@@ -123,10 +126,19 @@ class Testbed:
         self.procs: list[subprocess.Popen] = []
         self.engines: list[subprocess.Popen] = []
         self.workdir = tempfile.mkdtemp(prefix=PREFIX)
+        self.lock_fd: int | None = None     # held while this run owns the xvb- namespaces
 
     # -- set-up --------------------------------------------------------------------------
 
     def build(self) -> None:
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BenchError(f"another run holds {LOCK_PATH}: its {PREFIX}* namespaces "
+                             "are in use") from None
+        self.lock_fd = fd
         remove_namespaces()  # leftovers of an interrupted run
         for ns in (H1, H2, D1, D2):
             ip("netns", "add", ns)
@@ -308,7 +320,10 @@ class Testbed:
                 p.kill()
                 p.wait()
         self.procs.clear()
-        remove_namespaces()
+        if self.lock_fd is not None:       # never another run's namespaces
+            remove_namespaces()
+            os.close(self.lock_fd)
+            self.lock_fd = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
