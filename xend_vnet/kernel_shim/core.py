@@ -784,7 +784,7 @@ class EngineCore:
                     if keys is not None:
                         probe = keys.seal(probe, care_of, now)
                     self._send(addr, probe, actions)
-        room = self.underlay_mtu - UDP_IP_OVERHEAD - codec.DATA_HEADER_LEN
+        room = self.underlay_mtu - UDP_IP_OVERHEAD - DATA_HEADER_LEN
         if keys is not None:
             room -= secure_codec.OVERHEAD
         try:

@@ -93,7 +93,6 @@ REASSEMBLY_LIMIT = 64            # frames in flight at once, all senders togethe
 _SEGMENT = struct.Struct("!HH16sIHH")
 _SEALED_PREFIX = struct.pack("!HH", MSG_FAST, FAST_SEALED)
 _VNET_HDR = struct.Struct("=BBHHHH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _TCP_FRONT = struct.Struct("!4sI4sBBH")          # ports, seq, ack, offset, flags, window
 _IPV4_VARIABLE = struct.Struct("!HH")            # total length, id
 _U16 = struct.Struct("!H")
