@@ -27,7 +27,7 @@ from e2e_helpers import (
     snmp_ip,
     varp_entries,
 )
-from netns import Lab, call_in_netns, is_root, wait_for
+from netns import Lab, call_in_netns, is_root, socket_in_netns, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
@@ -120,6 +120,31 @@ def test_unicast_after_learning(world):
     assert counter(a, V97, "flooded") - flooded0 <= 1   # at most an ARP refresh
     # Host c is in vnet 97 too but receives none of this unicast exchange.
     assert counter(c, V97, "rx_packets") - c_rx0 <= 1
+
+
+def test_a_burst_into_an_idle_engine_arrives_whole(world):
+    """After an idle wait the engines read one frame, and come straight back for
+    the rest (daemon.IDLE_WAIT): a burst sent into quiet engines arrives whole,
+    in order, without waiting for later traffic."""
+    lab = world.lab
+    ping(lab, world.ns["da"], "10.97.0.2", count=2, interval=0.1)   # ARP and VARP learned
+    rx = socket_in_netns(world.ns["db"])
+    tx = socket_in_netns(world.ns["da"])
+    try:
+        rx.bind(("10.97.0.2", 7001))
+        rx.settimeout(3)
+        time.sleep(0.2)                              # both engines go idle
+        for i in range(200):
+            tx.sendto(i.to_bytes(4, "big") * 16, ("10.97.0.2", 7001))
+        got = []
+        while len(got) < 200:
+            got.append(int.from_bytes(rx.recv(100)[:4], "big"))
+    except TimeoutError:
+        pytest.fail(f"{len(got)} of 200 datagrams arrived")
+    finally:
+        rx.close()
+        tx.close()
+    assert got == list(range(200))
 
 
 def test_large_ping_fragments_outer_packets(world):

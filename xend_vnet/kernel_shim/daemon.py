@@ -76,6 +76,11 @@ LOCK_DIR = "/run/xend-vnet"        # root-owned: per-namespace engine locks
 DEFAULT_VNETS = (2, 3, 4)          # wire.md 1.3, design.md 4
 FILE_COMMANDS = ("vnet.add", "peer.add", "varp.mcaddr")  # wire.md 8.3
 BATCH = 64                 # datagrams or frames drained per wakeup
+# A wait longer than this leaves the engine's code out of the CPU caches, and
+# the read that only meets EAGAIN then costs as much as the frame's own turn
+# (~35 us here, docs/performance.md): after such a wait one frame is read per
+# source, and the loop comes back at once, warm, if more are waiting.
+IDLE_WAIT = 0.0005
 ADDRESS_REFRESH = 5.0      # seconds between looks at the host's addresses
 JOIN_RETRY = 1.0           # while the group is not joined (design.md 5)
 DROP_LOG_INTERVAL = 1.0    # drop reasons are logged at most this often
@@ -281,6 +286,7 @@ class Vnetd:
         self.started = time.monotonic()
         self.io_dropped: dict[str, int] = {}
         self.coalesced = 0          # frames that reached a TAP inside a merged one
+        self.batch = BATCH          # reads per source this turn (1 after an idle wait)
         self.file_vnets: set[VnetId] = set()
         self.file_peers: set[str] = set()
         self._stopping = False
@@ -605,7 +611,8 @@ class Vnetd:
             if conn_deadline is not None and conn_deadline < deadline:
                 deadline = conn_deadline
             events = select(max(0.0, deadline - now))
-            now = time.monotonic()
+            before, now = now, time.monotonic()
+            self.batch = 1 if now - before > IDLE_WAIT else BATCH
             for key, mask in events:
                 key.data(mask, now)
             timer = self.core.next_timer()
@@ -625,7 +632,7 @@ class Vnetd:
         receive = self.core.receive_udp
         receive_train = self.core.receive_train
         pending: list = []       # actions of single datagrams, not yet performed
-        for payload, src, dst, gso in self.udp.recv_batch(BATCH):
+        for payload, src, dst, gso in self.udp.recv_batch(self.batch):
             try:
                 if gso:
                     self._perform_coalesced(pending)
@@ -667,7 +674,7 @@ class Vnetd:
 
     def _on_etherip(self, _mask: int, now: float) -> None:
         receive = self.core.receive_etherip
-        for packet, src, dst in self.etherip.recv_batch(BATCH):
+        for packet, src, dst in self.etherip.recv_batch(self.batch):
             try:
                 actions = receive(packet, src, dst, now)
             except Exception:  # noqa: BLE001 -- one bad packet must not stop the engine
@@ -680,7 +687,7 @@ class Vnetd:
         receive = self.core.receive_tap
         perform = self._perform
         try:
-            frames = tap.read_batch(BATCH)
+            frames = tap.read_batch(self.batch)
         except TapError as e:
             self._tap_lost(vid, tap, e)
             return
