@@ -24,6 +24,9 @@ vnet bridge, whose other port is vnetd's TAP (10.99.0.0/24).  Then, for
   kernel vxlan data path  vnet 9c with ``(data-path vxlan)`` (10.156.0.0/24):
          the engines put the kernel's VXLAN device on its bridge
          (docs/vxlan.md); measured once, during the first phase,
+  naive  a naive CPython TAP-to-UDP forwarder (naive_forwarder.py: a read
+         and a sendto per frame, nothing else) on vnet 99's TAP: the floor
+         of any CPython engine on this machine, ping round trip included,
   legacy the legacy C vnetd, when ``--legacy-vnetd PATH`` is given: it is
          started in both hosts with ``--legacy-args`` and must bring up the
          TAP ``vnif0099`` for vnet 99 (none exists on our machines),
@@ -36,7 +39,7 @@ and ping.  The benchmark uses ``ip`` itself; the product never does.
 
     python3 benchmarks/throughput.py [--runs 3] [--seconds 5] [--json FILE]
                                      [--vnet-mtu 1500] [--profile PREFIX]
-                                     [--phases plain-tap,plain,fast]
+                                     [--phases plain-tap,plain,fast,naive]
                                      [--legacy-vnetd PATH --legacy-args ARGS]
 """
 
@@ -78,6 +81,8 @@ PHASES = {
     "fast": (None, "vnetd offload"),
 }
 LEGACY_PATH = ("legacy", "legacy C vnetd", D1, D2, "10.99.0.2")
+NAIVE = "naive"     # the phase of naive_forwarder.py
+NAIVE_PATH = (NAIVE, "naive CPython forwarder", D1, D2, "10.99.0.2")
 
 
 def engine_paths(phase: str) -> tuple:
@@ -184,6 +189,20 @@ class Testbed:
             self.engines.append(self.start([*in_ns(host, path, *argv)], f"legacy-{host}"))
         self._enslave_taps((VNETS[0][1],))
         self.warm_up((LEGACY_PATH,))
+
+    def start_naive(self) -> None:
+        """naive_forwarder.py in both hosts on vnet 99's TAP, each toward the other."""
+        tap = VNETS[0][1]
+        for host, peer in ((H1, H2), (H2, H1)):
+            # The engines' TAPs persist, with their offloads on: a fresh one.
+            sh(*in_ns(host, "ip", "link", "del", tap), check=False)
+            self.engines.append(self.start(
+                [*in_ns(host, sys.executable, os.path.join(REPO, "benchmarks",
+                                                            "naive_forwarder.py"),
+                        tap, UNDERLAY[peer][1])], f"naive-{host}"))
+            ip("-n", host, "link", "set", tap, "mtu", str(self.vnet_mtu))
+        self._enslave_taps((tap,))
+        self.warm_up((NAIVE_PATH,))
 
     def _enslave_taps(self, taps: tuple) -> None:
         for i, host in enumerate((H1, H2), start=1):
@@ -373,9 +392,14 @@ def measure_all(bed: Testbed, opts: argparse.Namespace) -> dict:
     args = (opts.runs, opts.seconds, opts.pings)
     results = measure(bed, KERNEL_PATHS, *args)
     for phase in opts.phases:
+        if phase == NAIVE:
+            bed.start_naive()
+            results.update(measure(bed, (NAIVE_PATH,), *args))
+            bed.stop_engines()
+            continue
         bed.start_engines(phase)
         results.update(measure(bed, engine_paths(phase), *args))
-        if phase == opts.phases[0]:
+        if "vxlan-path" not in results:
             # The kernel carries it whatever the engines' options: measured once.
             results.update(measure(bed, (VXLAN_DATA_PATH,), *args))
         bed.stop_engines()
@@ -443,6 +467,15 @@ def targets(results: dict) -> str:
         out.append(f"# {results[plain]['label']} / legacy {gbit(plain) / legacy:.2f} "
                    f"(target 1.2), RTT {rtt(plain):.3f} against {legacy_rtt:.3f} ms "
                    f"({rtt(plain) / legacy_rtt:.2f}x, target at most 1); {how}")
+    if NAIVE in results:
+        for plain in ("plain", "plain-tap"):
+            if plain in results:
+                out.append(f"# {results[plain]['label']} / naive CPython forwarder: "
+                           f"throughput {gbit(plain) / gbit(NAIVE):.2f}, "
+                           f"RTT {rtt(plain) / rtt(NAIVE):.2f}x")
+        if "vxlan" in results and "legacy" not in results:
+            out.append(f"# naive CPython forwarder RTT {rtt(NAIVE):.3f} ms against the "
+                       f"legacy estimate {rtt('vxlan') * LEGACY_RTT_PER_VXLAN:.3f} ms")
     return "\n".join(out)
 
 
@@ -491,13 +524,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--legacy-args", default="",
                    help="its arguments; {device} and {addr} become the host's underlay "
                         "device and address")
-    p.add_argument("--phases", default=",".join(PHASES),
-                   help="engine phases to run, comma-separated (default %(default)s)")
+    p.add_argument("--phases", default=",".join([*PHASES, NAIVE]),
+                   help="engine phases (and the naive forwarder) to run, comma-separated "
+                        "(default %(default)s)")
     opts = p.parse_args(argv)
     opts.phases = [ph for ph in opts.phases.split(",") if ph]
-    unknown = [ph for ph in opts.phases if ph not in PHASES]
+    unknown = [ph for ph in opts.phases if ph not in PHASES and ph != NAIVE]
     if unknown:
-        p.error(f"unknown phase {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+        p.error(f"unknown phase {', '.join(unknown)}; choose from "
+                f"{', '.join([*PHASES, NAIVE])}")
     if os.geteuid() != 0:
         print("throughput.py: needs root (network namespaces)", file=sys.stderr)
         return 1
