@@ -130,13 +130,13 @@ def test_a_burst_into_an_idle_engine_arrives_whole(world):
     ping(lab, world.ns["da"], "10.97.0.2", count=2, interval=0.1)   # ARP and VARP learned
     rx = socket_in_netns(world.ns["db"])
     tx = socket_in_netns(world.ns["da"])
+    got: list[int] = []
     try:
         rx.bind(("10.97.0.2", 7001))
         rx.settimeout(3)
         time.sleep(0.2)                              # both engines go idle
         for i in range(200):
             tx.sendto(i.to_bytes(4, "big") * 16, ("10.97.0.2", 7001))
-        got = []
         while len(got) < 200:
             got.append(int.from_bytes(rx.recv(100)[:4], "big"))
     except TimeoutError:
