@@ -33,7 +33,10 @@ vnet bridge, whose other port is vnetd's TAP (10.99.0.0/24).  Then, for
 
 it runs iperf3 (TCP, one stream) and ping, ``--runs`` times each, and prints
 the medians with their ratios to the baseline and to kernel VXLAN, and the
-UDP receive-buffer errors of both hosts during each path's runs.  Everything it creates is
+UDP receive-buffer errors of both hosts during each path's runs.  Paths
+measured together (veth and vxlan; the three levels of one phase) take their
+samples in turns, so the drift of a shared machine weighs on each alike and
+their ratios are fair.  Everything it creates is
 removed on exit, also on failure or Ctrl-C.  Needs root, iproute2, iperf3
 and ping.  The benchmark uses ``ip`` itself; the product never does.
 
@@ -369,20 +372,27 @@ def machine() -> dict:
 
 
 def measure(bed: Testbed, paths: tuple, runs: int, seconds: float, pings: int) -> dict:
-    results: dict = {}
-    for name, label, client, _, addr in paths:
-        samples = []
-        errors_before = bed.rcvbuf_errors()
-        for _ in range(runs):
+    """``runs`` samples of each path, taken in turns (path 1, path 2, ..., path 1,
+    ...): this VM's speed drifts over minutes, and paths compared with each other
+    (none, auth and conf of one phase; veth and VXLAN) should see the same drift."""
+    samples: dict = {name: [] for name, *_ in paths}
+    rcvbuf: dict = dict.fromkeys(samples, 0)
+    for _ in range(runs):
+        for name, _, client, _, addr in paths:
+            errors_before = bed.rcvbuf_errors()
             sample = bed.iperf(client, addr, seconds)
             sample.update(bed.ping(client, addr, pings))
-            samples.append(sample)
+            samples[name].append(sample)
+            rcvbuf[name] += bed.rcvbuf_errors() - errors_before
+    results: dict = {}
+    for name, label, *_ in paths:
+        taken = samples[name]
         results[name] = {
-            "label": label, "samples": samples,
-            "gbit_per_second": statistics.median(s["bits_per_second"] for s in samples) / 1e9,
-            "rtt_avg_ms": statistics.median(s["rtt_avg_ms"] for s in samples),
-            "retransmits": statistics.median(s["retransmits"] for s in samples),
-            "rcvbuf_errors": bed.rcvbuf_errors() - errors_before,
+            "label": label, "samples": taken,
+            "gbit_per_second": statistics.median(s["bits_per_second"] for s in taken) / 1e9,
+            "rtt_avg_ms": statistics.median(s["rtt_avg_ms"] for s in taken),
+            "retransmits": statistics.median(s["retransmits"] for s in taken),
+            "rcvbuf_errors": rcvbuf[name],
         }
     return results
 
