@@ -373,7 +373,7 @@ def machine() -> dict:
 
 def measure(bed: Testbed, paths: tuple, runs: int, seconds: float, pings: int) -> dict:
     """``runs`` samples of each path, taken in turns (path 1, path 2, ..., path 1,
-    ...): this VM's speed drifts over minutes, and paths compared with each other
+    ...): a shared machine's speed drifts over minutes, and paths compared with each other
     (none, auth and conf of one phase; veth and VXLAN) should see the same drift."""
     samples: dict = {name: [] for name, *_ in paths}
     rcvbuf: dict = dict.fromkeys(samples, 0)
