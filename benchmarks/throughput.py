@@ -377,13 +377,14 @@ def measure(bed: Testbed, paths: tuple, runs: int, seconds: float, pings: int) -
     (none, auth and conf of one phase; veth and VXLAN) should see the same drift."""
     samples: dict = {name: [] for name, *_ in paths}
     rcvbuf: dict = dict.fromkeys(samples, 0)
+    errors = bed.rcvbuf_errors()
     for _ in range(runs):
         for name, _, client, _, addr in paths:
-            errors_before = bed.rcvbuf_errors()
             sample = bed.iperf(client, addr, seconds)
             sample.update(bed.ping(client, addr, pings))
             samples[name].append(sample)
-            rcvbuf[name] += bed.rcvbuf_errors() - errors_before
+            errors_before, errors = errors, bed.rcvbuf_errors()
+            rcvbuf[name] += errors - errors_before
     results: dict = {}
     for name, label, *_ in paths:
         taken = samples[name]
