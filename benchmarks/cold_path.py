@@ -21,8 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from xend_vnet.kernel_shim import codec  # noqa: E402
-from xend_vnet.kernel_shim.core import CoreOptions, EngineCore  # noqa: E402
+from xend_vnet.kernel_shim.wire import codec# noqa: E402
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore# noqa: E402
 from xend_vnet.vnet_id import VnetId  # noqa: E402
 
 VID = VnetId.parse("99")

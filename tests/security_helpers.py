@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from xend_vnet.kernel_shim.core import CoreOptions, DeliverFrame, EngineCore, SendUdp
+from xend_vnet.kernel_shim.core.engine import CoreOptions, DeliverFrame, EngineCore, SendUdp
 from xend_vnet.kernel_shim.security.keystore import EpochSource, SecurityContext
 from xend_vnet.vnet_id import VnetId
 

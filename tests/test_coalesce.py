@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fastpath import check_ipv4_frame, ref_checksum, tcp_super_frame
 
-from xend_vnet.kernel_shim.coalesce import coalesce, parse_segment
-from xend_vnet.kernel_shim.core import DeliverFrame, DeliverOffload, SendUdp
-from xend_vnet.kernel_shim.fastpath import (
+from xend_vnet.kernel_shim.datapath.coalesce import coalesce, parse_segment
+from xend_vnet.kernel_shim.core.engine import DeliverFrame, DeliverOffload, SendUdp
+from xend_vnet.kernel_shim.wire.offload import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
     GSO_TCPV6,

@@ -6,8 +6,8 @@ import pathlib
 
 import pytest
 
-from xend_vnet.kernel_shim import codec
-from xend_vnet.kernel_shim.codec import DecodeError, VarpHeader
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.wire.codec import DecodeError, VarpHeader
 from xend_vnet.vnet_id import VnetId
 
 VECTORS = {

@@ -4,9 +4,9 @@ as an exception; each datagram is accepted or dropped under a counted reason."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xend_vnet.kernel_shim import codec
-from xend_vnet.kernel_shim.codec import DecodeError, VarpHeader
-from xend_vnet.kernel_shim.core import EngineCore
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.wire.codec import DecodeError, VarpHeader
+from xend_vnet.kernel_shim.core.engine import EngineCore
 from xend_vnet.vnet_id import VnetId
 
 V97 = VnetId.parse("97")

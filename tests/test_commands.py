@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xend_vnet import sxp
-from xend_vnet.kernel_shim import commands
-from xend_vnet.kernel_shim.commands import EEXIST, EINVAL, ENOENT, CommandError, execute
-from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
-from xend_vnet.kernel_shim.vxlan_table import VxlanTable, VxlanVnet, vni_of
+from xend_vnet.kernel_shim.control import commands
+from xend_vnet.kernel_shim.control.commands import EEXIST, EINVAL, ENOENT, CommandError, execute
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"

@@ -13,8 +13,7 @@ import pytest
 
 from xend_vnet import sxp
 from xend_vnet.engine_client import EngineClient
-from xend_vnet.kernel_shim.control_server import (ControlServer, ControlSocketError,
-                                                   error_reply)
+from xend_vnet.kernel_shim.control.server import ControlServer, ControlSocketError, error_reply
 
 
 class Loop:

@@ -2,8 +2,14 @@
 
 import pytest
 
-from xend_vnet.kernel_shim import codec
-from xend_vnet.kernel_shim.core import CoreOptions, DeliverFrame, EngineCore, SendRaw, SendUdp
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.core.engine import (
+    CoreOptions,
+    DeliverFrame,
+    EngineCore,
+    SendRaw,
+    SendUdp,
+)
 from xend_vnet.vnet_id import VnetId
 
 GROUP = "224.10.0.1"

@@ -23,7 +23,7 @@ from netns import REPO, Lab, sh, wait_for
 
 from xend_vnet import install
 from xend_vnet.config import VnetConfig
-from xend_vnet.kernel_shim import launcher
+from xend_vnet import engine_launcher as launcher
 from xend_vnet.store import VnetStore
 
 pytestmark = pytest.mark.root

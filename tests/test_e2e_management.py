@@ -16,7 +16,7 @@ import xmlrpc.client
 import pytest
 from netns import REPO, Lab, wait_for
 
-from xend_vnet.xm_commands.httpu import server_proxy
+from xend_vnet.httpu import server_proxy
 
 pytestmark = pytest.mark.root
 

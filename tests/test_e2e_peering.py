@@ -24,7 +24,7 @@ import pytest
 from e2e_helpers import drops, ping, tcp_transfer, varp_entries, vnet_stats
 from netns import REPO, Lab, call_in_netns, is_root, wait_for
 
-from xend_vnet.kernel_shim import codec
+from xend_vnet.kernel_shim.wire import codec
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
@@ -99,7 +99,7 @@ class World:
     def vn(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         d = self.vnetd[host]
         p = self.lab.ns_sh(self.ns[host], "env", f"PYTHONPATH={REPO}", sys.executable, "-m",
-                           "xend_vnet.kernel_shim.vn", "--control", d.control, *args,
+                           "xend_vnet.vn.main", "--control", d.control, *args,
                            check=False)
         if check:
             assert p.returncode == 0, p.stdout + p.stderr

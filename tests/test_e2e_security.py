@@ -23,7 +23,7 @@ from e2e_helpers import counter, drops, no_loss_after_first, ping, varp_entries
 from netns import Lab, is_root, socket_in_netns, wait_for
 from test_e2e_engine import CLIENT, SERVER
 
-from xend_vnet.kernel_shim import codec
+from xend_vnet.kernel_shim.wire import codec
 from xend_vnet.kernel_shim.security import keys
 from xend_vnet.kernel_shim.security.keystore import SecurityContext, VnetKeys
 from xend_vnet.vnet_id import VnetId
@@ -57,7 +57,7 @@ class World:
         lab.underlay()
         for vnet in LEVELS:
             path = self.key[vnet] = os.path.join(lab.tmp, f"vnet{vnet}.key")
-            subprocess.run([sys.executable, "-m", "xend_vnet.kernel_shim.vn", "key-gen", path],
+            subprocess.run([sys.executable, "-m", "xend_vnet.vn.main", "key-gen", path],
                            check=True, cwd=REPO)
         for name, addr in (("a", A), ("b", B), ("x", X)):
             ns = self.ns[name] = lab.host(name, addr)
@@ -326,7 +326,7 @@ def test_receiver_restart_refuses_replays_older_than_the_epoch_age(world):
 
 
 def vn(world, host: str, *args: str) -> str:
-    return world.lab.ns_sh(world.ns[host], sys.executable, "-m", "xend_vnet.kernel_shim.vn",
+    return world.lab.ns_sh(world.ns[host], sys.executable, "-m", "xend_vnet.vn.main",
                            "--control", world.vnetd[host].control, *args).stdout
 
 

@@ -112,7 +112,7 @@ class World:
 
     def vn(self, host: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         p = self.lab.ns_sh(self.ns[host], "env", f"PYTHONPATH={REPO}", sys.executable, "-m",
-                           "xend_vnet.kernel_shim.vn", "--control", self.vnetd[host].control,
+                           "xend_vnet.vn.main", "--control", self.vnetd[host].control,
                            *args, check=False)
         if check:
             assert p.returncode == 0, p.stdout + p.stderr
@@ -363,7 +363,7 @@ def test_xend_vnet_create_refuses_secured_vxlan_and_keeps_unknown_keys(world):
         config = "(vnet (id 9f) (bridge vnet9f) (data-path vxlan) (note kept))"
 
         def session():
-            from xend_vnet.xm_commands.httpu import server_proxy
+            from xend_vnet.httpu import server_proxy
             proxy = server_proxy(f"httpu://{sock}")
             out = {}
             try:
@@ -376,7 +376,7 @@ def test_xend_vnet_create_refuses_secured_vxlan_and_keeps_unknown_keys(world):
             return out
 
         def answers():
-            from xend_vnet.xm_commands.httpu import server_proxy
+            from xend_vnet.httpu import server_proxy
             return server_proxy(f"httpu://{sock}").xend_vnets() == []
 
         wait_for(lambda: call_in_netns(ns, answers), timeout=20, what="xend-vnet to answer")

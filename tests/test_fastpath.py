@@ -9,15 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xend_vnet.kernel_shim import fastpath
-from xend_vnet.kernel_shim.codec import (
+from xend_vnet.kernel_shim.wire import offload as wire_offload
+from xend_vnet.kernel_shim.wire import segments as wire_segments
+from xend_vnet.kernel_shim.core import peer_caps, reassembly
+from xend_vnet.kernel_shim.wire.codec import (
     DATA_PREFIX,
     VARP_REQUEST,
     DecodeError,
     VarpHeader,
     encode_announce,
 )
-from xend_vnet.kernel_shim.core import (
+from xend_vnet.kernel_shim.core.engine import (
     CoreOptions,
     DeliverFrame,
     DeliverOffload,
@@ -26,16 +28,15 @@ from xend_vnet.kernel_shim.core import (
     SendTrain,
     SendUdp,
 )
-from xend_vnet.kernel_shim.fastpath import (
+from xend_vnet.kernel_shim.wire.offload import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
     GSO_TCPV6,
-    SEGMENT_HEADER_LEN,
-    Reassembler,
     checksum,
     plain_frames,
-    segment_sends,
 )
+from xend_vnet.kernel_shim.wire.segments import SEGMENT_HEADER_LEN, segment_sends
+from xend_vnet.kernel_shim.core.reassembly import Reassembler
 from xend_vnet.vnet_id import VnetId
 
 from security_helpers import V97, Clock, delivered, secured_core, sent
@@ -180,7 +181,7 @@ def test_plain_frames_completes_partial_checksums(vlan):
 
 def test_plain_frames_passes_complete_frames_and_refuses_unknown_gso():
     frame = eth() + ipv4_header(8, 17) + bytes(8)
-    assert plain_frames(fastpath.ZERO_VNET_HDR + frame) == [frame]
+    assert plain_frames(wire_offload.ZERO_VNET_HDR + frame) == [frame]
     with pytest.raises(DecodeError) as e:
         plain_frames(struct.pack("=BBHHHH", 0, 3, 0, 100, 0, 0) + frame)   # UFO
     assert e.value.reason == "gso_unsupported"
@@ -209,15 +210,15 @@ def segments(packet: bytes, chunk: int, frame_id: int = 1) -> list[bytes]:
 @pytest.mark.parametrize("size", [24, 1444, 1445, 9000, 65546])
 def test_segments_fit_the_underlay_and_reassemble(size):
     packet = bytes(10) + bytes((i * 13) & 0xFF for i in range(size - 10))
-    chunk = fastpath.chunk_size(1500)
+    chunk = wire_segments.chunk_size(1500)
     segs = segments(packet, chunk)
     assert all(len(s) + 28 <= 1500 for s in segs)
     sends = list(segment_sends(VID.raw, 1, packet, chunk))
-    assert all(sum(len(b) for b in iov) <= fastpath.BYTES_PER_SEND for iov in sends)
+    assert all(sum(len(b) for b in iov) <= wire_segments.BYTES_PER_SEND for iov in sends)
     r = Reassembler()
     results = [r.add(PEER, s, 0.0) for s in reversed(segs)]
     assert results[:-1] == [None] * (len(segs) - 1)
-    assert results[-1] == (fastpath.FAST_SEGMENT, VID.raw, packet)
+    assert results[-1] == (wire_segments.FAST_SEGMENT, VID.raw, packet)
     assert len(r) == 0
 
 
@@ -252,9 +253,9 @@ def test_reassembly_memory_is_bounded():
     packet = bytes(10) + eth() + bytes(3000)
     for i in range(500):
         r.add(PEER, segments(packet, 1000, frame_id=i)[0], i * 0.001)
-        assert len(r) <= fastpath.REASSEMBLY_LIMIT
+        assert len(r) <= reassembly.REASSEMBLY_LIMIT
     r.sweep(10.0)
-    assert len(r) == 0 and r.expired >= 500 - fastpath.REASSEMBLY_LIMIT
+    assert len(r) == 0 and r.expired >= 500 - reassembly.REASSEMBLY_LIMIT
 
 
 @settings(max_examples=500)
@@ -270,20 +271,20 @@ def test_reassembler_takes_any_bytes(payloads):
 
 def test_capability_trailer():
     ann = encode_announce(VID.raw, MAC_B, PEER)
-    assert fastpath.has_capability(ann + fastpath.CAP_TRAILER)
-    assert not fastpath.has_capability(ann)
-    assert not fastpath.has_capability(ann + fastpath.CAP_TRAILER[:6])
-    assert not fastpath.has_capability(ann + b"XVNF\x00\x01\x00\x00")
+    assert wire_segments.has_capability(ann + wire_segments.CAP_TRAILER)
+    assert not wire_segments.has_capability(ann)
+    assert not wire_segments.has_capability(ann + wire_segments.CAP_TRAILER[:6])
+    assert not wire_segments.has_capability(ann + b"XVNF\x00\x01\x00\x00")
 
 
 def test_capabilities_probe_refresh_and_expiry():
-    caps = fastpath.PeerCapabilities()
+    caps = peer_caps.PeerCapabilities()
     assert caps.probe_due(PEER, 0.0) and not caps.probe_due(PEER, 1.0)
-    assert caps.probe_due(PEER, fastpath.PROBE_INTERVAL + 0.1)
+    assert caps.probe_due(PEER, peer_caps.PROBE_INTERVAL + 0.1)
     caps.heard(PEER, 10.0)
     assert caps.fast(PEER, 10.0) and not caps.probe_due(PEER, 20.0)
-    assert caps.probe_due(PEER, 10.0 + fastpath.CAP_REFRESH + 1)
-    assert not caps.fast(PEER, 10.0 + fastpath.CAP_TTL + 1)
+    assert caps.probe_due(PEER, 10.0 + peer_caps.CAP_REFRESH + 1)
+    assert not caps.fast(PEER, 10.0 + peer_caps.CAP_TTL + 1)
     assert caps.addresses(11.0) == [PEER]
 
 
@@ -323,14 +324,14 @@ def test_offloaded_frame_goes_plain_and_asks_until_the_peer_shows_the_capability
     assert not any(a.payload[:4] == b"\x00\x01\x00\x01" for a in actions)
     probes = [a for a in actions if a.dst_ip == PEER and a.payload[:4] == b"\x00\x01\x00\x02"]
     assert probes == [SendUdp(PEER, encode_announce(VID.raw, MAC_A, "192.0.2.1")
-                              + fastpath.PROBE_TRAILER)]
+                              + wire_segments.PROBE_TRAILER)]
     data = [a for a in actions if a.payload.startswith(DATA_PREFIX)]
     assert len(data) == 4 and all(a.dst_ip == PEER for a in data)
     for a in data:
         check_ipv4_frame(a.payload[22:])
     again = datagrams(c.receive_tap(VID, packet[10:], 2.0, packet))       # rate-limited
     assert not any(a.payload[:2] == b"\x00\x01" for a in again)
-    learn_b(c, fastpath.CAP_TRAILER)                             # the answer of our engine
+    learn_b(c, wire_segments.CAP_TRAILER)                             # the answer of our engine
     actions = c.receive_tap(VID, packet[10:], 2.0, packet)
     assert actions == [SendFast(PEER, VID.raw, 1, packet)]
     assert c.counters.tx_fast == 1
@@ -383,7 +384,7 @@ def test_a_secured_train_leaves_room_for_the_seal():
 
 
 def test_our_announces_carry_the_trailer_only_with_offload():
-    for offload, trailer in ((True, fastpath.CAP_TRAILER), (False, b"")):
+    for offload, trailer in ((True, wire_segments.CAP_TRAILER), (False, b"")):
         c = core(offload)
         frame = eth(dst=b"\xff" * 6) + bytes(50)
         actions = c.receive_tap(VID, frame, 0.0)
@@ -392,7 +393,7 @@ def test_our_announces_carry_the_trailer_only_with_offload():
         reply = encode_announce(VID.raw, MAC_A, "192.0.2.1")
         # A requester (era B, or a test tool) gets the legacy bytes, whatever follows.
         assert c.receive_udp(request, PEER, "192.0.2.1", 1.0) == [SendUdp(PEER, reply)]
-        assert c.receive_udp(request + fastpath.CAP_TRAILER, PEER, "192.0.2.1", 1.0) == [
+        assert c.receive_udp(request + wire_segments.CAP_TRAILER, PEER, "192.0.2.1", 1.0) == [
             SendUdp(PEER, reply)]
         assert not c.caps.fast(PEER, 1.0)
 
@@ -400,14 +401,14 @@ def test_our_announces_carry_the_trailer_only_with_offload():
 def test_a_probe_is_answered_once_per_interval_with_a_domain_of_ours():
     c = core()
     c.receive_tap(VID, eth(dst=b"\xff" * 6) + bytes(50), 0.0)    # MAC_A is ours
-    probe = encode_announce(VID.raw, MAC_B, PEER) + fastpath.PROBE_TRAILER
-    answer = encode_announce(VID.raw, MAC_A, "192.0.2.1") + fastpath.CAP_TRAILER
+    probe = encode_announce(VID.raw, MAC_B, PEER) + wire_segments.PROBE_TRAILER
+    answer = encode_announce(VID.raw, MAC_A, "192.0.2.1") + wire_segments.CAP_TRAILER
     assert c.receive_udp(probe, PEER, "192.0.2.1", 1.0) == [SendUdp(PEER, answer)]
     assert c.caps.fast(PEER, 1.0)
     assert c.receive_udp(probe, PEER, "192.0.2.1", 2.0) == []     # rate-limited
     assert c.receive_udp(probe, PEER, "192.0.2.1", 7.0) == [SendUdp(PEER, answer)]
     # The answer carries no probe bit, so two engines never ping-pong.
-    assert not fastpath.asks_answer(answer) and fastpath.asks_answer(probe)
+    assert not wire_segments.asks_answer(answer) and wire_segments.asks_answer(probe)
     # An engine without offloads, or with no domain of its own there, says nothing.
     assert core(offload=False).receive_udp(probe, PEER, "192.0.2.1", 1.0) == []
     assert core().receive_udp(probe, PEER, "192.0.2.1", 1.0) == []
@@ -417,13 +418,13 @@ def test_clear_claims_never_make_a_secured_vnet_send_segments():
     """Capabilities heard from unauthenticated traffic (clear announces,
     segments anyone can spoof) stay apart from what secured vnets use."""
     c = core()
-    learn_b(c, fastpath.CAP_TRAILER)
+    learn_b(c, wire_segments.CAP_TRAILER)
     assert c.caps.fast(PEER, 0.0) and not c.sealed_caps.fast(PEER, 0.0)
 
 
 def test_floods_are_always_plain():
     c = core()
-    learn_b(c, fastpath.CAP_TRAILER)
+    learn_b(c, wire_segments.CAP_TRAILER)
     c.varp.flush()
     packet = tcp_super_frame(bytes(3000), 1448)   # MAC_B not learned: flooded
     actions = c.receive_tap(VID, packet[10:], 1.0, packet)
@@ -494,7 +495,7 @@ def test_secured_super_frames_are_sealed_once_and_verified(level):
     packet = tcp_super_frame(bytes(range(256)) * 100, 1448)
     [send] = [x for x in a.receive_tap(V97, packet[10:], 1.0, packet)
               if isinstance(x, SendFast)]
-    assert send.opcode == fastpath.FAST_SEALED
+    assert send.opcode == wire_segments.FAST_SEALED
     assert (packet in send.packet) == (level == "auth")      # conf encrypts
     out = []
     for iov in segment_sends(send.vid_raw, send.frame_id, send.packet, 1444, send.opcode):

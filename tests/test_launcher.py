@@ -15,8 +15,8 @@ import pytest
 from vn_fake_engine import FakeEngine, vnet_form
 
 from xend_vnet.engine_client import DEFAULT_CONTROL
-from xend_vnet.kernel_shim import launcher
-from xend_vnet.kernel_shim.launcher import LauncherError
+from xend_vnet import engine_launcher as launcher
+from xend_vnet.engine_launcher import LauncherError
 
 # A stand-in for vnetd: its command line names a file called vnetd.  With a
 # control path it detaches like ``vnetd --daemon``: the child writes the pid

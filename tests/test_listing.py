@@ -1,9 +1,10 @@
 """Listing texts: exact era-C layouts with full ids (wire.md 7, 8.5)."""
 
 from xend_vnet import sxp
-from xend_vnet.kernel_shim import codec, listing
-from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
-from xend_vnet.kernel_shim.vxlan_table import VxlanTable, VxlanVnet, vni_of
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.control import listing
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
 ID4 = "0000:0000:0000:0000:0000:0000:0000:0004"

@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from xend_vnet import install
-from xend_vnet.kernel_shim import launcher
+from xend_vnet import engine_launcher as launcher
 
 MINIMAL_PATH = "/sbin:/usr/sbin:/bin:/usr/bin"
 

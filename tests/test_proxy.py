@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 from netns import REPO, wait_for
 
-from xend_vnet.xm_commands.httpu import server_proxy
+from xend_vnet.httpu import server_proxy
 
 SLOW_CALL = 60.0     # issue 6: a call that takes 60 s goes through
 

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from security_helpers import KEY1, V97, write_key
 
-from xend_vnet.kernel_shim import codec
-from xend_vnet.kernel_shim.codec import DecodeError
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.wire.codec import DecodeError
 from xend_vnet.kernel_shim.security import keys
 from xend_vnet.kernel_shim.security.secure_codec import (
     HEADER_LEN,

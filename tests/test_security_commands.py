@@ -9,11 +9,11 @@ from security_helpers import KEY1, KEY2, V97, Clock, context, write_key
 from vn_fake_engine import FakeEngine, vnet_form
 
 from xend_vnet import sxp
-from xend_vnet.kernel_shim import vn
-from xend_vnet.kernel_shim.commands import execute
-from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
+from xend_vnet.vn import main as vn
+from xend_vnet.kernel_shim.control.commands import execute
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
 from xend_vnet.kernel_shim.security import keys
-from xend_vnet.kernel_shim.vxlan_table import VxlanTable
+from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable
 
 ID97 = V97.canonical
 

@@ -22,8 +22,9 @@ from security_helpers import (
     sent,
 )
 
-from xend_vnet.kernel_shim import codec, listing
-from xend_vnet.kernel_shim.core import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.control import listing
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
 from xend_vnet.kernel_shim.security import keys
 from xend_vnet.vnet_id import VnetId
 from xend_vnet.kernel_shim.security.secure_codec import (

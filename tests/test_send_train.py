@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import types
 
-from xend_vnet.kernel_shim.core import SendTrain
+from xend_vnet.kernel_shim.core.engine import SendTrain
 from xend_vnet.kernel_shim.daemon import Vnetd
 
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from netns import Lab, call_in_netns
 
-from xend_vnet.kernel_shim.tap import TapError, check_tap_name, delete_tap, open_tap
+from xend_vnet.kernel_shim.datapath.tap import TapError, check_tap_name, delete_tap, open_tap
 
 
 @pytest.mark.parametrize("name", ["vn%d", "", "a" * 16, "vn x", "vn/x", "vn:1", "..",

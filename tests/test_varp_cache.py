@@ -1,6 +1,6 @@
 """VarpCache: learning, INCOMPLETE on lookup miss, ageing (wire.md 3.5)."""
 
-from xend_vnet.kernel_shim.varp_cache import INCOMPLETE, REACHABLE, VarpCache
+from xend_vnet.kernel_shim.core.varp_cache import INCOMPLETE, REACHABLE, VarpCache
 
 V1 = bytes(15) + b"\x97"
 V2 = bytes(15) + b"\x98"

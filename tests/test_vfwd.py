@@ -12,13 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xend_vnet.kernel_shim import codec
-from xend_vnet.kernel_shim.core import DeliverFrame, EngineCore, SendRaw, SendUdp
-from xend_vnet.kernel_shim.vfwd import (
-    DuplicateWindow,
-    ipv4_checksum,
-    remulticast_packet,
-)
+from xend_vnet.kernel_shim.wire import codec
+from xend_vnet.kernel_shim.core.engine import DeliverFrame, EngineCore, SendRaw, SendUdp
+from xend_vnet.kernel_shim.core.vfwd import DuplicateWindow, ipv4_checksum, remulticast_packet
 from xend_vnet.vnet_id import VnetId
 
 VECTORS = os.path.join(os.path.dirname(__file__), "vectors", "legacy-vnetd-capture.json")

@@ -1,7 +1,7 @@
 """VifTable: local MACs per vnet, new-MAC detection and ageing (wire.md 3.6)."""
 
-from xend_vnet.kernel_shim.peer_table import PeerTable
-from xend_vnet.kernel_shim.vif_table import VifTable
+from xend_vnet.kernel_shim.core.peer_table import PeerTable
+from xend_vnet.kernel_shim.core.vif_table import VifTable
 
 V1 = bytes(15) + b"\x97"
 V2 = bytes(15) + b"\x98"

@@ -17,7 +17,8 @@ from vn_fake_engine import FakeEngine, vnet_form
 
 from xend_vnet import sxp
 from xend_vnet.bridges import BridgeError
-from xend_vnet.kernel_shim import launcher, vn
+from xend_vnet import engine_launcher as launcher
+from xend_vnet.vn import main as vn
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 ID2 = "0000:0000:0000:0000:0000:0000:0000:0002"
@@ -512,7 +513,7 @@ def netns(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
 
     def run(*argv, check=True):
-        done = subprocess.run(ns + [sys.executable, "-m", "xend_vnet.kernel_shim.vn",
+        done = subprocess.run(ns + [sys.executable, "-m", "xend_vnet.vn.main",
                                     "--control", control, *argv],
                               check=False, capture_output=True, text=True, env=env, timeout=60)
         if check and done.returncode != 0:

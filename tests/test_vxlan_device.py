@@ -15,9 +15,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from xend_vnet import sxp
 from xend_vnet.kernel_shim import daemon
-from xend_vnet.kernel_shim import vxlan as vxlan_mod
-from xend_vnet.kernel_shim.commands import CommandError
-from xend_vnet.kernel_shim.vxlan import (
+from xend_vnet.kernel_shim.datapath.vxlan import device as vxlan_mod
+from xend_vnet.kernel_shim.control.commands import CommandError
+from xend_vnet.kernel_shim.datapath.vxlan.device import (
     ALL_ZEROS,
     VxlanError,
     VxlanSpec,
@@ -26,8 +26,8 @@ from xend_vnet.kernel_shim.vxlan import (
     set_group,
     sync_floods,
 )
-from xend_vnet.kernel_shim.vxlan_table import device_alias
-from xend_vnet.kernel_shim.vxlan_vnets import VxlanVnets
+from xend_vnet.kernel_shim.datapath.vxlan.table import device_alias
+from xend_vnet.kernel_shim.datapath.vxlan.vnets import VxlanVnets
 from xend_vnet.vnet_id import VnetId
 
 GROUP = "224.10.0.1"

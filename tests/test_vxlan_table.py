@@ -2,7 +2,7 @@
 
 import pytest
 
-from xend_vnet.kernel_shim.vxlan_table import (
+from xend_vnet.kernel_shim.datapath.vxlan.table import (
     VxlanTable,
     VxlanVnet,
     device_alias,

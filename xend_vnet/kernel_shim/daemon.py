@@ -30,12 +30,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import __version__, sdnotify, sxp
 from ..engine_client import error_of
 from ..vnet_id import VnetId, VnetIdError
-from . import commands
-from .codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
-from .commands import CommandError
-from .coalesce import coalesce
-from .control_server import ControlServer, ControlSocketError
-from .core import (
+from .control import commands
+from .wire.codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
+from .control.commands import CommandError
+from .datapath.coalesce import coalesce
+from .control.server import ControlServer, ControlSocketError
+from .core.engine import (
     CoreOptions,
     DeliverFrame,
     DeliverOffload,
@@ -45,24 +45,22 @@ from .core import (
     SendTrain,
     SendUdp,
 )
-from .fastpath import (
+from .wire.segments import (
     BYTES_PER_SEND,
-    MAX_PACKET,
     SEGMENT_HEADER_LEN,
     SEGMENTS_PER_SEND,
     UDP_IP_OVERHEAD,
-    VNET_HDR_LEN,
-    ZERO_VNET_HDR,
     chunk_size,
     segment_sends,
 )
-from .raw import EtheripSocket, RawSender
-from .tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
+from .wire.offload import MAX_PACKET, VNET_HDR_LEN, ZERO_VNET_HDR
+from .datapath.raw import EtheripSocket, RawSender
+from .datapath.tap import DEFAULT_MTU, TapDevice, TapError, delete_tap, open_tap
 from .security import epoch_file
 from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE, SecurityContext
-from .udp import EngineSocket
-from .vxlan_table import DEFAULT_VXLAN_PORT
-from .vxlan_vnets import VxlanVnets
+from .datapath.udp import EngineSocket
+from .datapath.vxlan.table import DEFAULT_VXLAN_PORT
+from .datapath.vxlan.vnets import VxlanVnets
 
 log = logging.getLogger("vnetd")
 

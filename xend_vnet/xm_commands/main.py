@@ -20,7 +20,7 @@ import xml.parsers.expat
 import xmlrpc.client
 
 from .. import sxp
-from .httpu import DEFAULT_URI, server_proxy
+from ..httpu import DEFAULT_URI, server_proxy
 
 VNET_COMMANDS = ("vnet-create", "vnet-delete", "vnet-list")
 # Real paths of the xm programs a pass-through chain already ran (os.pathsep-separated).

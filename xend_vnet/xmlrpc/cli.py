@@ -26,7 +26,7 @@ from .. import install, sdnotify
 from ..engine_client import EngineClient, EngineError
 from ..store import StoreError, VnetStore
 from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
-from ..xm_commands.httpu import server_proxy
+from ..httpu import server_proxy
 from . import importer
 from .api import VnetAPI
 from .server import ServerError, XMLRPCServers
@@ -152,7 +152,7 @@ def setup_logging(log_file: str | None) -> None:
 def ensure_engine(control: str) -> str | None:
     """Start vnetd if nothing answers on its control socket (design.md 5);
     return why it could not be started, or None."""
-    from ..kernel_shim import launcher
+    from .. import engine_launcher as launcher
     try:
         launcher.ensure_engine(control, {})
     except (EngineError, launcher.LauncherError, OSError) as e:

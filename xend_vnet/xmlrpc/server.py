@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from ..xend_config import XendConfigError, check_upstream
-from ..xm_commands.httpu import UnixHTTPConnection
+from ..httpu import UnixHTTPConnection
 from .api import ERROR_INTERNAL, VnetAPI, fault_reply
 from .caller import Caller, peer_of
 

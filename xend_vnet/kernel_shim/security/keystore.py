@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..codec import DecodeError
+from ..wire.codec import DecodeError
 from . import keys
 from .replay import ReplayWindow
 from .secure_codec import SUITES, header_prefix, open_, seal_with

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..codec import MSG_SECURE, DecodeError
+from ..wire.codec import MSG_SECURE, DecodeError
 
 SUITE_AUTH = 1
 SUITE_CONF = 2

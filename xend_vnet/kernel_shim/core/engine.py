@@ -61,9 +61,9 @@ import socket
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..vnet_id import VnetId
-from . import codec
-from .codec import (
+from ...vnet_id import VnetId
+from ..wire import codec
+from ..wire.codec import (
     DATA_PREFIX,
     MSG_DATA,
     MSG_SECURE,
@@ -75,25 +75,24 @@ from .codec import (
     VarpHeader,
 )
 from .counters import EngineCounters, VnetCounters, count
-from .fastpath import (
+from ..wire.segments import (
     CAP_TRAILER,
     FAST_SEALED,
     PROBE_TRAILER,
     FAST_SEGMENT,
     MSG_FAST,
     UDP_IP_OVERHEAD,
-    VNET_HDR_LEN,
-    PeerCapabilities,
-    Reassembler,
     asks_answer,
     has_capability,
     decode_sealed_inner,
     encode_sealed_inner,
-    plain_frames,
 )
+from ..wire.offload import VNET_HDR_LEN, plain_frames
+from .peer_caps import PeerCapabilities
+from .reassembly import Reassembler
 from .peer_table import PeerTable
-from .security import secure_codec
-from .security.keystore import Generation, SecurityContext, VnetKeys
+from ..security import secure_codec
+from ..security.keystore import Generation, SecurityContext, VnetKeys
 from .vfwd import DuplicateWindow, remulticast_packet
 from .varp_cache import VarpCache
 from .vif_table import VifTable

@@ -14,14 +14,14 @@ import errno as _errno
 from collections.abc import Callable
 from typing import Protocol
 
-from .. import sxp
-from ..ifnames import ifname_problem
-from ..vnet_id import VnetId, VnetIdError
+from ... import sxp
+from ...ifnames import ifname_problem
+from ...vnet_id import VnetId, VnetIdError
 from . import listing
-from .codec import is_multicast, parse_ipv4, parse_mac
-from .core import EngineCore
-from .security import keys
-from .vxlan_table import DATA_PATHS, VxlanTable, id_problem
+from ..wire.codec import is_multicast, parse_ipv4, parse_mac
+from ..core.engine import EngineCore
+from ..security import keys
+from ..datapath.vxlan.table import DATA_PATHS, VxlanTable, id_problem
 
 ENOENT = _errno.ENOENT   # 2
 EIO = _errno.EIO         # 5

@@ -20,8 +20,8 @@ Nothing is held back: a run ends with the batch, so no frame waits.
 
 from __future__ import annotations
 
-from .core import DeliverFrame, DeliverOffload
-from .fastpath import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, encode_vnet_hdr, residue, swap16
+from ..core.engine import DeliverFrame, DeliverOffload
+from ..wire.offload import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, encode_vnet_hdr, residue, swap16
 
 _ETH_IPV4 = b"\x08\x00"
 _ETH_IPV6 = b"\x86\xdd"

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .. import sxp
-from ..vnet_id import VnetId
-from .codec import mac_text
-from .core import EngineCore, Vnet
-from .security.secure_codec import OVERHEAD as SECURE_OVERHEAD
-from .security.secure_codec import SUITE_NAMES
-from .varp_cache import STATE_NAMES
-from .vxlan_table import VXLAN_OVERHEAD, VxlanTable, VxlanVnet
+from ... import sxp
+from ...vnet_id import VnetId
+from ..wire.codec import mac_text
+from ..core.engine import EngineCore, Vnet
+from ..security.secure_codec import OVERHEAD as SECURE_OVERHEAD
+from ..security.secure_codec import SUITE_NAMES
+from ..core.varp_cache import STATE_NAMES
+from ..datapath.vxlan.table import VXLAN_OVERHEAD, VxlanTable, VxlanVnet
 
 HZ = 1000
 # Header room of UDP mode (outer IP 20 + UDP 8 + VnetMsgHdr 4 + etherip 18 +

@@ -29,7 +29,7 @@ import struct
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ..ifnames import ifname_problem
+from ...ifnames import ifname_problem
 
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA

@@ -16,9 +16,9 @@ import errno
 import logging
 from collections.abc import Callable
 
-from ..vnet_id import VnetId
-from .commands import CommandError
-from .vxlan import (
+from ....vnet_id import VnetId
+from ...control.commands import CommandError
+from .device import (
     VxlanError,
     VxlanSpec,
     delete_vxlan,
@@ -31,7 +31,7 @@ from .vxlan import (
     sync_flood,
     sync_floods,
 )
-from .vxlan_table import (
+from .table import (
     MIN_MTU,
     VxlanTable,
     VxlanVnet,

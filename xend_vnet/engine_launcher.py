@@ -22,8 +22,8 @@ import time
 
 import psutil
 
-from .. import sxp
-from ..engine_client import DEFAULT_CONTROL, EngineClient, EngineError, EngineUnavailable
+from . import sxp
+from .engine_client import DEFAULT_CONTROL, EngineClient, EngineError, EngineUnavailable
 
 SYSTEMD_UNIT = "vnetd.service"
 DAEMON_MODULE = "xend_vnet.kernel_shim.daemon"

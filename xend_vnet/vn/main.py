@@ -29,7 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import bridges, sxp
 from ..engine_client import EngineClient, EngineError, EngineUnavailable, default_control_path
 from ..vnet_id import VnetId, VnetIdError
-from . import launcher
+from .. import engine_launcher as launcher
 
 PROG = "vn"
 EXIT_NOT_RUNNING = 3  # LSB status code for "program is not running"

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .vxlan_table import flood_changes
+from .table import flood_changes
 
 log = logging.getLogger("vnetd.vxlan")
 

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..vnet_id import VnetId
+from ....vnet_id import VnetId
 
 DATA_PATHS = ("vnetd", "vxlan")
 DEFAULT_VXLAN_PORT = 4789       # IANA's VXLAN port

@@ -21,7 +21,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from .. import sxp
+from ... import sxp
 
 log = logging.getLogger("vnetd.control")
 
