@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """A naive CPython TAP-to-UDP forwarder: the floor of a Python engine.
 
-Issue 7 compares the engine with "a naive CPython TAP-to-UDP forwarder"; this
+docs/performance.md compares the engine with "a naive CPython TAP-to-UDP forwarder"; this
 is one, measured in the same run as everything else (throughput.py's
 ``naive`` row).  It does only what any Python tunnel must: one TAP (no
 offloads), one UDP socket, an epoll loop, one ``read`` and one ``sendto``
 per frame one way, one ``recv`` and one ``write`` per datagram the other,
-with the legacy data header (wire.md 4.1) put on and checked.  No learning,
+with the legacy data header (protocol.md 4.1) put on and checked.  No learning,
 no multicast, no counters, no security, one fixed peer: what it costs is
 what CPython itself costs per packet on this machine, so its ping round trip
 is the lowest a CPython engine can reach here.  A benchmark baseline, not
@@ -31,7 +31,7 @@ import sys
 
 TUNSETIFF = 0x400454CA
 IFF_TAP, IFF_NO_PI = 0x0002, 0x1000
-# wire.md 4.1: VnetMsgHdr (id 2, opcode 0), the EtherIP bytes 00 40 of the
+# protocol.md 4.1: VnetMsgHdr (id 2, opcode 0), the EtherIP bytes 00 40 of the
 # x86 legacy layout and the 128-bit vnet id, then the Ethernet frame.
 DATA_PREFIX = b"\x00\x02\x00\x00\x00\x40"
 BATCH = 64

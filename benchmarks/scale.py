@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Scale of one engine: many vnets on one host (issue 7, target 6).
+"""Scale of one engine: many vnets on one host (target 6).
 
 Starts one vnetd in a network namespace named ``xvs-h1`` (with an underlay
 veth so it has an address and the group), adds ``--vnets`` vnets one by one

@@ -156,7 +156,7 @@ class Testbed:
         for host, (dev, addr) in UNDERLAY.items():
             ip("-n", host, "addr", "add", f"{addr}/24", "dev", dev)
             ip("-n", host, "link", "set", dev, "up")
-            # platform.md: multicast between namespaces needs the route.
+            # design.md 11: multicast between namespaces needs the route.
             ip("-n", host, "route", "add", "224.0.0.0/4", "dev", dev)
         for i, (host, dom) in enumerate(((H1, D1), (H2, D2)), start=1):
             self._vxlan(host, dom, i)
@@ -438,7 +438,7 @@ def table(results: dict, vnet_mtu: int) -> str:
     return "\n".join(lines)
 
 
-# platform.md measured the legacy C vnetd side by side with veth and kernel
+# design.md 11 measured the legacy C vnetd side by side with veth and kernel
 # VXLAN on this kind of machine: 0.79 Gbit/s and 0.23 ms ping against VXLAN's
 # 15.1 Gbit/s and 0.07 ms.  Without a legacy binary, its figures for this run
 # are estimated from this run's VXLAN row with those ratios.
@@ -447,7 +447,7 @@ LEGACY_RTT_PER_VXLAN = 0.23 / 0.07
 
 
 def targets(results: dict) -> str:
-    """The ratios issue 7 asks for, from this run (only those whose rows ran)."""
+    """The target ratios, from this run (only those whose rows ran)."""
     def gbit(name: str) -> float:
         return results[name]["gbit_per_second"]
 
@@ -471,7 +471,7 @@ def targets(results: dict) -> str:
         elif "vxlan" in results:
             legacy = gbit("vxlan") * LEGACY_PER_VXLAN
             legacy_rtt = rtt("vxlan") * LEGACY_RTT_PER_VXLAN
-            how = ("legacy C vnetd estimated from this run's VXLAN with platform.md's "
+            how = ("legacy C vnetd estimated from this run's VXLAN with design.md 11's "
                    "side-by-side ratios")
         else:
             continue

@@ -7,7 +7,7 @@ the same prefix.  The pieces:
 
 * ``underlay()``: a namespace with a bridge ``br0`` standing for the LAN;
 * ``host(name, addr)``: a namespace with ``eth0`` on that LAN, the address
-  ``addr/24`` and ``224.0.0.0/4`` routed on ``eth0`` (platform.md: needed
+  ``addr/24`` and ``224.0.0.0/4`` routed on ``eth0`` (design.md 11: needed
   for multicast between namespaces); ``connect(ns, addr)`` does the same
   for a namespace made earlier with ``netns(name)``;
 * ``domain(name, host, bridge, addr)``: a namespace whose ``eth0`` is a veth

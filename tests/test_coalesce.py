@@ -1,4 +1,4 @@
-"""Receive coalescing of plain frames into super-frames (coalesce.py, issue 7 target 1)."""
+"""Receive coalescing of plain frames into super-frames (coalesce.py)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_data_vectors(name, dst, src, ethertype):
 
 def test_data_arp_flood_is_not_padded():
     _, frame = codec.decode_data(payload("data-flood-broadcast-arp"))
-    assert len(frame) == 42     # wire.md 4.2: no padding to 60 bytes
+    assert len(frame) == 42     # protocol.md 4.2: no padding to 60 bytes
 
 
 @pytest.mark.parametrize("name,opcode,vmac,addr", [
@@ -91,7 +91,7 @@ def test_vfwd_own_multicast_decodes_and_reencodes():
 
 def test_vfwd_relayed_multicast_decodes_at_fixed_offsets():
     inner = codec.decode_vfwd(payload("vfwd-relayed-multicast"))
-    # Version, lengths, TTL and the UDP length are zero: ignored (wire.md 7).
+    # Version, lengths, TTL and the UDP length are zero: ignored (protocol.md 7).
     assert inner[:5] == ("192.0.2.1", "224.10.0.1", 17, 1798, 1798)
     vid, frame = codec.decode_data(inner.udp_payload)
     assert vid == VID97 and frame[6:12] == MAC_A
@@ -99,7 +99,7 @@ def test_vfwd_relayed_multicast_decodes_at_fixed_offsets():
 
 def test_etherip_version_nibble_of_byte_one():
     p = bytearray(payload("data-unicast-icmp-echo"))
-    p[4], p[5] = 0xBC, 0x4A          # reserved bits are legacy garbage (wire.md 4.1)
+    p[4], p[5] = 0xBC, 0x4A          # reserved bits are legacy garbage (protocol.md 4.1)
     assert codec.decode_data(bytes(p))[0] == VID97
     p[5] = 0x30
     with pytest.raises(DecodeError) as e:

@@ -1,4 +1,4 @@
-"""Control commands against a fake EngineHost (wire.md 8.2-8.5, design.md 4, 6)."""
+"""Control commands against a fake EngineHost (protocol.md 8.2-8.5, design.md 4, 6)."""
 
 import pytest
 from hypothesis import given, settings
@@ -80,7 +80,7 @@ def err(reply):
 def test_vnet_add_forms(host):
     assert execute(host, "(vnet.add (id 97))") == ""
     assert host.created[-1] == (VnetId.parse("97"), "vnif0097", "none", None)
-    # xend's form: extra children ignored, order free (wire.md 8.2, 8.4).
+    # xend's form: extra children ignored, order free (protocol.md 8.2, 8.4).
     assert execute(host, "(vnet.add (security none) (bridge vnet98) (vnetif vnif98) "
                          "(id 0:0:0:0:0:0:0:98))") == ""
     assert host.created[-1][:3] == (VnetId.parse("98"), "vnif98", "none")

@@ -1,4 +1,4 @@
-"""Vnet config validation (design.md 4, management.md 3.1)."""
+"""Vnet config validation (design.md 4, protocol.md 12.1)."""
 
 import pytest
 from hypothesis import given, settings
@@ -143,7 +143,7 @@ def test_arbitrary_config_text_gives_config_or_config_error(text):
     assert c.canonical and c.bridge and c.vnetif
 
 
-# -- the kernel VXLAN data path (issue 7, docs/vxlan.md) -----------------------
+# -- the kernel VXLAN data path (docs/vxlan.md) -----------------------
 
 def test_data_path_default_and_values():
     assert cfg("(vnet (id 97))").data_path == "vnetd"

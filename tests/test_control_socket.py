@@ -1,4 +1,4 @@
-"""The engine's control socket through a real vnetd (design.md 5-6, wire.md 8).
+"""The engine's control socket through a real vnetd (design.md 5-6, protocol.md 8).
 
 Every command, good and malformed (each malformed request gets one
 ``(err ...)`` reply and the daemon keeps serving), callers from another
@@ -86,7 +86,7 @@ def test_vnet_add_list_del(host):
     assert "tun type tap" in info and "mtu 1500" in info and "persist on" in info, info
     assert "(vnet (id 0000:0000:0000:0000:0000:0000:0000:0097) (vnetif vnif0097) " \
            "(security none) (data-path vnetd) (header 64))" in d.request("(vnet.list)")
-    # Unknown children ignored, any order (wire.md 8.2), as xend sends them.
+    # Unknown children ignored, any order (protocol.md 8.2), as xend sends them.
     assert d.request("(vnet.add (bridge vnet98) (vnetif myvnif98) (id 0098))") == ""
     assert link(lab, ns, "myvnif98")
     assert error(d, "(vnet.add (id 97))")[0] == 17
@@ -94,7 +94,7 @@ def test_vnet_add_list_del(host):
     assert d.request("(vnet.del (id 97))") == ""
     assert link(lab, ns, "vnif0097") is None
     assert error(d, "(vnet.del (id 97))")[0] == 2
-    assert d.request("(vnet.del 98)") == ""          # xend's shape (wire.md 8.4)
+    assert d.request("(vnet.del 98)") == ""          # xend's shape (protocol.md 8.4)
     assert link(lab, ns, "myvnif98") is None
     assert vnet_ids(d) == [V + "0002", V + "0003", V + "0004"]
 

@@ -105,7 +105,7 @@ def test_multicast_for_another_group_ignored():
     assert core.receive_udp(p, HOST_B, "224.10.0.2", 0) == []
     assert core.receive_udp(p, HOST_B, "239.1.1.1", 0) == []
     assert core.counters.rx_dropped == {"other_group": 2}
-    # Broadcast and unicast destinations are accepted (wire.md 3.1).
+    # Broadcast and unicast destinations are accepted (protocol.md 3.1).
     assert delivered(core.receive_udp(p, HOST_B, "192.0.2.255", 0))
     assert delivered(core.receive_udp(p, HOST_B, "255.255.255.255", 0))
     assert delivered(core.receive_udp(p, HOST_B, ME, 0))
@@ -156,7 +156,7 @@ def test_varp_request_answered_for_local_vif_only():
     assert core.receive_udp(request(V97, MAC_LOCAL), HOST_B, GROUP, 0) == []
     core.receive_tap(V97, frame(BCAST, MAC_LOCAL), 0)
     actions = core.receive_udp(request(V97, MAC_LOCAL), HOST_B, GROUP, 1)
-    # Unicast to the request's IP source, addr = our care-of (wire.md 3.3).
+    # Unicast to the request's IP source, addr = our care-of (protocol.md 3.3).
     assert actions == [SendUdp(HOST_B, codec.encode_announce(V97.raw, MAC_LOCAL, ME))]
     assert core.counters.varp_replies == 1
     # Never from the cache: a learned remote MAC is not answered for.
@@ -388,7 +388,7 @@ def test_varp_flush():
     assert len(core.varp) == 0
 
 
-# -- peers (wire.md 7) ----------------------------------------------------------------
+# -- peers (protocol.md 7) ----------------------------------------------------------------
 
 def test_floods_and_announces_copied_to_peers_as_vfwd():
     core = make_core()
@@ -476,7 +476,7 @@ def test_bad_vfwd_dropped(inner_src, inner_payload, dport, reason):
     inner = bytearray(codec.inner_udp_packet(inner_payload, GROUP, src=inner_src))
     inner[22:24] = dport.to_bytes(2, "big")
     out = core.receive_udp(codec.encode_vfwd(bytes(inner)), PEER, ME, 0)
-    # A vnet we lack is still re-multicast for the neighbours (wire.md 7).
+    # A vnet we lack is still re-multicast for the neighbours (protocol.md 7).
     assert out == [] or reason == "unknown_vnet" and [type(a) for a in out] == [SendRaw]
     assert core.counters.rx_dropped == {reason: 1}
     assert consistent(core)

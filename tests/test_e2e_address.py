@@ -1,5 +1,5 @@
 """`vnetd --address` pins the address the engine announces *and* sends from
-(issue 4), so hosts that learn from the outer source (clear vnets, legacy
+(docs/peering.md), so hosts that learn from the outer source (clear vnets, legacy
 hosts) learn the same address the announces name (root)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Boot order with stored vnets (issue 6, root).
+"""Boot order with stored vnets (root).
 
 A host boots with vnet 97 stored.  Engine and server start in either order;
 the server says READY=1 (sd_notify, as ``Type=notify`` units want) and, in

@@ -1,4 +1,4 @@
-"""The README's first command, `make demo`, as a test (issue 6, root).
+"""The README's first command, `make demo`, as a test (root).
 
 It runs demo/run-demo.sh exactly as `make demo` does, with this test's
 namespace prefix and run directory, and checks what every step shows, not

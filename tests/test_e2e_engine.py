@@ -1,4 +1,4 @@
-"""End-to-end: hosts in network namespaces running vnetd carry domains' Ethernet (issue 3).
+"""End-to-end: hosts in network namespaces running vnetd carry domains' Ethernet.
 
 The LAN is a bridge in its own namespace.  Hosts a, b and c run vnetd with
 vnet 97 from a startup file (c with a 2 s VARP TTL); host d runs vnet 98
@@ -157,7 +157,7 @@ def test_large_ping_fragments_outer_packets(world):
     after_a = snmp_ip(lab, world.ns["a"])
     after_b = snmp_ip(lab, world.ns["b"])
     # 1514-byte frames + 50 bytes of encapsulation exceed the 1500-byte LAN: DF clear,
-    # so the hosts' stacks fragment and reassemble (wire.md 4.6).
+    # so the hosts' stacks fragment and reassemble (protocol.md 4.6).
     assert after_a["FragCreates"] - before_a["FragCreates"] >= 6
     assert after_b["ReasmOKs"] - before_b["ReasmOKs"] >= 3
     assert after_b["FragCreates"] - before_b["FragCreates"] >= 6

@@ -1,4 +1,4 @@
-"""End-to-end: the fast data path delivers what the plain path does (issue 7).
+"""End-to-end: the fast data path delivers what the plain path does.
 
 Hosts a and b run vnetd with offloads (the default), host c runs it with
 ``--no-offload`` (the legacy-compatible framing; its TAP keeps offloads and

@@ -1,4 +1,4 @@
-"""xm -> xend-vnet -> vnetd, all real, in one emulated host (issue 2, root).
+"""xm -> xend-vnet -> vnetd, all real, in one emulated host (root).
 
 The host is a network namespace with a veth link, an address and the
 multicast route; vnetd and xend-vnet run in it with per-test paths; `xm` is

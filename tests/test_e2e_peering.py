@@ -1,4 +1,4 @@
-"""End-to-end: vnets across subnets through peer forwarding (issue 4, wire.md 7).
+"""End-to-end: vnets across subnets through peer forwarding (protocol.md 7).
 
 Two LANs (bridges in their own namespaces) joined by a router namespace that
 routes unicast but not multicast: subnet 1 (192.0.2.0/24) holds hosts a, b

@@ -1,4 +1,4 @@
-"""End-to-end: secured vnets between vnetd engines in namespaces (issue 5, design.md 7).
+"""End-to-end: secured vnets between vnetd engines in namespaces (design.md 7).
 
 Hosts a and b run vnet 97 with security conf and vnet 98 with security
 auth, from one key file each; host x (the intruder) runs vnets 97 and 98

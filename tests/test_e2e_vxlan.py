@@ -1,4 +1,4 @@
-"""End-to-end: vnets on the kernel VXLAN data path (issue 7, docs/vxlan.md).
+"""End-to-end: vnets on the kernel VXLAN data path (docs/vxlan.md).
 
 Two LANs joined by a router that routes unicast but not multicast, as in
 test_e2e_peering.py: hosts a and b on subnet 1 (192.0.2.0/24), host c on

@@ -1,4 +1,7 @@
-"""The fast framing between our engines (fastpath.py) and its use by the core (issue 7)."""
+"""The fast framing between our engines and its use by the core.
+
+(wire/segments.py, wire/offload.py, core/reassembly.py, core/peer_caps.py)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""xend-vnet import: legacy xenstore /vnet and Xen 2.0 xend-db/vnet (management.md 2.1)."""
+"""xend-vnet import: legacy xenstore /vnet and Xen 2.0 xend-db/vnet (protocol.md 11.1)."""
 
 import os
 

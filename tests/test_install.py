@@ -1,4 +1,4 @@
-"""``xend-vnet install --root DIR`` and sd_notify readiness (issue 6)."""
+"""``xend-vnet install --root DIR`` and sd_notify readiness."""
 
 from __future__ import annotations
 

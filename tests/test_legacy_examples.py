@@ -1,4 +1,4 @@
-"""Xen's example vnet configs (management.md 3.1) through an unmodified xm path.
+"""Xen's example vnet configs (protocol.md 12.1) through an unmodified xm path.
 
 vnet97.sxp is created.  vnet98.sxp (security auth) and vnet99.sxp
 (security conf) are refused until their vnet has a key file, with an error

@@ -1,4 +1,4 @@
-"""Listing texts: exact era-C layouts with full ids (wire.md 7, 8.5)."""
+"""Listing texts: exact era-C layouts with full ids (protocol.md 7, 8.5)."""
 
 from xend_vnet import sxp
 from xend_vnet.kernel_shim.wire import codec

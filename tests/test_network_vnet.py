@@ -1,4 +1,4 @@
-"""network-vnet start/stop/status as xend runs it (management.md 5.1, 5.3; issue 6).
+"""network-vnet start/stop/status as xend runs it (protocol.md 14.1, 14.3;.
 
 xend gives scripts PATH=/sbin:/usr/sbin:/bin:/usr/bin and nothing else, so
 every run here is ``env -i PATH=...``: the copy ``xend-vnet install``
@@ -226,7 +226,7 @@ def test_real_engine_start_status_stop_in_a_namespace(tmp_path):
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{ns}").st_ino
         again = run("start")
         assert again.returncode == 0 and launcher.running_pid(control) == pid, "idempotent"
-        other = run("start", "mtu=1500")   # issue 6: not a silent no-op
+        other = run("start", "mtu=1500")   # design.md 5: not a silent no-op
         assert other.returncode == 1 and "mtu: running 1400, asked 1500" in other.stderr
         stop = run("stop")
         assert stop.returncode == 0, stop.stderr

@@ -1,4 +1,4 @@
-"""xend-vnet beside a running xend (design.md 9, issue 6).
+"""xend-vnet beside a running xend (design.md 9).
 
 A stand-in upstream xend serves XML-RPC on a unix socket and records every
 request it gets.  The real xend-vnet process runs with a config that sets
@@ -28,7 +28,7 @@ from netns import REPO, wait_for
 
 from xend_vnet.httpu import server_proxy
 
-SLOW_CALL = 60.0     # issue 6: a call that takes 60 s goes through
+SLOW_CALL = 60.0     # design.md 5: a call that takes 60 s goes through
 
 # Odd but valid formatting: a re-encoding proxy would change these bytes.
 DOMAINS_BODY = (b"<?xml version='1.0'?>\n<methodCall>\n<methodName>xend.domains</methodName>"

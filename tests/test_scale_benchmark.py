@@ -1,4 +1,4 @@
-"""The many-engines mode of benchmarks/scale.py (issue 7, target 6), small.
+"""The many-engines mode of benchmarks/scale.py (target 6), small.
 
 Four engines on one link, one vnet, a bounded load (broadcasts and pings
 from every domain), then a quiet period.  Every host must receive each

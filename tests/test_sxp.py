@@ -1,4 +1,4 @@
-"""xend s-expressions: the quirks of management.md 3.2-3.4, round trips, fuzzing."""
+"""xend s-expressions: the quirks of protocol.md 12.2-12.4, round trips, fuzzing."""
 
 import re
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from xend_vnet import sxp
 from xend_vnet.sxp import ParseError
 
-# -- reader quirks (management.md 3.2) ----------------------------------------
+# -- reader quirks (protocol.md 12.2) ----------------------------------------
 
 def test_atoms_keep_exact_text():
     assert sxp.parse_one("(vnet (id 0097) (x 1e3) (t t) (n nil))") == [
@@ -108,7 +108,7 @@ def test_child_accessors():
     assert sxp.child_value(x, "nope", "d") == "d"
 
 
-# -- printer (management.md 3.3, 3.4) ------------------------------------------
+# -- printer (protocol.md 12.3, 12.4) ------------------------------------------
 
 @pytest.mark.parametrize("value, text", [
     ("vnet97", "vnet97"),

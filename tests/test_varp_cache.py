@@ -1,4 +1,4 @@
-"""VarpCache: learning, INCOMPLETE on lookup miss, ageing (wire.md 3.5)."""
+"""VarpCache: learning, INCOMPLETE on lookup miss, ageing (protocol.md 3.5)."""
 
 from xend_vnet.kernel_shim.core.varp_cache import INCOMPLETE, REACHABLE, VarpCache
 

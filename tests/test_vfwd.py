@@ -1,4 +1,4 @@
-"""Peer forwarding (wire.md 7): golden VFWD vectors and their re-multicast, the
+"""Peer forwarding (protocol.md 7): golden VFWD vectors and their re-multicast, the
 duplicate window, loops in a simulated mesh, bad VFWD input, etherip (proto 97)
 receive."""
 
@@ -294,7 +294,7 @@ def test_mesh_storms_without_the_window():
 # -- etherip without UDP (IP protocol 97) ---------------------------------------------------
 
 def etherip(vid: VnetId, fr: bytes, first: bytes = b"\xab\x4c") -> bytes:
-    return first + vid.raw + fr     # reserved bits are legacy garbage (wire.md 4.1)
+    return first + vid.raw + fr     # reserved bits are legacy garbage (protocol.md 4.1)
 
 
 def test_etherip_delivered_and_learned():

@@ -1,4 +1,4 @@
-"""VifTable: local MACs per vnet, new-MAC detection and ageing (wire.md 3.6)."""
+"""VifTable: local MACs per vnet, new-MAC detection and ageing (protocol.md 3.6)."""
 
 from xend_vnet.kernel_shim.core.peer_table import PeerTable
 from xend_vnet.kernel_shim.core.vif_table import VifTable

@@ -1,5 +1,5 @@
 """vn: argument parsing, the bytes it sends, output formats and errors
-(management.md 4), against a fake control socket; root tests against a real
+(protocol.md 13), against a fake control socket; root tests against a real
 vnetd in a network namespace."""
 
 from __future__ import annotations
@@ -418,7 +418,7 @@ def test_insmod_when_running_with_no_or_equal_parameters_does_nothing(engine, ca
 
 
 def test_insmod_when_running_changes_the_group_at_run_time(engine, capsys):
-    """Issue 6: vn insmod varp_mcaddr=A beside a running engine is not a silent no-op."""
+    """design.md 5: vn insmod varp_mcaddr=A beside a running engine is not a silent no-op."""
     engine.replies["engine.status"] = RUNNING
     assert run_vn(engine, capsys, "insmod", "varp_mcaddr=239.1.1.1")[0] == 0
     assert engine.sent("varp.mcaddr") == [["varp.mcaddr", ["addr", "239.1.1.1"]]]
@@ -553,7 +553,7 @@ def test_real_engine_life_cycle(netns, capsys):
     netns("insmod", "varp_ttl=5")  # the same value: fine
     refused = netns("insmod", "varp_ttl=7", check=False)
     assert refused.returncode == 1 and "varp_ttl: running 5, asked 7" in refused.stderr
-    netns("insmod", "varp_mcaddr=239.1.1.1")  # applied at run time (issue 6)
+    netns("insmod", "varp_mcaddr=239.1.1.1")  # applied at run time
     assert "239.1.1.1" in netns("status").stdout
     # vn in another network namespace (here: the test's) is refused.
     assert vn.main(["--control", netns.control, "vnets"]) == 1

@@ -1,4 +1,4 @@
-"""Vnet ids (design.md 4, wire.md 1): forms, canonical text, bad input."""
+"""Vnet ids (design.md 4, protocol.md 1): forms, canonical text, bad input."""
 
 import pytest
 from hypothesis import given

@@ -1,4 +1,4 @@
-"""vnetd's readiness for its ``Type=notify`` unit (issue 6, root).
+"""vnetd's readiness for its ``Type=notify`` unit (root).
 
 ``xend-vnet install`` writes vnetd.service with ``Type=notify``: systemd
 starts xend-vnet and the domains only after vnetd says READY=1, which it

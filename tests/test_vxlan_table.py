@@ -1,4 +1,4 @@
-"""The kernel VXLAN data path's bookkeeping, without a kernel (issue 7, docs/vxlan.md)."""
+"""The kernel VXLAN data path's bookkeeping, without a kernel (docs/vxlan.md)."""
 
 import pytest
 

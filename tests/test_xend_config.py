@@ -1,4 +1,4 @@
-"""xend-config.sxp reading (management.md 6) and the two deployments (design.md 9)."""
+"""xend-config.sxp reading (protocol.md 15) and the two deployments (design.md 9)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""xm vnet-create/-delete/-list: exact output and exit codes (management.md 1.2-1.3)."""
+"""xm vnet-create/-delete/-list: exact output and exit codes (protocol.md 10.2-10.3)."""
 
 from __future__ import annotations
 

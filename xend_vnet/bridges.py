@@ -2,7 +2,7 @@
 
 Everything acts in the caller's current network namespace.  The legacy
 sequence was ``brctl addbr``, hello 0, forward delay 0, STP off, up, addif
-(management.md 2.2); hello time cannot be 0 on Linux and does not matter
+(protocol.md 11.2); hello time cannot be 0 on Linux and does not matter
 with STP off, so it is left alone.
 """
 

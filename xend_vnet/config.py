@@ -1,11 +1,11 @@
 """Vnet configs: the validated form of ``(vnet (id ..) (bridge ..) ...)``.
 
-Legacy xend checked nothing (management.md 2.2, 3.1); this module applies
+Legacy xend checked nothing (protocol.md 11.2, 12.1); this module applies
 the rules of design.md section 4: ids in the short or the full form, names
 that are valid Linux interface names, defaults that match what the engine
 really creates, and secured levels only with a key file (design.md 7).  The
 config is kept exactly as written (``sxpr``), because ``xend_vnet(id)``
-returns it verbatim (management.md 1.1).
+returns it verbatim (protocol.md 10.1).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ DATA_PATHS = ("vnetd", "vxlan")
 SECURED_LEVELS = ("auth", "conf")
 # The VXLAN VNI is the vnet id, and a VNI is 24 bits (docs/vxlan.md).
 VXLAN_MAX_ID = 0xFFFFFF
-# management.md 3.1: the legacy docs promised "at most 14" characters.
+# protocol.md 12.1: the legacy docs promised "at most 14" characters.
 NAME_WARN_LENGTH = 14
 class ConfigError(ValueError):
     """A config that cannot be used; ``field`` names the offending key."""
@@ -164,7 +164,7 @@ class VnetConfig:
         return [c[0] for c in sxp.children(self.sxpr) if c[0] not in KNOWN_KEYS]
 
     def to_string(self) -> str:
-        """The config on one line, as stored (management.md 3.3)."""
+        """The config on one line, as stored (protocol.md 12.3)."""
         return sxp.to_string(self.sxpr)
 
     def warnings(self) -> list[str]:

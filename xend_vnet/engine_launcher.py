@@ -33,7 +33,7 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _POLL = 0.1
 
-# Legacy module parameters (management.md 4) and engine options given in the
+# Legacy module parameters (protocol.md 13) and engine options given in the
 # same key=value form; the value is the vnetd option it becomes.
 _VALUE_PARAMS = {
     "varp_mcaddr": "--mcaddr",
@@ -77,7 +77,7 @@ def default_log_file(control_path: str) -> str:
 def parse_params(params: dict[str, str]) -> list[str]:
     """The vnetd options for ``insmod`` parameters; LauncherError names bad ones.
 
-    ``vnet_encaps=udp`` is the only encapsulation vnetd sends (wire.md 4.2):
+    ``vnet_encaps=udp`` is the only encapsulation vnetd sends (protocol.md 4.2):
     etherip (IP protocol 97) is refused rather than silently ignored.
     """
     options: list[str] = []
@@ -177,7 +177,7 @@ def _same(kind, running: str, wanted: str) -> bool:
 
 
 def reconcile_running(control_path: str, params: dict[str, str]) -> None:
-    """Make a running engine match ``params`` (issue 6: no silent no-op).
+    """Make a running engine match ``params`` (design.md 5: no silent no-op).
 
     The VARP group and multicast TTL are changed at run time (varp.mcaddr);
     any other parameter that differs from the running engine's is a

@@ -1,4 +1,4 @@
-"""XML-RPC over HTTP on a unix socket: the ``httpu`` scheme (management.md 1.4).
+"""XML-RPC over HTTP on a unix socket: the ``httpu`` scheme (protocol.md 10.4).
 
 ``httpu:///var/run/xend/xmlrpc.sock`` means HTTP over the AF_UNIX stream
 socket at the URI's path; the request path is always ``/RPC2``.

@@ -1,10 +1,10 @@
-"""``xend-vnet install``: put the product where a Xen host looks for it (issue 6).
+"""``xend-vnet install``: put the product where a Xen host looks for it.
 
 Run once by an operator after ``pip install``.  It writes, under ``--root``
 (default ``/``):
 
-* ``/etc/xen/scripts/network-vnet``, the network script of management.md
-  5.3, whose ``VN_DEFAULT`` names this installation's ``vn`` by absolute path
+* ``/etc/xen/scripts/network-vnet``, the network script of protocol.md
+  14.3, whose ``VN_DEFAULT`` names this installation's ``vn`` by absolute path
   (xend runs scripts with PATH=/sbin:/usr/sbin:/bin:/usr/bin);
 * ``/etc/xen/xend-config.sxp`` from the sample, or beside an existing one as
   ``xend-config.sxp.xend-vnet`` (an operator's config is never overwritten);
@@ -35,7 +35,7 @@ XEND_DROPIN = "xend.service.d/xend-vnet.conf"
 UPSTREAM_DIR = "/run/xend-upstream"
 UPSTREAM_URI = f"httpu://{UPSTREAM_DIR}/xmlrpc.sock"
 XEND_RUN_DIR = "/run/xend"
-# Units a domain or xend start depends on: they come after us (issue 6).
+# Units a domain or xend start depends on: they come after us.
 DOMAIN_UNITS = "xendomains.service xen-init-dom0.service xenconsoled.service"
 # Files whose presence under --root says that xend is installed.
 XEND_MARKERS = ("usr/sbin/xend", "etc/init.d/xend", "lib/systemd/system/xend.service",

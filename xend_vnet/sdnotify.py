@@ -1,7 +1,7 @@
 """sd_notify(3) without libsystemd: readiness for ``Type=notify`` units.
 
 The units ``xend-vnet install`` writes are ``Type=notify`` so that a domain
-started at boot finds its bridge (issue 6): systemd starts what comes after
+started at boot finds its bridge: systemd starts what comes after
 vnetd and xend-vnet only once they say ``READY=1``.  Outside systemd
 (``NOTIFY_SOCKET`` unset) every call is a no-op that returns False.
 """

@@ -1,4 +1,4 @@
-"""S-expressions exactly as xend reads and writes them (management.md 3.2-3.4).
+"""S-expressions exactly as xend reads and writes them (protocol.md 12.2-12.4).
 
 Values are ``str`` (atoms and quoted strings alike: no number conversion,
 so ``0097`` stays ``"0097"``) and ``list``.
@@ -6,7 +6,7 @@ so ``0097`` stays ``"0097"``) and ``list``.
 Why a tokenizer of our own instead of sexpdata: sexpdata's parser converts
 atoms (``0097`` -> 97, ``t`` -> True, ``nil`` -> []), reads ``'`` as the
 Lisp quote instead of a string delimiter, uses ``;`` comments and raises
-bare AssertionErrors on some inputs (platform.md).  Vnet ids and config
+bare AssertionErrors on some inputs (design.md 11).  Vnet ids and config
 values must keep their exact text, so the reader below follows xend's
 character classes; sexpdata serves as a differential oracle in the tests
 on the subset where both grammars agree.

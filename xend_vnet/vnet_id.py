@@ -1,4 +1,4 @@
-"""128-bit vnet ids: parsing, canonical text and wire bytes (wire.md 1, design.md 4).
+"""128-bit vnet ids: parsing, canonical text and wire bytes (protocol.md 1, design.md 4).
 
 Accepted text: the short form (1 to 4 hex digits, the last 16-bit field:
 ``97`` is 0x97) or the full form of exactly 8 colon-separated fields of 0 to
@@ -95,7 +95,7 @@ class VnetId:
 
     @property
     def default_vnetif(self) -> str:
-        """The engine's TAP name: ``vnif%04x`` of the last field (wire.md 1.4)."""
+        """The engine's TAP name: ``vnif%04x`` of the last field (protocol.md 1.4)."""
         return f"vnif{self.last_field:04x}"
 
     @property
@@ -104,7 +104,7 @@ class VnetId:
 
     @property
     def is_physical(self) -> bool:
-        """Id 1: the reserved "physical network" (wire.md 1.3)."""
+        """Id 1: the reserved "physical network" (protocol.md 1.3)."""
         return self.raw == b"\x00" * 15 + b"\x01"
 
     def check_usable(self, text: str = "") -> None:

@@ -1,4 +1,4 @@
-"""xend-config.sxp, read with xend's rules (management.md 6, design.md 9).
+"""xend-config.sxp, read with xend's rules (protocol.md 15, design.md 9).
 
 All top-level forms are wrapped as ``(xend-config ...)``; a key's value is
 the first ``(key value)`` child.  Booleans and integers fail with xend's

@@ -1,4 +1,4 @@
-"""vnetd: the tunnel engine daemon (wire.md 9.1, design.md 4-6).
+"""vnetd: the tunnel engine daemon (protocol.md 9.1, design.md 4-6).
 
 Owns every file descriptor of the engine (TAPs, the UDP socket, the raw
 sockets for re-multicast and proto-97 receive, the control socket) and
@@ -71,8 +71,8 @@ DEFAULT_EPOCH_FILE = "/var/lib/xend-vnet/vnetd.epoch"
 # in one UDP datagram (65,507 bytes).
 MAX_MTU = 65000
 LOCK_DIR = "/run/xend-vnet"        # root-owned: per-namespace engine locks
-DEFAULT_VNETS = (2, 3, 4)          # wire.md 1.3, design.md 4
-FILE_COMMANDS = ("vnet.add", "peer.add", "varp.mcaddr")  # wire.md 8.3
+DEFAULT_VNETS = (2, 3, 4)          # protocol.md 1.3, design.md 4
+FILE_COMMANDS = ("vnet.add", "peer.add", "varp.mcaddr")  # protocol.md 8.3
 BATCH = 64                 # datagrams or frames drained per wakeup
 # A wait longer than this leaves the engine's code out of the CPU caches, and
 # the read that only meets EAGAIN then costs as much as the frame's own turn
@@ -319,7 +319,7 @@ class Vnetd:
                     key: bytes | None) -> None:
         """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
         try:
-            # Offloads at every security level unless --no-tap-offload (fastpath.py).
+            # Offloads at every security level unless --no-tap-offload (wire/offload.py).
             tap = open_tap(ifname, self.opts.mtu, self.tap_offload)
         except TapError as e:
             raise CommandError(e.errno, e.message) from None
@@ -393,7 +393,7 @@ class Vnetd:
         log.info("vnet %s deleted with %s", vid.canonical, tap.ifname)
 
     def set_mcaddr(self, addr: str, ttl: int | None) -> None:
-        """Move to another VARP group (varp.mcaddr, wire.md 3.1)."""
+        """Move to another VARP group (varp.mcaddr, protocol.md 3.1)."""
         try:
             joined = self.udp.set_group(addr, ttl)
         except OSError as e:
@@ -655,7 +655,7 @@ class Vnetd:
             self._perform(actions)
 
     def _open_raw_sockets(self) -> None:
-        """Re-multicast of VFWD and proto-97 receive (wire.md 4.3, 7); without
+        """Re-multicast of VFWD and proto-97 receive (protocol.md 4.3, 7); without
         CAP_NET_RAW the engine runs on and the status says so."""
         try:
             self.raw = RawSender(self._device_index)
@@ -704,7 +704,7 @@ class Vnetd:
     def _on_offload_frames(self, vid: VnetId, tap: TapDevice, packets: list[bytes],
                            now: float) -> None:
         """Frames behind a virtio_net_hdr: an all-zero header is a plain frame,
-        any other goes to the core with it (fastpath.py)."""
+        any other goes to the core with it (wire/offload.py)."""
         receive = self.core.receive_tap
         perform = self._perform
         for packet in packets:
@@ -869,7 +869,7 @@ class Vnetd:
             self._next_refresh = min(self._next_refresh, self._next_drop_log)
 
     def _refresh_addresses(self) -> None:
-        """Own addresses (own packets are ignored) and the care-of address (wire.md 3.4).
+        """Own addresses (own packets are ignored) and the care-of address (protocol.md 3.4).
 
         The care-of address is ``--address``, else the first address of
         ``--device``, else of the interface the group is routed on.

@@ -1,4 +1,4 @@
-"""``vn``: the legacy vnet control utility, talking to vnetd (management.md 4).
+"""``vn``: the legacy vnet control utility, talking to vnetd (protocol.md 13).
 
 Subcommands, options and listing layouts follow the legacy tool: getopt
 parsing (options before positionals), ``-`` and ``_`` alike in subcommand

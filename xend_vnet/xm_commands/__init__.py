@@ -1,2 +1,2 @@
-"""``xm``: the vnet subcommands (management.md 1.2-1.3); other subcommands go
+"""``xm``: the vnet subcommands (protocol.md 10.2-10.3); other subcommands go
 to the next real ``xm`` on PATH."""

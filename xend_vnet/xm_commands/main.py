@@ -1,6 +1,6 @@
 """``xm vnet-create``, ``xm vnet-delete``, ``xm vnet-list`` as Xen 3.x printed them.
 
-Outputs, errors and exit codes follow management.md 1.2-1.3: a Fault prints
+Outputs, errors and exit codes follow protocol.md 10.2-10.3: a Fault prints
 ``Error: <message>`` on stderr and the subcommand's usage on stdout, exit 1;
 ``vnet-list -l`` prints one error line per failing id and carries on.  The
 server is ``$XM_SERVER`` (default ``httpu:///var/run/xend/xmlrpc.sock``).
@@ -79,7 +79,7 @@ def vnet_list(server, args: list[str], out) -> None:
             continue
         try:
             out.write(sxp.pretty(server.xend_vnet(vnet)))
-        except Exception as e:  # noqa: BLE001 - management.md 1.2: every exception, per id
+        except Exception as e:  # noqa: BLE001 - protocol.md 10.2: every exception, per id
             # Long mode reports per id and carries on, as legacy xm did.
             print(vnet, _legacy_str(e), file=out)
 

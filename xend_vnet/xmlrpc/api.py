@@ -1,6 +1,6 @@
 """The XML-RPC methods of xend-vnet: wire names, argument types, Faults.
 
-Method names are those xm sends (management.md 1.1): ``xend_vnets``,
+Method names are those xm sends (protocol.md 10.1): ``xend_vnets``,
 ``xend_vnet(id)``, ``xend_vnet_create(path_or_text)``,
 ``xend_vnet_delete(id)``; plus ``vnet_create``, ``vnet_delete``,
 ``vnet_list`` (design.md 4), ``vnet_status`` (for ``xend-vnet status``) and
@@ -36,7 +36,7 @@ log = logging.getLogger("xend-vnet")
 ERROR_INTERNAL = 1
 ERROR_GENERIC = 2
 MAX_DEPTH = 32
-# Anything but XML 1.0 Char: replies carrying it are not XML (management.md 1.1).
+# Anything but XML 1.0 Char: replies carrying it are not XML (protocol.md 10.1).
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 

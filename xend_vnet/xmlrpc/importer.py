@@ -1,6 +1,6 @@
 """``xend-vnet import``: bring in the vnets a legacy xend kept (design.md 4).
 
-Sources (management.md 2.1): xenstore ``/vnet/<dbid>/config`` (Xen 3.x),
+Sources (protocol.md 11.1): xenstore ``/vnet/<dbid>/config`` (Xen 3.x),
 read with the xenstore command-line tools, or the files of a Xen 2.0
 ``xend-db/vnet`` directory (a ``# path date`` comment line, then the
 config).  Every config is validated like a new one; what is skipped is

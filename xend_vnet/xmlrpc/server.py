@@ -1,9 +1,9 @@
 """XML-RPC over HTTP on a unix socket (the ``httpu`` scheme) and optional TCP.
 
-HTTP/1.0 and 1.1, POST ``/RPC2`` or ``/`` (management.md 1.4, 7).
+HTTP/1.0 and 1.1, POST ``/RPC2`` or ``/`` (protocol.md 10.4, 16).
 Hardening: a request size cap (HTTP 413 before reading the body), a socket
 timeout per receive (accept() does not pass the listener's timeout on,
-platform.md) and a deadline for a whole request, so a client trickling
+design.md 11) and a deadline for a whole request, so a client trickling
 bytes cannot hold a connection slot; a short idle timeout between
 keep-alive requests; a cap on concurrent connections, defusedxml parsing
 (api.py), no dotted-name dispatch.  A unix socket that still accepts connections is

@@ -33,7 +33,7 @@ ENOENT = 2
 
 
 class VnetFault(Exception):
-    """An error the caller gets as XML-RPC Fault 2 (ERROR_GENERIC, management.md 1.2)."""
+    """An error the caller gets as XML-RPC Fault 2 (ERROR_GENERIC, protocol.md 10.2)."""
 
 
 def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str, str]]:
@@ -55,7 +55,7 @@ def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str, str]]:
 
 
 def add_form(config: VnetConfig) -> list:
-    """The ``vnet.add`` command for a config (design.md 6; explicit vnetif, management.md 7)."""
+    """The ``vnet.add`` command for a config (design.md 6; explicit vnetif, protocol.md 16)."""
     form = ["vnet.add", ["id", config.canonical], ["vnetif", config.vnetif],
             ["security", config.security]]
     if config.key_file:

@@ -1,10 +1,10 @@
-"""Control commands of the engine (wire.md 8.2-8.5, design.md 4 and 6).
+"""Control commands of the engine (protocol.md 8.2-8.5, design.md 4 and 6).
 
 ``execute(host, request)`` evaluates every form of one request in order and
 returns the reply text: the listings the forms produced, or, at the first
 error, only ``(err (errno N) (message "..."))``.  Arguments are found by
-child name, in any order, unknown children ignored (wire.md 8.2); xend's
-``(vnet.del 97)`` shape is accepted too (wire.md 8.4).  The host (the
+child name, in any order, unknown children ignored (protocol.md 8.2); xend's
+``(vnet.del 97)`` shape is accepted too (protocol.md 8.4).  The host (the
 daemon) owns TAPs and sockets; this module validates and decides.
 """
 
@@ -182,7 +182,7 @@ def _int(form: list, name: str, low: int, high: int) -> int | None:
 
 
 def check_ifname(name: str) -> None:
-    """The interface-name rule of xend_vnet.ifnames (wire.md 1.4: at most 15 characters)."""
+    """The interface-name rule of xend_vnet.ifnames (protocol.md 1.4: at most 15 characters)."""
     problem = ifname_problem(name)
     if problem:
         raise ValueError(problem)
@@ -199,7 +199,7 @@ def _vnet_add(host: EngineHost, form: list) -> str:
     if vid.is_zero:
         raise CommandError(EINVAL, f"vnet.add: invalid vnet id {text!r}: id 0 is not a vnet")
     if vid.is_physical:
-        # Legacy inserts id 1 at load, so adding it fails EEXIST (wire.md 1.3).
+        # Legacy inserts id 1 at load, so adding it fails EEXIST (protocol.md 1.3).
         raise CommandError(EEXIST, f"vnet.add: vnet {text!r} is reserved "
                            "for the physical network")
     core = host.core

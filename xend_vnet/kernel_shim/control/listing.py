@@ -1,7 +1,7 @@
-"""Listing texts of the control socket, in the exact era-C layout (wire.md 7, 8.5).
+"""Listing texts of the control socket, in the exact era-C layout (protocol.md 7, 8.5).
 
 Ids are always the full 39-character form (the 3.3+ truncation bug of
-wire.md 8.6 is not reproduced), times are jiffies at HZ=1000 as vnetd
+protocol.md 8.6 is not reproduced), times are jiffies at HZ=1000 as vnetd
 printed them.  Two legacy bugs of the peer listing are fixed: rx_packets
 prints the rx counter and the port prints as stored.  ``vnet.stats`` is
 ours, in the same one-child-per-line style.
@@ -22,7 +22,7 @@ from ..datapath.vxlan.table import VXLAN_OVERHEAD, VxlanTable, VxlanVnet
 
 HZ = 1000
 # Header room of UDP mode (outer IP 20 + UDP 8 + VnetMsgHdr 4 + etherip 18 +
-# slack), as the module printed it (wire.md 8.5).
+# slack), as the module printed it (protocol.md 8.5).
 UDP_HEADER_ROOM = 64
 
 
@@ -101,7 +101,7 @@ def varp_list(core: EngineCore, now: float, device: str) -> str:
         out.append(_block("(ventry ", [
             "(ref 1)",
             f"(state {STATE_NAMES.get(entry.state, 'unknown')})",
-            "(flags -)",                 # nothing probes in era C (wire.md 3.5)
+            "(flags -)",                 # nothing probes in era C (protocol.md 3.5)
             f"(addr {entry.addr or '0.0.0.0'})",
             "(queue 0)",
             f"(age {jiffies(now - entry.timestamp)})",

@@ -1,4 +1,4 @@
-"""The engine's control socket server (design.md 5-6, wire.md 8.1).
+"""The engine's control socket server (design.md 5-6, protocol.md 8.1).
 
 An AF_UNIX stream socket, mode 0600, one request per connection: the
 client writes one s-expression, half-closes, and reads the reply until EOF.

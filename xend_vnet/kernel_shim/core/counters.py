@@ -1,14 +1,14 @@
-"""Engine counters: per vnet and per drop reason (issue 3, vnet.stats).
+"""Engine counters: per vnet and per drop reason (vnet.stats).
 
 Every datagram given to ``EngineCore.receive_udp`` ends in exactly one
 outcome: accepted as data, accepted as VARP, or dropped under one reason,
 so ``rx_datagrams == rx_data + rx_varp + rx_fast + sum(rx_dropped.values())``,
 where ``rx_fast`` counts the fast-framing messages between our engines
-(issue 7: hellos and segments; the frames they complete count in
+(the fast framing: hellos and segments; the frames they complete count in
 ``rx_fast_frames``, and frames sent whole in ``tx_fast``).  A VFWD
 message counts once, with the outcome of the packet it carries; a copy seen
 again within the duplicate window is dropped as ``duplicate`` and also
-counted in ``vfwd_duplicates`` (wire.md 7, loop safety).  Proto-97 packets
+counted in ``vfwd_duplicates`` (protocol.md 7, loop safety).  Proto-97 packets
 (``EngineCore.receive_etherip``) count the same way, and in ``rx_etherip``.  Frames
 read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
 ``dropped`` when the vnet is known).
@@ -87,7 +87,7 @@ class EngineCounters:
         self.vfwd_tx = 0
         self.vfwd_resent = 0        # inner packets re-multicast onto the local link
         self.vfwd_duplicates = 0    # copies dropped by the duplicate window
-        self.rx_etherip = 0         # IP protocol 97 packets received (wire.md 4.3)
+        self.rx_etherip = 0         # IP protocol 97 packets received (protocol.md 4.3)
         self.varp_replies = 0
         self.rx_fast = 0
         self.rx_fast_frames = 0

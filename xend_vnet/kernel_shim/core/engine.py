@@ -1,30 +1,30 @@
-"""EngineCore: the era-C forwarding state machine, sans-IO (wire.md 3-5, 7).
+"""EngineCore: the era-C forwarding state machine, sans-IO (protocol.md 3-5, 7).
 
 Bytes and events go in with the time as an argument; actions come out
 (``SendUdp``, ``DeliverFrame``, ``SendRaw``).  The daemon owns every socket
 and TAP.
 
-Receive side (wire.md 4.4): packets from our own addresses and multicast to
+Receive side (protocol.md 4.4): packets from our own addresses and multicast to
 another group are ignored; the VnetMsgHdr id picks VARP, data or VFWD; data
 for a known vnet teaches (vnet, inner source MAC) -> outer source IP and is
 delivered to the vnet's TAP.  VARP requests are answered only for local
 vifs, announces are learned, requests are never sent.  Secured messages
 (id 4) belong to secured vnets (below).
 
-TAP side (wire.md 3.5, 5, design.md 8): the source MAC goes into the vif
+TAP side (protocol.md 3.5, 5, design.md 8): the source MAC goes into the vif
 table (a new MAC gets one gratuitous announce to the group); group and
 unknown unicast destinations are flooded to the group, known unicast goes to
 the learned address.  Everything sent to the group is also sent to each
 peer as VFWD, and multicast received for the group is relayed to the peers
-(wire.md 7).
+(protocol.md 7).
 
-Peer forwarding (wire.md 7): a VFWD from a configured peer is processed as
+Peer forwarding (protocol.md 7): a VFWD from a configured peer is processed as
 if multicast (hosts learn the original sender) and its inner packet is
 re-multicast onto the local link with the original source (``SendRaw``), so
 hosts there learn it too.  Beyond legacy, a short duplicate window keyed on
 (original sender, UDP payload) drops the copies that a mesh of peers or two
 forwarders on one subnet would otherwise relay forever (``vfwd.py``).
-Etherip without UDP (IP protocol 97, wire.md 4.3) is accepted on receive.
+Etherip without UDP (IP protocol 97, protocol.md 4.3) is accepted on receive.
 
 Secured vnets (design.md 7, docs/security.md): the clear-mode message is
 sealed (``security/``) before it leaves; a secured message (id 4) is
@@ -32,7 +32,8 @@ verified before anything changes, and teaches the care-of address carried
 in its authenticated header, never the outer source.  Clear data and VARP
 for a secured vnet are dropped and counted.
 
-Fast framing (issue 7, ``fastpath.py``), only with ``CoreOptions.offload``:
+Fast framing (``wire/segments.py``, ``peer_caps.py``, ``reassembly.py``), only
+with ``CoreOptions.offload``:
 a frame read from a TAP with offloads comes with its virtio_net_hdr
 (``receive_tap(..., packet=)``).  When it goes to one learned address that
 has shown it takes segments, it leaves whole as ``SendFast`` and the
@@ -102,10 +103,10 @@ from .vif_table import VifTable
 class CoreOptions:
     mcaddr: str = codec.VARP_MCADDR
     port: int = codec.VARP_PORT
-    varp_ttl: float = 60.0          # wire.md 3.5
-    vif_ttl: float = 60.0           # wire.md 3.6
+    varp_ttl: float = 60.0          # protocol.md 3.5
+    vif_ttl: float = 60.0           # protocol.md 3.6
     sweep_interval: float | None = None   # None: the shorter TTL, like legacy
-    offload: bool = False           # fast framing toward engines that take it (issue 7)
+    offload: bool = False           # fast framing toward engines that take it
 
     @property
     def sweep_every(self) -> float:
@@ -137,7 +138,7 @@ class DeliverFrame(NamedTuple):
 class SendFast(NamedTuple):
     """Send ``packet`` (virtio_net_hdr + frame, or for opcode 2 the secured
     message holding them) to ``dst_ip`` as the segments of frame ``frame_id``
-    of vnet ``vid_raw`` (fastpath.segment_sends)."""
+    of vnet ``vid_raw`` (segments.segment_sends)."""
 
     dst_ip: str
     vid_raw: bytes
@@ -155,7 +156,7 @@ class DeliverOffload(NamedTuple):
 
 class SendRaw(NamedTuple):
     """Send a complete IPv4 packet (header included) to ``dst_ip`` from a raw
-    socket with multicast loop off: the re-multicast of a VFWD (wire.md 7)."""
+    socket with multicast loop off: the re-multicast of a VFWD (protocol.md 7)."""
 
     dst_ip: str
     packet: bytes
@@ -213,7 +214,7 @@ class EngineCore:
         self._foreign_group: dict[str, bool] = {}
         self.caps = PeerCapabilities()          # claimed by clear traffic
         self.sealed_caps = PeerCapabilities()   # proven by verified secured traffic
-        # Appended to our clear announces: we take segments (fastpath.py).
+        # Appended to our clear announces: we take segments (wire/segments.py).
         self._trailer = CAP_TRAILER if self.options.offload else b""
         self.reassembler = Reassembler()
         self._frame_id = 0
@@ -294,7 +295,7 @@ class EngineCore:
         return [self._vnets[k] for k in sorted(self._vnets)]
 
     def vif_add(self, vid: VnetId, mac: bytes, now: float) -> None:
-        """KeyError when the vnet does not exist (wire.md 8.3)."""
+        """KeyError when the vnet does not exist (protocol.md 8.3)."""
         if vid.raw not in self._vnets:
             raise KeyError(f"no such vnet {vid}")
         self.vifs.update(vid.raw, mac, now)
@@ -354,7 +355,7 @@ class EngineCore:
         c.rx_datagrams += 1
         c.rx_bytes += len(payload)
         if src_ip in self.own_addresses:
-            # Our own multicast looped back, or a relay of it (wire.md 5).
+            # Our own multicast looped back, or a relay of it (protocol.md 5).
             count(c.rx_dropped, "own_packet")
             return []
         to_group = dst_ip == self.mcaddr
@@ -363,7 +364,7 @@ class EngineCore:
             if foreign is None:
                 foreign = self._is_foreign_group(dst_ip)
             if foreign:
-                count(c.rx_dropped, "other_group")     # wire.md 3.1
+                count(c.rx_dropped, "other_group")     # protocol.md 3.1
                 return []
         if self._next_sweep is None:
             self._arm(now)
@@ -439,7 +440,7 @@ class EngineCore:
         h = VarpHeader.decode(payload)
         if h.opcode == VARP_REQUEST:
             # Answer only for local vifs, to the request's IP source on the
-            # VARP port, never from the cache (wire.md 3.3).
+            # VARP port, never from the cache (protocol.md 3.3).
             if (h.vnet, h.vmac) in self.vifs:
                 if self._vnets[h.vnet].keys is not None:
                     raise DecodeError("clear_on_secured")   # no clear answers (design.md 7)
@@ -455,7 +456,7 @@ class EngineCore:
             if vnet.keys is not None:
                 raise DecodeError("clear_on_secured")       # design.md 7
             if h.family != codec.AF_INET_WIRE:
-                raise DecodeError("varp_bad_family", f"family {h.family}")  # wire.md 3.7
+                raise DecodeError("varp_bad_family", f"family {h.family}")  # protocol.md 3.7
             addr = h.ipv4
             if addr in self.own_addresses:
                 raise DecodeError("varp_own_address", addr)
@@ -637,7 +638,7 @@ class EngineCore:
     def _receive_vfwd(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         peer = self.peers.get(src_ip)
         if peer is None:
-            raise DecodeError("vfwd_not_peer", src_ip)           # wire.md 7
+            raise DecodeError("vfwd_not_peer", src_ip)           # protocol.md 7
         inner = codec.decode_vfwd(payload)
         if inner.dport != self.port:
             raise DecodeError("vfwd_wrong_port", f"inner port {inner.dport}")
@@ -672,7 +673,7 @@ class EngineCore:
 
     def receive_etherip(self, packet: bytes, src_ip: str, dst_ip: str, now: float) -> list:
         """One IP protocol 97 packet, ``packet`` starting after its IPv4 header
-        (wire.md 4.3): received like UDP data (wire.md 4.4), never relayed."""
+        (protocol.md 4.3): received like UDP data (protocol.md 4.4), never relayed."""
         c = self.counters
         c.rx_datagrams += 1
         c.rx_bytes += len(packet)
@@ -702,7 +703,7 @@ class EngineCore:
                     packet: bytes | None = None) -> list:
         """One Ethernet frame read off vnet ``vid``'s TAP; ``packet``: the same
         frame behind its virtio_net_hdr when that header asks for a checksum or
-        segmentation (a TAP with offloads, fastpath.py)."""
+        segmentation (a TAP with offloads, wire/offload.py)."""
         vraw = vid.raw
         vnet = self._vnets.get(vraw)
         if vnet is None:
@@ -748,13 +749,13 @@ class EngineCore:
             if addr is not None:
                 self._send(addr, payload, actions)
                 return actions
-        vc.flooded += 1                                      # wire.md 5
+        vc.flooded += 1                                      # protocol.md 5
         self._send_group(payload, actions)
         return actions
 
     def _send_offloaded(self, vnet: Vnet, frame: bytes, packet: bytes,
                         care_of: bytes | None, now: float, actions: list) -> None:
-        """Whole to an engine that takes segments, else plain (fastpath.py)."""
+        """Whole to an engine that takes segments, else plain (wire/offload.py)."""
         vraw = vnet.vid.raw
         vc = vnet.counters
         vc.tx_packets += 1
@@ -792,7 +793,7 @@ class EngineCore:
             count(vc.dropped, e.reason)
             return
         if addr is None:
-            vc.flooded += 1                                  # wire.md 5
+            vc.flooded += 1                                  # protocol.md 5
             for f in frames:
                 payload = DATA_PREFIX + vraw + f
                 if keys is not None:
@@ -817,7 +818,7 @@ class EngineCore:
         actions.append(SendUdp(dst_ip, payload))
 
     def _send_group(self, payload: bytes, actions: list) -> None:
-        """To the group, and as VFWD to every peer (wire.md 7: own multicast)."""
+        """To the group, and as VFWD to every peer (protocol.md 7: own multicast)."""
         self._send(self.mcaddr, payload, actions)
         if len(self.peers):
             vfwd = codec.encode_vfwd(codec.inner_udp_packet(payload, self.mcaddr, self.port))
@@ -828,7 +829,7 @@ class EngineCore:
 
     def _relay(self, payload: bytes, src_ip: str, actions: list) -> None:
         """Multicast received for the group goes to the peers, except to the
-        one it came from (the only loop avoidance legacy has, wire.md 7)."""
+        one it came from (the only loop avoidance legacy has, protocol.md 7)."""
         vfwd = None
         for peer in self.peers:
             if peer.addr == src_ip:

@@ -1,4 +1,4 @@
-"""Peers for multicast forwarding across subnets (wire.md 7).
+"""Peers for multicast forwarding across subnets (protocol.md 7).
 
 Keyed by IPv4 text.  The port is stored and listed but never used for
 sending: legacy forwards to the VARP port whatever was configured.

@@ -1,4 +1,4 @@
-"""The VARP cache: (vnet, MAC) -> care-of IPv4 of a remote host (wire.md 3.5).
+"""The VARP cache: (vnet, MAC) -> care-of IPv4 of a remote host (protocol.md 3.5).
 
 Era C learns from every accepted data frame and announce and floods what it
 does not know; it never resolves actively.  A lookup miss for a unicast

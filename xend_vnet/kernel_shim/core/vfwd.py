@@ -1,4 +1,6 @@
-"""Peer forwarding helpers, sans-IO: the duplicate window and the re-multicast packet (wire.md 7).
+"""Peer forwarding helpers, sans-IO: the duplicate window, the re-multicast packet.
+
+(protocol.md 7)
 
 Legacy vnet's only loop avoidance is not sending a packet back to the peer
 named as its inner source, so two forwarders on one subnet, or a ring of
@@ -27,7 +29,7 @@ DUPLICATE_WINDOW = 0.5     # seconds; the issue allows at most about 500 ms
 # a second.  Past that the window does not evict live entries (a flood must
 # not flush it); it stops remembering new ones and counts them.
 DUPLICATE_LIMIT = 65536
-REMULTICAST_TTL = 1        # link-local, like legacy vnetd's multicast TTL (wire.md 3.1)
+REMULTICAST_TTL = 1        # link-local, like legacy vnetd's multicast TTL (protocol.md 3.1)
 
 _IP_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
 
@@ -79,7 +81,7 @@ def ipv4_checksum(header: bytes) -> int:
 
 
 def remulticast_packet(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    """A complete IPv4+UDP packet for an IP_HDRINCL socket (wire.md 7, receiver step 4).
+    """A complete IPv4+UDP packet for an IP_HDRINCL socket (protocol.md 7, receiver step 4).
 
     Version 4, IHL 5, the real total length, id 0 (the kernel picks one), DF
     clear, TTL 1, protocol 17, a valid checksum, the original ``src`` kept,

@@ -1,4 +1,4 @@
-"""The vif table: MACs of local domains per vnet (wire.md 3.6, design.md 8).
+"""The vif table: MACs of local domains per vnet (protocol.md 3.6, design.md 8).
 
 Filled from frames read off a vnet's TAP and by ``vif.add``.  Its protocol
 role is answering VARP requests, and in this engine also spotting a MAC

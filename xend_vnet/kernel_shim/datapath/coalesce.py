@@ -1,6 +1,6 @@
 """Receive coalescing: consecutive TCP segments of one flow become one super-frame.
 
-The legacy wire carries one frame per datagram (wire.md 4.4), so a TCP
+The legacy wire carries one frame per datagram (protocol.md 4.4), so a TCP
 stream arrives as one datagram per segment.  Writing each to the TAP makes
 the kernel run the bridge, the veth and the domain's TCP receive once per
 segment, and the domain acknowledges every second one, each acknowledgement
@@ -93,7 +93,7 @@ def checksums_ok(frame: bytes, l3: int, l4: int, v6: bool) -> bool:
     complement sum over data and checksum of 0xffff, that is 0 modulo 0xffff."""
     if not v6 and int.from_bytes(frame[l3:l4], "little") % 0xFFFF:
         return False
-    # In swapped words (fastpath.residue): a zero is zero in either byte order.
+    # In swapped words (wire/offload.py ``residue``): a zero is zero in either byte order.
     addrs = frame[l3 + 8:l4] if v6 else frame[l3 + 12:l4]
     pseudo = int.from_bytes(addrs, "little") + 0x0600 + swap16(len(frame) - l4)
     return residue(frame[l4:], pseudo) == 0

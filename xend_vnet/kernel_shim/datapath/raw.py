@@ -1,15 +1,15 @@
-"""The engine's raw IPv4 sockets (wire.md 4.3, 7, 9.1), like legacy vnetd's.
+"""The engine's raw IPv4 sockets (protocol.md 4.3, 7, 9.1), like legacy vnetd's.
 
 * ``RawSender``: an IPPROTO_RAW socket (IP_HDRINCL implied) that sends the
   re-multicast of a VFWD's inner packet with the original sender as source.
   Multicast loop is off, so the re-send never comes back into this host's
-  own UDP socket to be forwarded again (wire.md 7); a chosen ``--device``
+  own UDP socket to be forwarded again (protocol.md 7); a chosen ``--device``
   is the multicast interface, otherwise the route to the group decides.
 * ``EtheripSocket``: a raw socket for IP protocol 97 (etherip without UDP,
-  wire.md 4.3), so era-B senders and hand-configured legacy hosts reach us.
+  protocol.md 4.3), so era-B senders and hand-configured legacy hosts reach us.
   It needs no membership of its own: the UDP socket's join makes the host
   accept the group, and with IP_MULTICAST_ALL left at 1 every raw socket of
-  the protocol gets it; the core drops other groups (wire.md 3.1).
+  the protocol gets it; the core drops other groups (protocol.md 3.1).
 
 Both need CAP_NET_RAW; the daemon runs without them (and says so) when it
 cannot open them.

@@ -1,4 +1,4 @@
-"""TAP devices of the engine: one persistent TAP per vnet (wire.md 9.1, design.md 4-5).
+"""TAP devices of the engine: one persistent TAP per vnet (protocol.md 9.1, design.md 4-5).
 
 A vnet's device is created with pyroute2 when its name is free, then
 attached through /dev/net/tun as a single-queue TAP without packet
@@ -8,7 +8,7 @@ again the existing TAP is reattached by name.  A name held by a device that
 is not a TAP is refused before anything is opened; a TAP already attached
 by another vnet (or process) answers EBUSY, which is refused too.
 
-With offloads (issue 7, fastpath.py) the TAP is attached with
+With offloads (wire/offload.py) the TAP is attached with
 ``IFF_VNET_HDR`` and ``TUNSETOFFLOAD`` (checksum, TSO for IPv4 and IPv6):
 every read and write carries a 10-byte virtio_net_hdr, and a TCP
 super-frame crosses user space once.  Its GSO size is left alone: capping
@@ -113,7 +113,7 @@ class TapDevice:
         return frames
 
     def write(self, frame: bytes) -> None:
-        """Inject one frame as received on the device (wire.md 4.4 step 6)."""
+        """Inject one frame as received on the device (protocol.md 4.4 step 6)."""
         os.write(self.fd, frame)
 
     def close(self) -> None:

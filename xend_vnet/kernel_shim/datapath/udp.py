@@ -1,16 +1,18 @@
-"""The engine's UDP socket on port 1798: unicast, the VARP group, all sends (wire.md 2, 3.1, 9.1).
+"""The engine's UDP socket on port 1798: unicast, the VARP group, all sends.
+
+(protocol.md 2, 3.1, 9.1)
 
 One socket bound to ``0.0.0.0:port`` receives unicast and the group and
 sends everything, so the source port is always the engine's port.  It asks
-for IP_PKTINFO so the core can tell group traffic from unicast (wire.md
+for IP_PKTINFO so the core can tell group traffic from unicast (protocol.md
 4.4 step 1), sends group traffic with TTL 1 like legacy vnetd and with loop
-off (legacy left it on and dropped its own packets after the fact, wire.md
+off (legacy left it on and dropped its own packets after the fact, protocol.md
 3.1), clears DF so the stack fragments large frames like legacy UDP mode
-(wire.md 4.6), and sizes its buffers for load (platform.md: the legacy
+(protocol.md 4.6), and sizes its buffers for load (design.md 11: the legacy
 208 KB buffer overflowed under TCP).  Joining the group may fail while the host has no
 address or route yet; the daemon retries (design.md 5).
 
-Between our own engines (issue 7, fastpath.py) the socket sends the
+Between our own engines (wire/segments.py) the socket sends the
 segments of a super-frame with one ``sendmsg`` and ``UDP_SEGMENT`` (the
 kernel cuts them at the given size), and with ``UDP_GRO`` receives a train
 of equal-sized datagrams from one sender in one ``recvmsg``, which the core
@@ -53,7 +55,7 @@ class EngineSocket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
-            # Only the groups this socket joined (platform.md: the default 1
+            # Only the groups this socket joined (design.md 11: the default 1
             # would deliver every group any socket on the host joined).
             s.setsockopt(socket.SOL_IP, IP_MULTICAST_ALL, 0)
             s.setsockopt(socket.SOL_IP, socket.IP_MULTICAST_LOOP, 0)
@@ -119,7 +121,7 @@ class EngineSocket:
         return held
 
     def set_group(self, mcaddr: str, mcast_ttl: int | None = None) -> bool:
-        """Leave the old group and join ``mcaddr`` (varp.mcaddr, wire.md 3.1)."""
+        """Leave the old group and join ``mcaddr`` (varp.mcaddr, protocol.md 3.1)."""
         socket.inet_aton(mcaddr)
         if self.joined:
             try:

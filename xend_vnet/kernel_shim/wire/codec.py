@@ -1,4 +1,4 @@
-"""Wire codecs of era-C vnet on UDP port 1798 (wire.md 2, 3.2, 4.1-4.2, 7).
+"""Wire codecs of era-C vnet on UDP port 1798 (protocol.md 2, 3.2, 4.1-4.2, 7).
 
 Every UDP payload starts with a VnetMsgHdr (u16 id, u16 opcode, big-endian).
 Decoders raise ``DecodeError`` whose ``reason`` is a short snake_case word:
@@ -16,7 +16,7 @@ from typing import NamedTuple
 VARP_PORT = 1798
 VARP_MCADDR = "224.10.0.1"
 
-# VnetMsgHdr ids (wire.md 2) and VARP opcodes (wire.md 3.3).
+# VnetMsgHdr ids (protocol.md 2) and VARP opcodes (protocol.md 3.3).
 MSG_VARP = 1
 MSG_DATA = 2
 MSG_VFWD = 3
@@ -24,17 +24,17 @@ MSG_SECURE = 4
 VARP_REQUEST = 1
 VARP_ANNOUNCE = 2
 
-AF_INET_WIRE = 2        # the Linux AF_INET value carried in VARP (wire.md 3.2)
+AF_INET_WIRE = 2        # the Linux AF_INET value carried in VARP (protocol.md 3.2)
 VARP_HEADER_LEN = 43
 ETHERIP_VERSION = 4
 ETH_HEADER_LEN = 14
 # VnetMsgHdr `00 02 00 00` + etherip `00 40`: the x86 legacy layout puts
-# the version in the high nibble of the second byte (wire.md 4.1).
+# the version in the high nibble of the second byte (protocol.md 4.1).
 DATA_PREFIX = b"\x00\x02\x00\x00\x00\x40"
-ETHERIP_HEADER_LEN = 18   # version/reserved + vnet id (wire.md 4.1)
+ETHERIP_HEADER_LEN = 18   # version/reserved + vnet id (protocol.md 4.1)
 DATA_HEADER_LEN = 4 + ETHERIP_HEADER_LEN
 VFWD_PREFIX = b"\x00\x03\x00\x00"
-INNER_HEADER_LEN = 28   # fixed 20-byte IPv4 + 8-byte UDP header (wire.md 7)
+INNER_HEADER_LEN = 28   # fixed 20-byte IPv4 + 8-byte UDP header (protocol.md 7)
 
 _VARP = struct.Struct("!HH16s6sB16s")
 _INNER = struct.Struct("!BBHHHBBH4s4sHHHH")
@@ -64,7 +64,7 @@ def encode_data(vid_raw: bytes, frame: bytes) -> bytes:
 
 
 def decode_data(payload: bytes) -> tuple[bytes, bytes]:
-    """``(vnet id bytes, ethernet frame)`` of a data payload (wire.md 4.4)."""
+    """``(vnet id bytes, ethernet frame)`` of a data payload (protocol.md 4.4)."""
     if len(payload) < DATA_HEADER_LEN:
         raise DecodeError("data_truncated", f"{len(payload)} bytes")
     # Only the version nibble counts; the other 12 bits are legacy garbage.
@@ -77,7 +77,7 @@ def decode_data(payload: bytes) -> tuple[bytes, bytes]:
 
 def decode_etherip(packet: bytes) -> tuple[bytes, bytes]:
     """``(vnet id bytes, ethernet frame)`` of an IP protocol 97 payload: the
-    18-byte etherip header and the frame, no VnetMsgHdr (wire.md 4.3)."""
+    18-byte etherip header and the frame, no VnetMsgHdr (protocol.md 4.3)."""
     if len(packet) < ETHERIP_HEADER_LEN:
         raise DecodeError("etherip_truncated", f"{len(packet)} bytes")
     if packet[1] >> 4 != ETHERIP_VERSION:
@@ -91,7 +91,7 @@ def decode_etherip(packet: bytes) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class VarpHeader:
-    """The 43-byte packed VARP header (wire.md 3.2)."""
+    """The 43-byte packed VARP header (protocol.md 3.2)."""
 
     opcode: int
     vnet: bytes
@@ -101,7 +101,7 @@ class VarpHeader:
 
     @property
     def ipv4(self) -> str:
-        """The IPv4 in the first 4 address bytes, as legacy uses it (wire.md 3.7)."""
+        """The IPv4 in the first 4 address bytes, as legacy uses it (protocol.md 3.7)."""
         return socket.inet_ntoa(self.addr[:4])
 
     @classmethod
@@ -114,7 +114,7 @@ class VarpHeader:
 
     @classmethod
     def decode(cls, payload: bytes) -> VarpHeader:
-        """Trailing bytes are ignored, as legacy does (wire.md 2)."""
+        """Trailing bytes are ignored, as legacy does (protocol.md 2)."""
         if len(payload) < VARP_HEADER_LEN:
             raise DecodeError("varp_truncated", f"{len(payload)} bytes")
         ident, opcode, vnet, vmac, family, addr = _VARP.unpack_from(payload)
@@ -128,7 +128,7 @@ def encode_announce(vnet: bytes, vmac: bytes, ipv4: str) -> bytes:
     return VarpHeader.announce(vnet, vmac, ipv4).encode()
 
 
-# -- VFWD (peer forwarding, wire.md 7) ----------------------------------------------
+# -- VFWD (peer forwarding, protocol.md 7) ----------------------------------------------
 
 class InnerPacket(NamedTuple):
     """The inner IPv4+UDP packet of a VFWD message, read at fixed offsets."""
@@ -145,7 +145,7 @@ def inner_udp_packet(payload: bytes, dst: str, port: int = VARP_PORT,
                      src: str = "0.0.0.0") -> bytes:
     """An IPv4+UDP packet as the legacy copies its own multicast to peers:
     taken before the IP layer fills it, so id 0, IP checksum 0, UDP checksum 0,
-    source 0.0.0.0 unless given, TTL 64, DF clear (wire.md 7, vector
+    source 0.0.0.0 unless given, TTL 64, DF clear (protocol.md 7, vector
     vfwd-own-multicast)."""
     udp_len = 8 + len(payload)
     return _INNER.pack(0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0,
@@ -159,7 +159,7 @@ def encode_vfwd(inner_ip_packet: bytes) -> bytes:
 
 def decode_vfwd(payload: bytes) -> InnerPacket:
     """The inner packet; version, IHL, lengths, TTL and checksums are ignored
-    because legacy relays leave them zero (wire.md 7)."""
+    because legacy relays leave them zero (protocol.md 7)."""
     if len(payload) < 4 + INNER_HEADER_LEN:
         raise DecodeError("vfwd_truncated", f"{len(payload)} bytes")
     if payload[4 + 9] != 17:
@@ -181,7 +181,7 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def parse_mac(text: str) -> bytes:
-    """17 characters, ``:`` or ``-`` separated hex pairs, either case (wire.md 8.3)."""
+    """17 characters, ``:`` or ``-`` separated hex pairs, either case (protocol.md 8.3)."""
     if not isinstance(text, str) or len(text) != 17:
         raise ValueError(f"invalid MAC {text!r}: expected xx:xx:xx:xx:xx:xx")
     sep = text[2]

@@ -136,7 +136,7 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
     of ``mss`` or fewer bytes so that frames stay within ``max_frame``.
 
     A smaller segment than the domain's MSS is a valid TCP segment; it spares
-    every datagram its two IP fragments (platform.md: legacy vnetd fragments
+    every datagram its two IP fragments (design.md 11: legacy vnetd fragments
     every full frame), and a train of equal datagrams that fit the MTU can
     leave in one UDP_SEGMENT send."""
     l3 = _l3_offset(frame)

@@ -17,7 +17,7 @@ writes the reassembled packet to its TAP with the header, and its kernel
 finishes checksums and segmentation: Python computes no checksum on the
 fast path.
 
-Message id 5 (``VnetMsgHdr``, wire.md 2), big-endian like the rest::
+Message id 5 (``VnetMsgHdr``, protocol.md 2), big-endian like the rest::
 
     segment   00 05 | opcode | vnet id (16) | u32 frame id | u16 index | u16 count | data
 
@@ -28,18 +28,18 @@ once for the whole super-frame, whose clear-mode message is
 before anything is learned or delivered, so an AES-GCM pass per super-frame,
 not per segment, is all security costs on this path.
 
-Legacy hosts drop unknown ids (wire.md 4.4), but no id-5 message ever goes
+Legacy hosts drop unknown ids (protocol.md 4.4), but no id-5 message ever goes
 to an address that has not shown it takes them.  The capability rides on
 VARP announces, which every host accepts: our engines append an 8-byte
 trailer (``CAP_TRAILER``) to the announces they send, which legacy hosts
-ignore (trailing bytes, wire.md 2), and learn it per announced care-of
+ignore (trailing bytes, protocol.md 2), and learn it per announced care-of
 address.  An address we send unicast to without knowing its capability
 gets a unicast announce of the sending domain's MAC (true, so harmless to
 a legacy host) whose trailer has the ``CAP_PROBE`` bit (rate-limited); an
 engine of ours answers with an announce of one of its own domains carrying
 its trailer, a legacy host only learns the MAC and says nothing, so it
 keeps getting plain frames.  No VARP request is ever sent (design.md 8,
-wire.md 7: requests endanger legacy hosts).  A secured vnet learns the
+protocol.md 7: requests endanger legacy hosts).  A secured vnet learns the
 capability only from sealed announces and verified sealed frames, kept
 apart from what clear traffic claims (design.md 7: nothing unauthenticated
 changes its state).

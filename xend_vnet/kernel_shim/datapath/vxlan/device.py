@@ -1,4 +1,4 @@
-"""The kernel VXLAN device of a vnet, through pyroute2 (issue 7, docs/vxlan.md).
+"""The kernel VXLAN device of a vnet, through pyroute2 (docs/vxlan.md).
 
 The engine owns the device as it owns TAPs (tap.py): it is created when
 its name is free and tagged with an interface alias naming the vnet

@@ -1,4 +1,4 @@
-"""Vnets on the kernel VXLAN data path: the engine's bookkeeping (issue 7, docs/vxlan.md).
+"""Vnets on the kernel VXLAN data path: the engine's bookkeeping (docs/vxlan.md).
 
 A vnet with ``(data-path vxlan)`` has no TAP and no frame of it crosses
 user space: the kernel's VXLAN device sits on the vnet's bridge, floods to
