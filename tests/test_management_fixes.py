@@ -35,6 +35,8 @@ from xend_vnet.xmlrpc.server import DeadlineReader, ServerError, XMLRPCServers
 from xend_vnet.xmlrpc.service import ReconcileLoop, VnetFault
 
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
+C97 = "0000:0000:0000:0000:0000:0000:0000:0097"
+C98 = "0000:0000:0000:0000:0000:0000:0000:0098"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -238,10 +240,11 @@ def test_xm_long_listing_reports_any_exception_per_id():
 # -- 10. EEXIST that is not "this vnet exists" --------------------------------------
 
 def test_engine_eexist_for_another_reason_gives_the_engines_message(h):
-    h.engine.fail_next["vnet.add"] = (17, "vnetif vnif97 is already the TAP of vnet 98")
+    h.engine.execute("(vnet.add (id 98) (vnetif vnif97))")
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert f.faultCode == 2
-    assert f.faultString == "cannot create vnet 97: vnetif vnif97 is already the TAP of vnet 98"
+    assert f.faultString == (f"cannot create vnet 97: vnet.add: interface vnif97 of vnet {C97} "
+                             f"is already used by vnet {C98}")
     assert h.rpc.xend_vnets() == [] and "vnet97" not in h.net.links
 
 

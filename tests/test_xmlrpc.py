@@ -1,7 +1,8 @@
 """The XML-RPC server: methods, Faults, create/delete semantics, hardening.
 
 Runs the real HTTP server on a unix socket (and TCP on 127.0.0.1) against a
-fake engine (tests/fake_engine.py) and an in-memory network (tests/fake_net.py),
+fake engine (tests/fake_engine.py: the real control server and commands
+without the kernel) and an in-memory network (tests/fake_net.py),
 so it needs no root.
 """
 
@@ -27,6 +28,7 @@ from vnet_server_harness import Harness, UnixConn, legacy_proxy
 from xend_vnet import sxp
 from xend_vnet.config import VnetConfig
 from xend_vnet.engine_client import EngineClient
+from xend_vnet.kernel_shim.control.commands import CommandError
 from xend_vnet.store import StoreError, VnetStore
 from xend_vnet.xmlrpc import server as server_mod
 from xend_vnet.xmlrpc.api import VnetAPI, parse_request
@@ -69,14 +71,15 @@ def test_create_list_get_delete(h):
                                      ["vnetif", "vnif97"], ["security", "none"]]
     assert h.rpc.xend_vnet("0097") == h.rpc.xend_vnet("0:0:0:0:0:0:0:97")
     assert h.engine.vnets == {C97: ("vnif97", "none")}
-    assert f"(vnet.add (id {C97}) (vnetif vnif97) (security none))" in h.engine.requests
+    assert h.engine.sent("vnet.add") == [
+        ["vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]]
     assert h.net.links["vnet97"] == {"kind": "bridge", "master": None, "up": True}
     assert h.net.links["vnif97"] == {"kind": "tap", "master": "vnet97", "up": True}
     assert os.path.exists(h.store.path_of(h.service.configs[next(iter(h.service.configs))].vid))
     assert h.rpc.xend_vnet_delete("0097") is None
     assert h.rpc.xend_vnets() == []
     assert h.engine.vnets == {}
-    assert f"(vnet.del (id {C97}))" in h.engine.requests
+    assert ["vnet.del", ["id", C97]] in h.engine.requests
     assert "vnet97" not in h.net.links
     assert h.store.load_all() == ([], [])
 
@@ -214,7 +217,7 @@ def test_failed_enslave_undoes_engine_and_bridge(h):
     assert f.faultCode == 2 and "cannot create vnet 97" in f.faultString
     assert "Operation not permitted" in f.faultString
     _nothing_left(h)
-    assert f"(vnet.del (id {C97}))" in h.engine.requests
+    assert ["vnet.del", ["id", C97]] in h.engine.requests
 
 
 def test_failed_store_undoes_everything(h, monkeypatch):
@@ -228,14 +231,17 @@ def test_failed_store_undoes_everything(h, monkeypatch):
 
 
 def test_engine_refusal_is_reported(h):
-    h.engine.fail_next["vnet.add"] = (22, "invalid vnetif 'x'")
+    # The daemon's answer when the TAP cannot be made (daemon.py create_vnet).
+    h.engine.host.fail_create = CommandError(1, "cannot create TAP vnif97: "
+                                             "Operation not permitted")
     f = fault(h.rpc.xend_vnet_create, VNET97)
-    assert f.faultCode == 2 and "invalid vnetif 'x'" in f.faultString
+    assert f.faultCode == 2 and "cannot create TAP vnif97: Operation not permitted" \
+        in f.faultString
     _nothing_left(h)
 
 
 def test_engine_down_is_reported(h):
-    h.engine.stop()
+    h.engine.close()
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert f.faultCode == 2 and "vnetd is not running" in f.faultString
 
@@ -251,12 +257,11 @@ def test_existing_bridge_adopted_and_non_bridge_refused(h):
 
 
 def test_engine_exists_with_same_parameters_is_success(h):
-    h.engine.vnets[C97] = ("vnif97", "none")
-    h.net.add_link("vnif97")
+    h.engine.execute(f"(vnet.add (id {C97}) (vnetif vnif97))")
     h.rpc.xend_vnet_create(VNET97)
     assert h.rpc.xend_vnets() == ["97"]
     h.rpc.xend_vnet_delete("97")
-    h.engine.vnets[C97] = ("vnif0097", "none")
+    h.engine.execute(f"(vnet.add (id {C97}))")
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert "already has vnet" in f.faultString and "vnif0097" in f.faultString
     assert h.engine.vnets == {C97: ("vnif0097", "none")}   # not ours to delete
@@ -266,14 +271,15 @@ def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
     config = "(vnet (id 9c) (data-path vxlan) (bridge vnet9c))"
     h.rpc.xend_vnet_create(config)
     c9c = "0000:0000:0000:0000:0000:0000:0000:009c"
-    assert (f"(vnet.add (id {c9c}) (vnetif vnif009c) (security none) (data-path vxlan))"
-            in h.engine.requests)
+    assert h.engine.sent("vnet.add") == [["vnet.add", ["id", c9c], ["vnetif", "vnif009c"],
+                                          ["security", "none"], ["data-path", "vxlan"]]]
     assert h.rpc.xend_vnet("9c") == ["vnet", ["id", "9c"], ["data-path", "vxlan"],
                                      ["bridge", "vnet9c"]]
     assert h.net.links["vnif009c"]["master"] == "vnet9c"
     # A vnetd vnet's vnet.add stays as it was (an older engine takes it).
     h.rpc.xend_vnet_create(VNET97)
-    assert f"(vnet.add (id {C97}) (vnetif vnif97) (security none))" in h.engine.requests
+    assert h.engine.sent("vnet.add")[-1] == [
+        "vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]
     f = fault(h.rpc.xend_vnet_create, "(vnet (id 9d) (security conf) (key-file /k) "
                                       "(data-path vxlan))")
     assert f.faultCode == 2 and "data-path" in f.faultString
@@ -282,8 +288,7 @@ def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
 
 
 def test_engine_vnet_on_the_other_data_path_is_not_the_same(h):
-    h.engine.vnets[C97] = ("vnif97", "none")
-    h.engine.data_paths[C97] = "vxlan"
+    h.engine.execute(f"(vnet.add (id {C97}) (vnetif vnif97) (data-path vxlan))")
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert "already has vnet" in f.faultString and "data-path vxlan" in f.faultString
     assert h.engine.vnets == {C97: ("vnif97", "none")}   # not ours to delete
@@ -314,7 +319,7 @@ def test_reconcile_after_engine_restart_and_bridge_loss(h):
 
 def test_reconcile_on_start_from_store_and_engine_outage(h):
     h.rpc.xend_vnet_create(VNET97)
-    h.engine.stop()
+    h.engine.close()
     fresh = VnetService(h.store, EngineClient(h.engine.path, timeout=2), net=h.net)
     fresh.load()
     problems = fresh.reconcile()

@@ -49,8 +49,9 @@ class Lab:
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         self.dir = tempfile.mkdtemp(prefix="xvm-")
         self.sock = os.path.join(self.dir, "xmlrpc.sock")
+        # The server runs in another namespace than the engine: let it in.
         self.engine = FakeEngine(os.path.join(self.dir, "vnetd.sock"), on_add=self.add_tap,
-                                 on_del=self.del_tap).start()
+                                 on_del=self.del_tap, allow_foreign_netns=True).start()
         self.proc = None
 
     def add_tap(self, name):
@@ -77,7 +78,7 @@ class Lab:
 
     def close(self):
         self.stop()
-        self.engine.stop()
+        self.engine.close()
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -91,5 +91,5 @@ class Harness:
 
     def close(self):
         self.servers.close()
-        self.engine.stop()
+        self.engine.close()
         shutil.rmtree(self.dir, ignore_errors=True)
