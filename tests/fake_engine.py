@@ -237,3 +237,10 @@ def run_vn(engine: FakeEngine, capsys, *argv: str) -> tuple[int, str, str]:
     status = vn.main(["--control", engine.path, *argv])
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def err(reply: str) -> tuple[int, str]:
+    """(errno, message) of a reply that must be one ``(err ...)`` form (design.md 6)."""
+    forms = sxp.parse_all(reply)
+    assert len(forms) == 1 and forms[0][0] == "err", reply
+    return int(sxp.child_value(forms[0], "errno")), sxp.child_value(forms[0], "message")

@@ -1,7 +1,7 @@
 """Control commands against a fake EngineHost (protocol.md 8.2-8.5, design.md 4, 6)."""
 
 import pytest
-from fake_engine import FakeHost
+from fake_engine import FakeHost, err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,12 +18,6 @@ def host():
     h = FakeHost(vnets=("2", "3", "4"))
     h.core.self_address = "192.0.2.1"
     return h
-
-
-def err(reply):
-    form = sxp.parse_one(reply)
-    assert form[0] == "err", reply
-    return int(sxp.child_value(form, "errno")), sxp.child_value(form, "message")
 
 
 def test_vnet_add_forms(host):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from security_helpers import KEY1, KEY2, V97, Clock, context, write_key
-from fake_engine import FakeEngine, FakeHost, run_vn
+from fake_engine import FakeHost, err, run_vn
 
 from xend_vnet import sxp
 from xend_vnet.vn import main as vn
@@ -30,12 +30,6 @@ def key1(tmp_path):
 @pytest.fixture
 def key2(tmp_path):
     return write_key(str(tmp_path / "k2"), KEY2)
-
-
-def err(reply):
-    form = sxp.parse_one(reply)
-    assert form[0] == "err", reply
-    return int(sxp.child_value(form, "errno")), sxp.child_value(form, "message")
 
 
 def forms(reply):
@@ -104,13 +98,6 @@ def test_errors_never_echo_key_material(host, tmp_path):
 
 
 # -- vn -------------------------------------------------------------------------------
-
-@pytest.fixture
-def engine(tmp_path):
-    fake = FakeEngine(str(tmp_path / "vnetd.sock")).start()
-    yield fake
-    fake.close()
-
 
 def test_vn_vnet_create_with_key_file(engine, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(vn.bridges, "set_up", lambda name: None)

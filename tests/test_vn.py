@@ -14,7 +14,7 @@ import sys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from fake_engine import FakeEngine, run_vn
+from fake_engine import run_vn
 
 from xend_vnet import sxp
 from xend_vnet.bridges import BridgeError
@@ -23,13 +23,6 @@ from xend_vnet.vn import main as vn
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 ID2 = "0000:0000:0000:0000:0000:0000:0000:0002"
-
-
-@pytest.fixture
-def engine(tmp_path):
-    fake = FakeEngine(str(tmp_path / "vnetd.sock")).start()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
