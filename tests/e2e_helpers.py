@@ -9,7 +9,7 @@ import struct
 import subprocess
 import sys
 
-from netns import Lab, Vnetd
+from netns import EngineProcess, Lab
 
 
 def _value(child: list):
@@ -18,7 +18,7 @@ def _value(child: list):
     return {sub[0]: _value(sub) for sub in child[1:] if isinstance(sub, list) and sub}
 
 
-def vnet_stats(d: Vnetd) -> dict:
+def vnet_stats(d: EngineProcess) -> dict:
     """``(vnet.stats)`` as {"engine": {...}, <canonical id>: {...}}; numbers stay text."""
     out = {}
     for form in d.call(["vnet.stats"]):
@@ -28,16 +28,16 @@ def vnet_stats(d: Vnetd) -> dict:
     return out
 
 
-def counter(d: Vnetd, vnet: str, name: str) -> int:
+def counter(d: EngineProcess, vnet: str, name: str) -> int:
     return int(vnet_stats(d)[vnet][name])
 
 
-def drops(d: Vnetd) -> dict:
+def drops(d: EngineProcess) -> dict:
     """Engine-wide receive drops by reason, as ints."""
     return {k: int(v) for k, v in vnet_stats(d)["engine"].get("rx_dropped", {}).items()}
 
 
-def varp_entries(d: Vnetd) -> dict:
+def varp_entries(d: EngineProcess) -> dict:
     """``(varp.list)`` entries as {vmac: {"addr": ..., "state": ..., ...}}."""
     entries = {}
     for form in d.call(["varp.list"]):

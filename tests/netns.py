@@ -172,8 +172,9 @@ def _control_request(path: str, text: str, timeout: float) -> str:
     return EngineClient(path, timeout=timeout).request(text)
 
 
-class Vnetd:
-    """A vnetd the lab started in a host namespace."""
+class EngineProcess:
+    """A vnetd process the lab started in a host namespace (not the engine's
+    own class, xend_vnet.kernel_shim.daemon.Vnetd)."""
 
     def __init__(self, lab: Lab, ns: str, control: str, log_path: str,
                  proc: subprocess.Popen, args: list[str]):
@@ -254,7 +255,7 @@ class Lab:
         remove_namespaces(prefix)
         self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.made: list[str] = []
-        self.daemons: list[Vnetd] = []
+        self.daemons: list[EngineProcess] = []
         self.procs: list[subprocess.Popen] = []
         self.ul: str | None = None
 
@@ -374,7 +375,7 @@ class Lab:
     # -- processes -----------------------------------------------------------------
 
     def start_vnetd(self, ns: str, *args: str, name: str | None = None,
-                    wait: bool = True, control: str | None = None) -> Vnetd:
+                    wait: bool = True, control: str | None = None) -> EngineProcess:
         """Start vnetd in ``ns`` (foreground, tracked); wait until its socket answers."""
         tag = name or ns[len(self.prefix):]
         control = control or os.path.join(self.tmp, f"{tag}.sock")
@@ -386,7 +387,7 @@ class Lab:
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     cwd=REPO, start_new_session=True)
-        d = Vnetd(self, ns, control, log_path, proc, list(args))
+        d = EngineProcess(self, ns, control, log_path, proc, list(args))
         self.daemons.append(d)
         if wait:
             def answers():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-from xend_vnet.kernel_shim.core.engine import CoreOptions, DeliverFrame, EngineCore, SendUdp
+from core_helpers import make_core
+
+from xend_vnet.kernel_shim.core.engine import DeliverFrame, EngineCore, SendUdp
 from xend_vnet.kernel_shim.security.keystore import EpochSource, SecurityContext
 from xend_vnet.vnet_id import VnetId
 
@@ -33,15 +35,8 @@ def context(sender: int, clock: Clock, last: int = 0, saved: list | None = None,
 
 def secured_core(addr: str, sender: int, clock: Clock, level: str = "conf",
                  key: bytes = KEY1, **kw) -> EngineCore:
-    core = EngineCore(CoreOptions(), context(sender, clock, **kw))
-    core.own_addresses = {addr}
-    core.self_address = addr
-    core.add_vnet(V97, "vnif0097", level, key)
-    return core
-
-
-def frame(dst: bytes, src: bytes, body: bytes = b"hello") -> bytes:
-    return dst + src + b"\x08\x00" + body
+    return make_core(addr, vnet=V97, security=level, key=key,
+                     context=context(sender, clock, **kw))
 
 
 def sent(actions: list) -> list[SendUdp]:

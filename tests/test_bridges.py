@@ -3,41 +3,15 @@
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
-import traceback
 import uuid
 
 import pytest
+from netns import call_in_netns
 
 pytestmark = pytest.mark.root
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and network namespaces")
-
-
-def run_in_ns(ns: str, func):
-    """Run ``func()`` in a forked child that has entered netns ``ns``; return its result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            from pyroute2 import netns
-            netns.setns(ns)
-            data = pickle.dumps(("ok", func()))
-        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
-            data = pickle.dumps(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise AssertionError(value)
-    return value
 
 
 @pytest.fixture
@@ -72,7 +46,7 @@ def test_bridge_life_cycle(ns):
         out["bridges"] = b.list_bridges()
         return out
 
-    out = run_in_ns(ns, scenario)
+    out = call_in_netns(ns, scenario)
     assert out == {"before": False, "created": True, "adopted": False,
                    "is_bridge": (True, False, False), "ports": ["xv0"],
                    "master": ("vnet97", None), "bridges": {"vnet97": ["xv0"]}}
@@ -89,7 +63,7 @@ def test_bridge_life_cycle(ns):
         b.delete_bridge("vnet97")
         return released, b.link_exists("vnet97"), b.master_of("xv0")
 
-    assert run_in_ns(ns, teardown) == (None, False, None)
+    assert call_in_netns(ns, teardown) == (None, False, None)
 
 
 @needs_root
@@ -102,7 +76,7 @@ def test_adopting_keeps_an_existing_bridge_and_its_ports(ns):
         from xend_vnet import bridges as b
         return b.ensure_bridge("br9"), b.bridge_ports("br9")
 
-    assert run_in_ns(ns, scenario) == (False, ["xv1"])
+    assert call_in_netns(ns, scenario) == (False, ["xv1"])
     # Adopted: brought up, but its owner's STP and forward delay are kept.
     details = ip_details(ns, "br9")
     assert "stp_state 1" in details and "forward_delay 1500" in details
@@ -126,7 +100,7 @@ def test_errors_name_the_interface(ns):
                 messages.append(str(e))
         return messages
 
-    m = run_in_ns(ns, scenario)
+    m = call_in_netns(ns, scenario)
     assert m[0] == "xv0: exists and is not a bridge (kind veth)"
     assert m[1] == "xv0: is not a bridge; refusing to delete it"
     assert m[2] == "nobr: no such interface"

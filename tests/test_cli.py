@@ -125,3 +125,18 @@ def test_bad_config_is_reported(env):
         f.write("(xend-unix-xmlrpc-server yes\n")
     done = xend_vnet(env, "status")
     assert done.returncode == 1 and "unexpected EOF" in done.stderr
+
+
+def test_start_failure_names_the_log_destination(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, XEND_CONFIG=str(tmp_path / "none.sxp"))
+    bad_log = "/dev/null/xend-vnet.log"
+    done = subprocess.run(
+        [sys.executable, "-m", "xend_vnet.xmlrpc.cli", "start", "--socket",
+         str(tmp_path / "x.sock"), "--engine-control", str(tmp_path / "vnetd.sock"),
+         "--no-engine", "--log-file", bad_log, "--state-dir", str(tmp_path / "state")],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert f"cannot open the log file {bad_log}" in done.stderr
+    pid_file = tmp_path / "x.sock.pid"
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)

@@ -1,6 +1,7 @@
 """Property tests: arbitrary bytes from the network never escape the engine
 as an exception; each datagram is accepted or dropped under a counted reason."""
 
+from core_helpers import consistent, make_core
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +26,8 @@ PAYLOADS = st.one_of(st.binary(max_size=200), st.builds(lambda p, t: p + t, PREF
                                                          st.binary(max_size=120)))
 
 
-def make_core() -> EngineCore:
-    core = EngineCore()
-    core.own_addresses = {"192.0.2.1"}
-    core.self_address = "192.0.2.1"
-    core.add_vnet(V97, "vnif0097")
-    core.peer_add(PEER)
+def fuzz_core() -> EngineCore:
+    core = make_core("192.0.2.1", PEER)
     core.vif_add(V97, bytes.fromhex("aa0000000001"), 0)
     return core
 
@@ -38,20 +35,20 @@ def make_core() -> EngineCore:
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(PAYLOADS, SOURCES, DESTS), min_size=1, max_size=8))
 def test_receive_udp_never_raises_and_counts_everything(datagrams):
-    core = make_core()
+    core = fuzz_core()
     for i, (payload, src, dst) in enumerate(datagrams):
         actions = core.receive_udp(payload, src, dst, float(i))
         assert isinstance(actions, list)
     c = core.counters
     assert c.rx_datagrams == len(datagrams)
-    assert c.rx_datagrams == c.rx_data + c.rx_varp + sum(c.rx_dropped.values())
+    assert consistent(core)
     assert all(n > 0 for n in c.rx_dropped.values())
 
 
 @settings(max_examples=200)
 @given(st.binary(max_size=200))
 def test_receive_tap_never_raises(frame):
-    core = make_core()
+    core = fuzz_core()
     actions = core.receive_tap(V97, frame, 1.0)
     vc = core.vnet(V97).counters
     assert vc.tx_packets + sum(vc.dropped.values()) == 1

@@ -1,80 +1,23 @@
 """Control commands against a fake EngineHost (protocol.md 8.2-8.5, design.md 4, 6)."""
 
 import pytest
+from fake_engine import FakeHost, err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xend_vnet import sxp
 from xend_vnet.kernel_shim.control import commands
 from xend_vnet.kernel_shim.control.commands import EEXIST, EINVAL, ENOENT, CommandError, execute
-from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
-from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 
 
-class FakeHost:
-    """Records what the daemon would do; creates vnets in the core."""
-
-    def __init__(self):
-        self.core = EngineCore(CoreOptions())
-        self.core.self_address = "192.0.2.1"
-        self.device = "eth0"
-        self.clock = 100.0
-        self.created = []
-        self.deleted = []
-        self.groups = []
-        self.fail_create = None
-        self.vxlan = VxlanTable()
-        self.vxlan_created = []
-        self.peer_syncs = []
-        for n in ("2", "3", "4"):
-            vid = VnetId.parse(n)
-            self.core.add_vnet(vid, vid.default_vnetif)
-
-    def create_vnet(self, vid, ifname, security, key):
-        if self.fail_create:
-            raise self.fail_create
-        self.created.append((vid, ifname, security, key))
-        self.core.add_vnet(vid, ifname, security, key)
-
-    def create_vxlan_vnet(self, vid, ifname):
-        if self.fail_create:
-            raise self.fail_create
-        self.vxlan_created.append((vid, ifname))
-        self.vxlan.add(VxlanVnet(vid, ifname, vni_of(vid), 1450))
-
-    def delete_vnet(self, vid):
-        self.deleted.append(vid)
-        if self.vxlan.get(vid) is not None:
-            self.vxlan.remove(vid)
-        else:
-            self.core.remove_vnet(vid)
-
-    def peers_changed(self):
-        self.peer_syncs.append(sorted(p.addr for p in self.core.peers))
-
-    def set_mcaddr(self, addr, ttl):
-        self.groups.append((addr, ttl))
-        self.core.set_mcaddr(addr)
-
-    def status(self):
-        return [["pid", "42"], ["joined", "yes"]]
-
-    def now(self):
-        return self.clock
-
-
 @pytest.fixture
 def host():
-    return FakeHost()
-
-
-def err(reply):
-    form = sxp.parse_one(reply)
-    assert form[0] == "err", reply
-    return int(sxp.child_value(form, "errno")), sxp.child_value(form, "message")
+    h = FakeHost(vnets=("2", "3", "4"))
+    h.core.self_address = "192.0.2.1"
+    return h
 
 
 def test_vnet_add_forms(host):
@@ -288,6 +231,7 @@ def test_varp_mcaddr(host):
 
 
 def test_engine_status(host):
+    host.status = lambda: [["pid", "42"], ["joined", "yes"]]
     assert sxp.parse_one(execute(host, "(engine.status)")) == [
         "engine.status", ["pid", "42"], ["joined", "yes"]]
 

@@ -18,6 +18,7 @@ import sys
 import time
 
 import pytest
+from fake_engine import err
 from netns import REPO, Lab, call_in_netns, is_root, sh, wait_for
 
 from xend_vnet import sxp
@@ -48,10 +49,7 @@ def host(lab):
 
 def error(d, text: str) -> tuple:
     """(errno, message) of the one (err ...) form the request must get."""
-    reply = d.request(text)
-    forms = sxp.parse_all(reply)
-    assert len(forms) == 1 and forms[0][0] == "err", f"{text!r} -> {reply!r}"
-    return int(sxp.child_value(forms[0], "errno")), sxp.child_value(forms[0], "message")
+    return err(d.request(text))
 
 
 def link(lab, ns, ifname):

@@ -1,10 +1,10 @@
 """EngineCore state machine, driven with bytes and time (no sockets)."""
 
 import pytest
+from core_helpers import consistent, data, frame, make_core
 
 from xend_vnet.kernel_shim.wire import codec
 from xend_vnet.kernel_shim.core.engine import (
-    CoreOptions,
     DeliverFrame,
     EngineCore,
     SendRaw,
@@ -25,33 +25,12 @@ MAC_OTHER = bytes.fromhex("aa0000000003")
 BCAST = b"\xff" * 6
 
 
-def frame(dst: bytes, src: bytes, body: bytes = b"\x08\x00" + b"x" * 46) -> bytes:
-    return dst + src + body
-
-
-def data(vid: VnetId, fr: bytes) -> bytes:
-    return codec.encode_data(vid.raw, fr)
-
-
-def make_core(**opts) -> EngineCore:
-    core = EngineCore(CoreOptions(**opts))
-    core.own_addresses = {ME, "127.0.0.1"}
-    core.self_address = ME
-    core.add_vnet(V97, "vnif0097")
-    return core
-
-
 def sends(actions):
     return [a for a in actions if isinstance(a, SendUdp)]
 
 
 def delivered(actions):
     return [a for a in actions if isinstance(a, DeliverFrame)]
-
-
-def consistent(core: EngineCore) -> bool:
-    c = core.counters
-    return c.rx_datagrams == c.rx_data + c.rx_varp + sum(c.rx_dropped.values())
 
 
 # -- receive side ------------------------------------------------------------------
@@ -140,7 +119,7 @@ def test_bad_input_dropped_with_reason(payload, reason):
 
 def test_oversized_datagram_is_just_data():
     core = make_core()
-    fr = frame(MAC_LOCAL, MAC_REMOTE, b"\x08\x00" + bytes(65000))
+    fr = frame(MAC_LOCAL, MAC_REMOTE, bytes(65000))
     assert delivered(core.receive_udp(data(V97, fr), HOST_B, ME, 0))[0].frame == fr
 
 

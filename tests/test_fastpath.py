@@ -42,6 +42,7 @@ from xend_vnet.kernel_shim.wire.segments import SEGMENT_HEADER_LEN, segment_send
 from xend_vnet.kernel_shim.core.reassembly import Reassembler
 from xend_vnet.vnet_id import VnetId
 
+from core_helpers import consistent
 from security_helpers import V97, Clock, delivered, secured_core, sent
 
 VID = VnetId.parse("99")
@@ -448,8 +449,7 @@ def test_segments_are_delivered_with_the_header():
     cnt = c.counters
     assert cnt.rx_fast_frames == 1 and cnt.rx_fast == len(segments(packet, 1444))
     assert c.caps.fast(PEER, 1.0)
-    assert cnt.rx_datagrams == cnt.rx_data + cnt.rx_varp + cnt.rx_fast + sum(
-        cnt.rx_dropped.values())
+    assert consistent(c)
     assert c.varp.resolve(VID.raw, MAC_A, 1.0) == PEER
 
 
@@ -476,9 +476,7 @@ def test_core_takes_any_id_5_bytes(payloads):
     for p in payloads:
         actions = c.receive_udp(b"\x00\x05" + p, PEER, "192.0.2.1", 0.0)
         assert all(isinstance(a, (SendUdp, DeliverOffload, DeliverFrame)) for a in actions)
-    cnt = c.counters
-    assert cnt.rx_datagrams == cnt.rx_data + cnt.rx_varp + cnt.rx_fast + sum(
-        cnt.rx_dropped.values())
+    assert consistent(c)
 
 
 @pytest.mark.parametrize("level", ["auth", "conf"])
@@ -531,12 +529,6 @@ def train(packet: bytes, chunk: int, frame_id: int = 5) -> list[tuple[bytes, int
             for iov in segment_sends(VID.raw, frame_id, packet, chunk)]
 
 
-def invariant(c: EngineCore) -> bool:
-    cnt = c.counters
-    return cnt.rx_datagrams == cnt.rx_data + cnt.rx_varp + cnt.rx_fast + sum(
-        cnt.rx_dropped.values())
-
-
 @pytest.mark.parametrize("size", [100, 20000, 65546])
 def test_trains_deliver_like_single_segments(size):
     packet = tcp_super_frame(bytes((i * 3) & 0xFF for i in range(size - 68)), 1448)
@@ -546,7 +538,7 @@ def test_trains_deliver_like_single_segments(size):
         out += c.receive_train(data, gso, PEER, "192.0.2.1", 1.0)
     assert out == [DeliverOffload(VID, packet)]
     assert c.counters.rx_fast == len(segments(packet, 1444, frame_id=5))
-    assert invariant(c) and len(c.reassembler) == 0
+    assert consistent(c) and len(c.reassembler) == 0
 
 
 def test_mixed_trains_fall_back_to_one_datagram_at_a_time():
@@ -559,7 +551,7 @@ def test_mixed_trains_fall_back_to_one_datagram_at_a_time():
     plain = DATA_PREFIX + VID.raw + eth() + bytes(100)
     out = c.receive_train(plain * 3, len(plain), PEER, "192.0.2.1", 2.0)
     assert [type(x) for x in out] == [DeliverFrame] * 3
-    assert invariant(c)
+    assert consistent(c)
 
 
 def test_a_bad_train_is_dropped_and_counted_once_per_datagram():
@@ -568,7 +560,7 @@ def test_a_bad_train_is_dropped_and_counted_once_per_datagram():
     [(data, gso)] = train(bad, 1444)
     assert c.receive_train(data, gso, PEER, "192.0.2.1", 0.0) == []
     assert c.counters.rx_dropped == {"fast_bad_vnet_hdr": 4}
-    assert invariant(c)
+    assert consistent(c)
 
 
 @settings(max_examples=300)
@@ -576,7 +568,7 @@ def test_a_bad_train_is_dropped_and_counted_once_per_datagram():
 def test_core_takes_any_train(body, gso):
     c = core()
     c.receive_train(b"\x00\x05\x00\x01" + body, gso, PEER, "192.0.2.1", 0.0)
-    assert invariant(c)
+    assert consistent(c)
 
 
 @settings(max_examples=150, deadline=None)

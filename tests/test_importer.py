@@ -1,6 +1,7 @@
 """xend-vnet import: legacy xenstore /vnet and Xen 2.0 xend-db/vnet (protocol.md 11.1)."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -105,3 +106,45 @@ def test_cli_import(tmp_path, capsys, monkeypatch):
     assert "1 imported, 1 skipped" in out
     assert (state / "vnet" / "0000-0000-0000-0000-0000-0000-0000-0097.sxp").exists()
     assert cli.main(["import", "--dir", str(tmp_path / "nope"), "--state-dir", str(state)]) == 1
+
+
+def test_xenstore_tool_timeout_is_reported(monkeypatch):
+    monkeypatch.setattr(importer.shutil, "which", lambda name: "/usr/bin/" + name)
+
+    def hang(argv, **kwargs):
+        raise subprocess.TimeoutExpired(argv, kwargs.get("timeout"))
+    monkeypatch.setattr(importer.subprocess, "run", hang)
+    with pytest.raises(importer.ImportSourceError, match="no answer within"):
+        importer.run_tool(["xenstore-list", "/vnet"])
+
+    def list_ok(argv):
+        if argv[0] == "xenstore-list":
+            return "97\n98\n"
+        return importer.run_tool(argv)
+    entries = importer.read_xenstore(list_ok)
+    assert [e.text for e in entries] == [None, None]
+    assert all("no answer" in e.error for e in entries)
+
+
+def test_cli_import_errors_exit_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XEND_CONFIG", str(tmp_path / "none.sxp"))
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "97").write_text("(vnet (id 97))")
+    (db / "98").write_text("(vnet (id 98) ((((")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "vnet").write_text("not a directory")
+    assert cli.main(["import", "--dir", str(db), "--state-dir", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("xend-vnet import: ") and "store" in err
+    (state / "vnet").unlink()
+    assert cli.main(["import", "--dir", str(db), "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "imported vnet 97" in out and "cannot parse" in out
+
+    def hang(run=None):
+        raise importer.ImportSourceError("xenstore-list /vnet: no answer within 30 s")
+    monkeypatch.setattr(importer, "read_xenstore", hang)
+    assert cli.main(["import", "--state-dir", str(state)]) == 1
+    assert "no answer within 30 s" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from vn_fake_engine import FakeEngine, vnet_form
+from fake_engine import FakeEngine
 
 from xend_vnet.engine_client import DEFAULT_CONTROL
 from xend_vnet import engine_launcher as launcher
@@ -192,15 +192,16 @@ def test_stop_sends_sigterm_and_waits(tmp_path, sleeper):
 
 def test_stop_with_purge_deletes_every_vnet_first(tmp_path, sleeper):
     control = str(tmp_path / "c.sock")
-    engine = FakeEngine(control)
+    engine = FakeEngine(control).start()
     try:
-        engine.replies["vnet.list"] = vnet_form(2) + vnet_form(0x97)
+        engine.execute("(vnet.add (id 97)) (vnet.add (id 2))")
         p = sleeper()
         with open(launcher.pid_file_of(control), "w") as f:
             f.write(f"{p.pid}\n")
         time.sleep(0.3)
         assert launcher.stop_engine(control, purge=True) is True
         assert [f[1][1][-4:] for f in engine.sent("vnet.del")] == ["0002", "0097"]
+        assert engine.vnets == {}
         assert p.wait(5) == 0
     finally:
         engine.close()
@@ -208,9 +209,9 @@ def test_stop_with_purge_deletes_every_vnet_first(tmp_path, sleeper):
 
 def test_stop_purge_error_reported(tmp_path, sleeper):
     control = str(tmp_path / "c.sock")
-    engine = FakeEngine(control)
+    engine = FakeEngine(control).start()
     try:
-        engine.replies["vnet.list"] = vnet_form(2)
+        engine.execute("(vnet.add (id 2))")
         engine.replies["vnet.del"] = '(err (errno 16) (message "device busy"))'
         p = sleeper()
         with open(launcher.pid_file_of(control), "w") as f:
@@ -229,10 +230,10 @@ def test_stop_when_nothing_runs(tmp_path):
 # -- start ---------------------------------------------------------------------------------
 
 def test_ensure_engine_already_running(tmp_path, monkeypatch):
-    engine = FakeEngine(str(tmp_path / "c.sock"))
+    engine = FakeEngine(str(tmp_path / "c.sock")).start()
     try:
         monkeypatch.setattr(launcher, "_run", lambda *a: pytest.fail("must not start"))
-        engine.replies["engine.status"] = "(engine.status (pid 1) (mcaddr 224.10.0.9))"
+        engine.execute("(varp.mcaddr (addr 224.10.0.9))")
         launcher.ensure_engine(engine.path, {"varp_mcaddr": "224.10.0.9"})
         assert engine.sent("varp.mcaddr") == []
     finally:
@@ -242,7 +243,7 @@ def test_ensure_engine_already_running(tmp_path, monkeypatch):
 def test_ensure_engine_refused_by_a_running_engine(tmp_path, monkeypatch):
     # Something serves the socket but refuses us: starting another engine
     # on the same path would not help.
-    engine = FakeEngine(str(tmp_path / "c.sock"))
+    engine = FakeEngine(str(tmp_path / "c.sock")).start()
     try:
         engine.replies["engine.status"] = (
             '(err (errno 1) (message "caller from another network namespace refused"))')

@@ -12,9 +12,8 @@ keys too), and the vnet uses the default interface name, as legacy xend did
 from __future__ import annotations
 
 import pytest
-from vnet_server_harness import Harness
+from vnet_server_harness import run_xm
 
-from xend_vnet.xm_commands import main as xm
 
 EXAMPLES = {
     "vnet97.sxp": "# Vnet 97, no security.\n"
@@ -27,44 +26,30 @@ EXAMPLES = {
 
 
 @pytest.fixture
-def server(monkeypatch):
-    h = Harness()
-    monkeypatch.setenv("XM_SERVER", f"httpu://{h.sock}")
-    yield h
-    h.close()
-
-
-@pytest.fixture
 def examples(tmp_path):
     for name, text in EXAMPLES.items():
         (tmp_path / name).write_text(text)
     return tmp_path
 
 
-def xm_run(capsys, *args):
-    code = xm.main(["xm", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_vnet97_is_created(server, examples, capsys):
-    code, out, err = xm_run(capsys, "vnet-create", str(examples / "vnet97.sxp"))
+    code, out, err = run_xm(capsys, "vnet-create", str(examples / "vnet97.sxp"))
     assert (code, out, err) == (0, "", "")
-    assert xm_run(capsys, "vnet-list", "-l")[1] == (
+    assert run_xm(capsys, "vnet-list", "-l")[1] == (
         "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))\n")
     assert "vnif97" in server.net.links and "vnet97" in server.net.links
 
 
 @pytest.mark.parametrize("name,level", [("vnet98.sxp", "auth"), ("vnet99.sxp", "conf")])
 def test_secured_examples_are_refused_with_what_to_fix(server, examples, capsys, name, level):
-    code, out, err = xm_run(capsys, "vnet-create", str(examples / name))
+    code, out, err = run_xm(capsys, "vnet-create", str(examples / name))
     assert code == 1
     assert err.startswith("Error: ")
     assert "security" in err or "key-file" in err
     # The operator is told what to change: a key file, or security none.
     assert "key-file" in err or "(security none)" in err
     assert f"'{level}'" in err
-    assert xm_run(capsys, "vnet-list")[1] == "", "nothing half-created"
+    assert run_xm(capsys, "vnet-list")[1] == "", "nothing half-created"
     number = name[4:6]
     assert f"vnet{number}" not in server.net.links and f"vnif{number}" not in server.net.links
 
@@ -73,9 +58,9 @@ def test_vnet99_misspelt_vnif_is_kept_and_the_default_interface_used(server, exa
                                                                        capsys):
     text = EXAMPLES["vnet99.sxp"].replace("(security conf)", "(security none)")
     (examples / "vnet99-none.sxp").write_text(text)
-    code, out, err = xm_run(capsys, "vnet-create", str(examples / "vnet99-none.sxp"))
+    code, out, err = run_xm(capsys, "vnet-create", str(examples / "vnet99-none.sxp"))
     assert (code, err) == (0, "")
-    assert xm_run(capsys, "vnet-list", "-l")[1] == (
+    assert run_xm(capsys, "vnet-list", "-l")[1] == (
         "(vnet (id 99) (bridge vnet99) (vnif vnetif99) (security none))\n")
     assert "vnet99" in server.net.links
     assert "vnetif99" not in server.net.links, "the misspelt key is not a vnetif"

@@ -1,9 +1,11 @@
 """Listing texts: exact era-C layouts with full ids (protocol.md 7, 8.5)."""
 
+from core_helpers import make_core
+
 from xend_vnet import sxp
 from xend_vnet.kernel_shim.wire import codec
 from xend_vnet.kernel_shim.control import listing
-from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.core.engine import EngineCore
 from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable, VxlanVnet, vni_of
 from xend_vnet.vnet_id import VnetId
 
@@ -13,17 +15,15 @@ MAC_L = bytes.fromhex("aa0000000001")
 MAC_R = bytes.fromhex("aa0000000002")
 
 
-def make_core() -> EngineCore:
-    core = EngineCore(CoreOptions())
-    core.self_address = "192.0.2.1"
-    core.own_addresses = {"192.0.2.1"}
-    core.add_vnet(VnetId.parse("97"), "vnif97")
+def two_vnets() -> EngineCore:
+    """A core with vnet 97 on vnif97 and vnet 4 on vnif0004."""
+    core = make_core("192.0.2.1", ifname="vnif97")
     core.add_vnet(VnetId.parse("4"), "vnif0004")
     return core
 
 
 def test_vnet_list():
-    assert listing.vnet_list(make_core()) == (
+    assert listing.vnet_list(two_vnets()) == (
         f"(vnet (id {ID4}) (vnetif vnif0004) (security none) (data-path vnetd) (header 64))\n"
         f"(vnet (id {ID97}) (vnetif vnif97) (security none) (data-path vnetd) (header 64))\n")
 
@@ -32,7 +32,7 @@ def test_vnet_list_with_vxlan_vnets_in_id_order():
     vxlan = VxlanTable(4790)
     v9c = VnetId.parse("9c")
     vxlan.add(VxlanVnet(v9c, "vnif009c", vni_of(v9c), 1450))
-    lines = listing.vnet_list(make_core(), vxlan).splitlines()
+    lines = listing.vnet_list(two_vnets(), vxlan).splitlines()
     assert [sxp.child_value(sxp.parse_one(line), "data-path") for line in lines] == [
         "vnetd", "vnetd", "vxlan"]
     assert lines[2] == (
@@ -42,12 +42,12 @@ def test_vnet_list_with_vxlan_vnets_in_id_order():
     v5 = VnetId.parse("5")
     vxlan.add(VxlanVnet(v5, "vx5", 5, 1400))
     ids = [sxp.child_value(sxp.parse_one(line), "id")[-4:]
-           for line in listing.vnet_list(make_core(), vxlan).splitlines()]
+           for line in listing.vnet_list(two_vnets(), vxlan).splitlines()]
     assert ids == ["0004", "0005", "0097", "009c"]
 
 
 def test_vif_list():
-    core = make_core()
+    core = two_vnets()
     core.vif_add(VnetId.parse("97"), MAC_L, 10.0)
     assert listing.vif_list(core, 12.5) == (
         "(viftable\n (table_ttl 60000)\n (entry_ttl 60000)\n (sweeps 0)\n)\n"
@@ -55,7 +55,7 @@ def test_vif_list():
 
 
 def test_varp_list_with_entries():
-    core = make_core()
+    core = two_vnets()
     v97 = VnetId.parse("97")
     core.receive_udp(codec.encode_data(v97.raw, MAC_L + MAC_R + b"\x08\x00"),
                      "192.0.2.2", "192.0.2.1", 100.0)
@@ -74,7 +74,7 @@ def test_varp_list_with_entries():
 
 
 def test_peer_list_prints_rx_and_port_right():
-    core = make_core()
+    core = two_vnets()
     core.peer_add("198.51.100.7", 1798)
     core.peer_add("192.0.2.9", 4000)
     core.peers.get("198.51.100.7").tx_packets = 3
@@ -86,14 +86,14 @@ def test_peer_list_prints_rx_and_port_right():
 
 
 def test_varp_print_is_the_three_listings():
-    core = make_core()
+    core = two_vnets()
     assert listing.varp_print(core, 0.0, "xen-br0") == (
         listing.vnet_list(core) + listing.vif_list(core, 0.0)
         + listing.varp_list(core, 0.0, "xen-br0"))
 
 
 def test_vnet_stats_forms():
-    core = make_core()
+    core = two_vnets()
     v4 = VnetId.parse("4")
     core.receive_tap(v4, b"tiny", 0.0)
     core.receive_udp(b"\x00", "192.0.2.2", "192.0.2.1", 0.0)

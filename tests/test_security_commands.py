@@ -6,40 +6,20 @@ from __future__ import annotations
 
 import pytest
 from security_helpers import KEY1, KEY2, V97, Clock, context, write_key
-from vn_fake_engine import FakeEngine, vnet_form
+from fake_engine import FakeHost, err, run_vn
 
 from xend_vnet import sxp
 from xend_vnet.vn import main as vn
 from xend_vnet.kernel_shim.control.commands import execute
 from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
 from xend_vnet.kernel_shim.security import keys
-from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable
 
 ID97 = V97.canonical
 
 
-class Host:
-    device = "eth0"
-
-    def __init__(self):
-        self.core = EngineCore(CoreOptions(), context(7, Clock()))
-        self.created = []
-        self.vxlan = VxlanTable()
-
-    def create_vnet(self, vid, ifname, security, key):
-        self.created.append((vid, security))
-        self.core.add_vnet(vid, ifname, security, key)
-
-    def delete_vnet(self, vid):
-        self.core.remove_vnet(vid)
-
-    def now(self):
-        return 0.0
-
-
 @pytest.fixture
 def host():
-    return Host()
+    return FakeHost(EngineCore(CoreOptions(), context(7, Clock())))
 
 
 @pytest.fixture
@@ -50,12 +30,6 @@ def key1(tmp_path):
 @pytest.fixture
 def key2(tmp_path):
     return write_key(str(tmp_path / "k2"), KEY2)
-
-
-def err(reply):
-    form = sxp.parse_one(reply)
-    assert form[0] == "err", reply
-    return int(sxp.child_value(form, "errno")), sxp.child_value(form, "message")
 
 
 def forms(reply):
@@ -125,43 +99,34 @@ def test_errors_never_echo_key_material(host, tmp_path):
 
 # -- vn -------------------------------------------------------------------------------
 
-@pytest.fixture
-def engine(tmp_path):
-    fake = FakeEngine(str(tmp_path / "vnetd.sock"))
-    fake.replies["vnet.list"] = vnet_form(0x97)
-    yield fake
-    fake.close()
-
-
-def run_vn(engine, capsys, *argv):
-    status = vn.main(["--control", engine.path, *argv])
-    out, err_ = capsys.readouterr()
-    return status, out, err_
-
-
 def test_vn_vnet_create_with_key_file(engine, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(vn.bridges, "set_up", lambda name: None)
     monkeypatch.chdir(tmp_path)
+    write_key(str(tmp_path / "k97"), KEY1)
     status, _, _ = run_vn(engine, capsys, "vnet-create", "-s", "conf", "-k", "k97", "97")
     assert status == 0
     assert engine.requests[0] == ["vnet.add", ["id", "97"], ["security", "conf"],
                                   ["key-file", str(tmp_path / "k97")]]
+    assert engine.vnets == {ID97: ("vnif0097", "conf")}
 
 
-def test_vn_key_commands(engine, capsys, tmp_path):
-    engine.replies["vnet.key"] = (f"(vnet_key (vnet {ID97}) (gen 4242) (state added) "
-                                  "(spi 0x01020304) (suite aes-128-gcm))\n")
-    status, out, _ = run_vn(engine, capsys, "key-add", "97", str(tmp_path / "k"))
-    assert status == 0 and out == "generation 4242 added\n"
-    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["add", str(tmp_path / "k")]]
-    run_vn(engine, capsys, "key-activate", "97", "4242")
-    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["activate", "4242"]]
-    run_vn(engine, capsys, "key-retire", "97", "0042")
-    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["retire", "42"]]
+def test_vn_key_commands(engine, capsys, key1, key2):
+    engine.execute(f"(vnet.add (id 97) (security conf) (key-file {key1}))")
+    g1, g2 = keys.generation(KEY1, V97.raw), keys.generation(KEY2, V97.raw)
+    status, out, _ = run_vn(engine, capsys, "key-add", "97", key2)
+    assert status == 0 and out == f"generation {g2} added\n"
+    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["add", key2]]
+    assert run_vn(engine, capsys, "key-activate", "97", str(g2))[0] == 0
+    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["activate", str(g2)]]
+    assert run_vn(engine, capsys, "key-retire", "97", f"0{g1}")[0] == 0
+    assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["retire", str(g1)]]
     status, out, _ = run_vn(engine, capsys, "keys", "97")
     assert engine.requests[-1] == ["vnet.key", ["id", ID97], ["list"]]
-    assert out.splitlines() == ["  gen  state    spi         suite",
-                                " 4242  added    0x01020304  aes-128-gcm"]
+    lines = out.splitlines()
+    assert lines[0] == "  gen  state    spi         suite"
+    assert sorted(lines[1:]) == sorted(
+        f"{g:>5}  {state:<8} 0x{keys.spi(key, V97.raw, g):08x}  aes-128-gcm"
+        for g, state, key in ((g1, "retired", KEY1), (g2, "active", KEY2)))
     status, _, e = run_vn(engine, capsys, "key-activate", "97", "x")
     assert status == 1 and "invalid key generation 'x'" in e
 

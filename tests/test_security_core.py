@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from core_helpers import consistent, frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from security_helpers import (
@@ -17,7 +18,6 @@ from security_helpers import (
     Clock,
     context,
     delivered,
-    frame,
     secured_core,
     sent,
 )
@@ -61,11 +61,6 @@ def drops(core):
     return dict(core.counters.rx_dropped)
 
 
-def invariant(core):
-    c = core.counters
-    return c.rx_datagrams == c.rx_data + c.rx_varp + sum(c.rx_dropped.values())
-
-
 @pytest.mark.parametrize("level", ["auth", "conf"])
 def test_round_trip_and_learning_from_the_authenticated_care_of(level):
     _, a, b = pair(level)
@@ -76,7 +71,7 @@ def test_round_trip_and_learning_from_the_authenticated_care_of(level):
     out = b.receive_udp(wire, "203.0.113.9", GROUP, 1.0)
     assert delivered(out) == [frame(BCAST, MAC_A, SECRET)]
     assert b.varp.resolve(V97.raw, MAC_A, 1.0) == A
-    assert b.vnet(V97).counters.rx_packets == 1 and invariant(b)
+    assert b.vnet(V97).counters.rx_packets == 1 and consistent(b)
 
 
 def test_conf_hides_the_frame_auth_shows_it():
@@ -148,7 +143,7 @@ def test_host_with_the_vnet_id_but_no_key_gets_nothing_through():
     b.vif_add(V97, MAC_B, 1.0)
     request = codec.VarpHeader(codec.VARP_REQUEST, V97.raw, MAC_B).encode()
     assert b.receive_udp(request, "192.0.2.66", GROUP, 1.0) == []
-    assert len(b.varp) == 0 and invariant(b)
+    assert len(b.varp) == 0 and consistent(b)
 
 
 def test_forged_secured_packets_dropped():
@@ -179,7 +174,7 @@ def test_every_flipped_bit_is_dropped():
         bad = bytearray(wire)
         bad[i // 8] ^= 1 << (i % 8)
         assert b.receive_udp(bytes(bad), A, GROUP, 1.0) == [], i
-    assert len(b.varp) == 0 and b.counters.rx_data == 0 and invariant(b)
+    assert len(b.varp) == 0 and b.counters.rx_data == 0 and consistent(b)
     assert delivered(b.receive_udp(wire, A, GROUP, 1.0))
 
 
@@ -360,7 +355,7 @@ def test_arbitrary_secured_bytes_are_counted_drops(body, suite):
     spi = flood(a)[4:8]
     for payload in (b"\x00\x04" + suite + spi + body, b"\x00\x04" + suite + body):
         assert b.receive_udp(payload, "192.0.2.66", GROUP, 1.0) == []
-    assert invariant(b) and len(b.varp) == 0 and b.counters.rx_data == 0
+    assert consistent(b) and len(b.varp) == 0 and b.counters.rx_data == 0
 
 
 def test_epochs_from_the_future_are_refused():

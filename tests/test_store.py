@@ -115,3 +115,12 @@ def test_unwritable_store_raises_store_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cannot store vnet 97"):
         VnetStore(str(blocker)).save(cfg("(vnet (id 97))"))
+
+
+def test_garbage_in_the_store_is_a_problem_not_a_traceback(tmp_path):
+    store = VnetStore(str(tmp_path))
+    os.makedirs(store.dir)
+    vid = VnetId.parse("97")
+    Path(store.path_of(vid)).write_text("(" * 500)
+    configs, problems = store.load_all()
+    assert configs == [] and len(problems) == 1 and problems[0].moved_to

@@ -10,6 +10,7 @@ import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from core_helpers import consistent, data, frame, make_core
 from hypothesis import strategies as st
 
 from xend_vnet.kernel_shim.wire import codec
@@ -46,36 +47,12 @@ def vector(name: str) -> dict:
         return next(v for v in json.load(f)["vectors"] if v["name"] == name)
 
 
-def frame(dst: bytes, src: bytes, body: bytes = b"\x08\x00" + b"x" * 46) -> bytes:
-    return dst + src + body
-
-
-def data(vid: VnetId, fr: bytes) -> bytes:
-    return codec.encode_data(vid.raw, fr)
-
-
 def vfwd(inner_payload: bytes, src: str = "0.0.0.0") -> bytes:
     return codec.encode_vfwd(codec.inner_udp_packet(inner_payload, GROUP, src=src))
 
 
-def make_core(me: str, *peers: str, vnet: VnetId | None = V97) -> EngineCore:
-    core = EngineCore()
-    core.own_addresses = {me}
-    core.self_address = me
-    if vnet is not None:
-        core.add_vnet(vnet, "vnif0097")
-    for p in peers:
-        core.peer_add(p)
-    return core
-
-
 def of(actions, kind):
     return [a for a in actions if isinstance(a, kind)]
-
-
-def consistent(core: EngineCore) -> bool:
-    c = core.counters
-    return c.rx_datagrams == c.rx_data + c.rx_varp + sum(c.rx_dropped.values())
 
 
 # -- golden vectors ------------------------------------------------------------------

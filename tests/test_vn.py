@@ -1,5 +1,6 @@
 """vn: argument parsing, the bytes it sends, output formats and errors
-(protocol.md 13), against a fake control socket; root tests against a real
+(protocol.md 13), against the fake engine (the real control server and
+commands without the kernel); root tests against a real
 vnetd in a network namespace."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from vn_fake_engine import FakeEngine, vnet_form
+from fake_engine import run_vn
 
 from xend_vnet import sxp
 from xend_vnet.bridges import BridgeError
@@ -22,19 +23,6 @@ from xend_vnet.vn import main as vn
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 ID2 = "0000:0000:0000:0000:0000:0000:0000:0002"
-
-
-@pytest.fixture
-def engine(tmp_path):
-    fake = FakeEngine(str(tmp_path / "vnetd.sock"))
-    yield fake
-    fake.close()
-
-
-def run_vn(engine, capsys, *argv):
-    status = vn.main(["--control", engine.path, *argv])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture
@@ -132,16 +120,17 @@ def test_engine_not_running(tmp_path, capsys):
 
 
 def test_engine_error_is_reported(engine, capsys):
-    engine.replies["vnet.add"] = '(err (errno 17) (message "vnet 97 already exists"))'
+    engine.execute("(vnet.add (id 97))")
     status, out, err = run_vn(engine, capsys, "vnet-create", "97")
-    assert (status, out, err) == (1, "", "vn: vnet 97 already exists\n")
+    assert (status, out, err) == (1, "", f"vn: vnet.add: vnet {ID97} already exists\n")
 
 
 # -- listings --------------------------------------------------------------------------
 
 @pytest.fixture
 def listing(engine):
-    engine.replies["vnet.list"] = vnet_form(0x97) + vnet_form(2) + vnet_form(3, "vnet3if")
+    assert engine.execute("(vnet.add (id 97)) (vnet.add (id 2)) "
+                          "(vnet.add (id 3) (vnetif vnet3if))") == ""
     return engine
 
 
@@ -151,7 +140,7 @@ def test_vnets_sorted_pretty_width_50(listing, capsys):
     blocks = out.split("\n\n")
     assert blocks[-1] == ""
     first = (f"(vnet\n    (id {ID2})\n    (vnetif vnif0002)\n"
-             "    (security none)\n    (header 0)\n)")
+             "    (security none)\n    (data-path vnetd)\n    (header 64)\n)")
     assert blocks[0] == first
     ids = [sxp.child_value(sxp.parse_one(b), "id") for b in blocks[:-1]]
     assert ids == sorted(ids) and len(ids) == 3
@@ -161,7 +150,7 @@ def test_vnets_sorted_pretty_width_50(listing, capsys):
 @pytest.mark.parametrize("key", ["97", "0097", "0:0:0:0:0:0:0:97", ID97, "vnif0097"])
 def test_vnets_filter_by_id_or_vnetif(listing, capsys, key):
     _, out, _ = run_vn(listing, capsys, "vnets", key)
-    assert out == sxp.pretty(sxp.parse_one(vnet_form(0x97)), 50) + "\n"
+    assert out == sxp.pretty(listing.listed("97"), 50) + "\n"
 
 
 def test_vnets_filter_unknown(listing, capsys):
@@ -170,15 +159,14 @@ def test_vnets_filter_unknown(listing, capsys):
 
 
 def test_vnets_all_adds_vifs_of_listed_vnets_and_varp(listing, capsys):
-    listing.replies["vif.list"] = (
-        "(viftable (table_ttl 60000) (entry_ttl 60000) (sweeps 3))\n"
-        f"(vif (vnet {ID97}) (vmac 00:16:3e:00:00:01) (age 10))\n"
-        f"(vif (vnet {ID2}) (vmac 00:16:3e:00:00:02) (age 10))\n")
-    listing.replies["varp.list"] = "(varp (device eth0) (mcast_addr 224.10.0.1) (port 1798))\n"
+    listing.execute("(vif.add (vnet 97) (vmac 00:16:3e:00:00:01)) "
+                    "(vif.add (vnet 2) (vmac 00:16:3e:00:00:02))")
+    (varp,) = sxp.parse_all(listing.execute("(varp.list)"))
+    assert sxp.child_value(varp, "device") == "eth0"
     _, out, _ = run_vn(listing, capsys, "vnets", "-a", "97")
     assert "00:16:3e:00:00:01" in out
     assert "00:16:3e:00:00:02" not in out and "viftable" not in out
-    assert out.endswith("(varp (device eth0) (mcast_addr 224.10.0.1) (port 1798))\n\n")
+    assert out.endswith(sxp.pretty(varp) + "\n")
 
 
 @pytest.mark.parametrize("cmd,request_name", [
@@ -302,37 +290,41 @@ def test_argument_parsing_only_usage_errors(argv):
 
 # -- commands ----------------------------------------------------------------------------
 
-def test_vnet_create_sends_legacy_form_and_brings_up(listing, capsys, fake_bridges):
-    status, out, _ = run_vn(listing, capsys, "vnet-create", "-s", "none", "-v", "vnif0097", "97")
+def test_vnet_create_sends_legacy_form_and_brings_up(engine, capsys, fake_bridges):
+    status, out, _ = run_vn(engine, capsys, "vnet-create", "-s", "none", "-v", "vnif0097", "97")
     assert (status, out) == (0, "")
-    assert listing.sent("vnet.add") == [
+    assert engine.sent("vnet.add") == [
         ["vnet.add", ["id", "97"], ["vnetif", "vnif0097"], ["security", "none"]]]
+    assert engine.vnets == {ID97: ("vnif0097", "none")}
     assert fake_bridges == [("set_up", "vnif0097")]
 
 
-def test_vnet_create_on_the_kernel_vxlan_data_path(listing, capsys, fake_bridges):
-    status, out, _ = run_vn(listing, capsys, "vnet-create", "--data-path", "vxlan", "97")
+def test_vnet_create_on_the_kernel_vxlan_data_path(engine, capsys, fake_bridges):
+    status, out, _ = run_vn(engine, capsys, "vnet-create", "--data-path", "vxlan", "97")
     assert (status, out) == (0, "")
-    assert listing.sent("vnet.add") == [["vnet.add", ["id", "97"], ["data-path", "vxlan"]]]
-    assert run_vn(listing, capsys, "vnet-create", "-d", "vnetd", "97")[0] == 0
-    assert listing.sent("vnet.add")[-1] == ["vnet.add", ["id", "97"], ["data-path", "vnetd"]]
+    assert engine.sent("vnet.add") == [["vnet.add", ["id", "97"], ["data-path", "vxlan"]]]
+    assert sxp.child_value(engine.listed("97"), "data-path") == "vxlan"
+    assert run_vn(engine, capsys, "vnet-create", "-d", "vnetd", "98")[0] == 0
+    assert engine.sent("vnet.add")[-1] == ["vnet.add", ["id", "98"], ["data-path", "vnetd"]]
+    assert sxp.child_value(engine.listed("98"), "data-path") == "vnetd"
 
 
-def test_vnet_create_with_bridge(listing, capsys, fake_bridges):
-    assert run_vn(listing, capsys, "vnet-create", "-b", "vnet97", "97")[0] == 0
-    assert listing.sent("vnet.add") == [["vnet.add", ["id", "97"]]]
+def test_vnet_create_with_bridge(engine, capsys, fake_bridges):
+    assert run_vn(engine, capsys, "vnet-create", "-b", "vnet97", "97")[0] == 0
+    assert engine.sent("vnet.add") == [["vnet.add", ["id", "97"]]]
     assert fake_bridges == [("set_up", "vnif0097"), ("ensure_bridge", "vnet97"),
                             ("enslave", "vnet97", "vnif0097")]
 
 
-def test_vnet_create_rolls_back_when_the_bridge_fails(listing, capsys, fake_bridges,
+def test_vnet_create_rolls_back_when_the_bridge_fails(engine, capsys, fake_bridges,
                                                       monkeypatch):
     def refuse(name):
         raise BridgeError(name, "exists and is not a bridge")
     monkeypatch.setattr(vn.bridges, "ensure_bridge", refuse)
-    status, _, err = run_vn(listing, capsys, "vnet-create", "-b", "eth0", "97")
+    status, _, err = run_vn(engine, capsys, "vnet-create", "-b", "eth0", "97")
     assert (status, err) == (1, "vn: eth0: exists and is not a bridge\n")
-    assert listing.sent("vnet.del") == [["vnet.del", ["id", "97"]]]
+    assert engine.sent("vnet.del") == [["vnet.del", ["id", "97"]]]
+    assert engine.vnets == {}
 
 
 def test_vnet_delete_releases_and_deletes_bridge(listing, capsys, fake_bridges):
@@ -354,6 +346,8 @@ def test_vnet_delete_unknown(listing, capsys, fake_bridges):
 
 @pytest.mark.parametrize("cmd,name", [("vif-add", "vif.add"), ("vif-delete", "vif.del")])
 def test_vif_commands_send_full_id(listing, capsys, cmd, name):
+    if name == "vif.del":
+        listing.execute("(vif.add (vnet 97) (vmac 00:16:3e:00:00:01))")
     assert run_vn(listing, capsys, cmd, "97", "00:16:3E:00:00:01")[0] == 0
     assert listing.sent(name) == [[name, ["vnet", ID97], ["vmac", "00:16:3E:00:00:01"]]]
 
@@ -385,6 +379,7 @@ def test_peer_add_bad_port(engine, capsys, port):
 
 
 def test_peer_delete_and_unresolvable_host(engine, capsys):
+    engine.execute("(peer.add (addr 192.0.2.7))")
     assert run_vn(engine, capsys, "peer-delete", "192.0.2.7")[0] == 0
     assert engine.sent("peer.del") == [["peer.del", ["addr", "192.0.2.7"]]]
     status, _, err = run_vn(engine, capsys, "peer-add", "no-such-host.invalid")

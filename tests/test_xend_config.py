@@ -109,3 +109,25 @@ def test_engine_control_default_from_environment(monkeypatch):
 def test_bad_port_refused():
     with pytest.raises(XendConfigError, match="1 to 65535"):
         server_settings(conf("(xend-tcp-xmlrpc-server yes) (xend-tcp-xmlrpc-server-port 0)"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("(xend-vnet-upstream ftp://x)", "use httpu:///PATH or http://HOST:PORT"),
+    ("(xend-vnet-upstream https://x)", "use httpu:///PATH"),
+    ("(xend-vnet-upstream httpu://)", "names no socket"),
+    ("(xend-vnet-upstream http://localhost:x)", "invalid port"),
+    ("(xend-vnet-upstream httpu:///var/run/xend/xmlrpc.sock)", "own socket"),
+    ("(xend-vnet-upstream httpu:///s.sock) (xend-vnet-unix-path /s.sock)", "own socket"),
+    ("(xend-vnet-upstream http://127.0.0.1:8006) (xend-vnet-tcp-server yes)", "own TCP"),
+])
+def test_bad_upstream_refused_at_start(text, message):
+    with pytest.raises(XendConfigError, match="xend-vnet-upstream") as info:
+        server_settings(XendConfig.from_text(text))
+    assert message in str(info.value)
+
+
+def test_good_upstreams_accepted():
+    for text in ("(xend-vnet-upstream httpu:///run/xend-upstream/xmlrpc.sock)",
+                 "(xend-vnet-upstream http://localhost:8006)",
+                 "(xend-vnet-upstream http://127.0.0.1:8007) (xend-vnet-tcp-server yes)"):
+        assert server_settings(XendConfig.from_text(text)).upstream

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import stat
 import subprocess
 import sys
 import threading
+import xml.parsers.expat
 
-import pytest
-from vnet_server_harness import Harness
+from vnet_server_harness import run_xm
 
 from xend_vnet.xm_commands import main as xm
 from xend_vnet.xm_commands.main import usage_text
@@ -23,20 +24,6 @@ LIST_USAGE = ("Usage: xm vnet-list [-l|--long]\n\nList Vnets.\n"
 CREATE_USAGE = "Usage: xm vnet-create <ConfigFile>\n\nCreate a vnet from ConfigFile.\n"
 
 
-@pytest.fixture
-def server(monkeypatch):
-    h = Harness()
-    monkeypatch.setenv("XM_SERVER", f"httpu://{h.sock}")
-    yield h
-    h.close()
-
-
-def run(capsys, *args):
-    code = xm.main(["xm", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_usage_layout_is_xms():
     assert usage_text("vnet-list") == LIST_USAGE
     assert usage_text("vnet-create") == CREATE_USAGE
@@ -47,33 +34,33 @@ def test_usage_layout_is_xms():
 def test_create_list_long_delete(server, capsys, tmp_path, monkeypatch):
     conf = tmp_path / "vnet97.sxp"
     conf.write_text("# vnet 97\n" + VNET97 + "\n")
-    assert run(capsys, "vnet-create", str(conf)) == (0, "", "")
-    assert run(capsys, "vnet-list") == (0, "97\n", "")
-    assert run(capsys, "vnet-list", "-l") == (0, VNET97 + "\n", "")
-    assert run(capsys, "vnet-list", "--long") == (0, VNET97 + "\n", "")
-    assert run(capsys, "vnet-list", "0097", "98") == (
+    assert run_xm(capsys, "vnet-create", str(conf)) == (0, "", "")
+    assert run_xm(capsys, "vnet-list") == (0, "97\n", "")
+    assert run_xm(capsys, "vnet-list", "-l") == (0, VNET97 + "\n", "")
+    assert run_xm(capsys, "vnet-list", "--long") == (0, VNET97 + "\n", "")
+    assert run_xm(capsys, "vnet-list", "0097", "98") == (
         0, VNET97 + "\n98 <Fault 2: 'No such vnet 98'>\n", "")
-    assert run(capsys, "vnet-list", "97", "-l") == (0, VNET97 + "\n", "")  # gnu_getopt
-    assert run(capsys, "vnet-delete", "97") == (0, "", "")
-    assert run(capsys, "vnet-list") == (0, "", "")
+    assert run_xm(capsys, "vnet-list", "97", "-l") == (0, VNET97 + "\n", "")  # gnu_getopt
+    assert run_xm(capsys, "vnet-delete", "97") == (0, "", "")
+    assert run_xm(capsys, "vnet-list") == (0, "", "")
 
 
 def test_relative_path_from_another_directory(server, capsys, tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "v.sxp").write_text(VNET97)
     monkeypatch.chdir(tmp_path / "sub")
-    assert run(capsys, "vnet-create", "v.sxp") == (0, "", "")
+    assert run_xm(capsys, "vnet-create", "v.sxp") == (0, "", "")
     monkeypatch.chdir(tmp_path)
-    assert run(capsys, "vnet-create", "--", "sub/v.sxp")[2] == "Error: vnet 97 already exists\n"
+    assert run_xm(capsys, "vnet-create", "--", "sub/v.sxp")[2] == "Error: vnet 97 already exists\n"
 
 
 def test_faults_print_error_and_usage(server, capsys, tmp_path):
     conf = tmp_path / "v.sxp"
     conf.write_text(VNET97)
-    run(capsys, "vnet-create", str(conf))
-    assert run(capsys, "vnet-create", str(conf)) == (
+    run_xm(capsys, "vnet-create", str(conf))
+    assert run_xm(capsys, "vnet-create", str(conf)) == (
         1, CREATE_USAGE, "Error: vnet 97 already exists\n")
-    code, out, err = run(capsys, "vnet-delete", "98")
+    code, out, err = run_xm(capsys, "vnet-delete", "98")
     assert (code, err) == (1, "Error: No such vnet 98\n")
     assert out == usage_text("vnet-delete")
 
@@ -81,32 +68,32 @@ def test_faults_print_error_and_usage(server, capsys, tmp_path):
 def test_delete_force(server, capsys, tmp_path):
     conf = tmp_path / "v.sxp"
     conf.write_text(VNET97)
-    run(capsys, "vnet-create", str(conf))
+    run_xm(capsys, "vnet-create", str(conf))
     server.net.add_link("vif1.0", "vif")
     server.net.enslave("vnet97", "vif1.0")
-    code, _, err = run(capsys, "vnet-delete", "97")
+    code, _, err = run_xm(capsys, "vnet-delete", "97")
     assert code == 1 and "vif1.0" in err
-    assert run(capsys, "vnet-delete", "--force", "97") == (0, "", "")
-    assert run(capsys, "vnet-list") == (0, "", "")
+    assert run_xm(capsys, "vnet-delete", "--force", "97") == (0, "", "")
+    assert run_xm(capsys, "vnet-list") == (0, "", "")
 
 
 def test_command_line_errors(server, capsys):
-    assert run(capsys, "vnet-create", "/nonexistent/v.sxp") == (
+    assert run_xm(capsys, "vnet-create", "/nonexistent/v.sxp") == (
         1, "File not found: /nonexistent/v.sxp\n", "")
-    assert run(capsys, "vnet-create") == (
+    assert run_xm(capsys, "vnet-create") == (
         1, CREATE_USAGE, "Error: 'xm vnet-create' requires 1 argument.\n\n")
-    code, _, err = run(capsys, "vnet-delete", "1", "2")
+    code, _, err = run_xm(capsys, "vnet-delete", "1", "2")
     assert code == 1 and err == "Error: 'xm vnet-delete' requires 1 argument.\n\n"
-    assert run(capsys, "vnet-list", "-x") == (1, LIST_USAGE, "Error: option -x not recognized\n")
+    assert run_xm(capsys, "vnet-list", "-x") == (1, LIST_USAGE, "Error: option -x not recognized\n")
     assert server.engine.requests == []
 
 
 def test_no_server(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("XM_SERVER", f"httpu://{tmp_path}/none.sock")
-    assert run(capsys, "vnet-list") == (
+    assert run_xm(capsys, "vnet-list") == (
         1, "", "Error: Unable to connect to xend: No such file or directory. Is xend running?\n")
     monkeypatch.setenv("XM_SERVER", "ftp://x")
-    code, _, err = run(capsys, "vnet-list")
+    code, _, err = run_xm(capsys, "vnet-list")
     assert code == 1 and "unsupported server URI" in err
 
 
@@ -123,7 +110,7 @@ def test_broken_server_reply(capsys, monkeypatch):
     t.start()
     try:
         monkeypatch.setenv("XM_SERVER", f"http://127.0.0.1:{srv.server_address[1]}/RPC2")
-        code, _, err = run(capsys, "vnet-list")
+        code, _, err = run_xm(capsys, "vnet-list")
         assert code == 1 and err == "Xend has probably crashed!  ProtocolError(500, boom).\n"
     finally:
         srv.shutdown()
@@ -135,12 +122,17 @@ def _script(path, body):
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
+def _our_xm(path):
+    """An ``xm`` that runs this checkout's xm."""
+    _script(path, f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {ROOT!r})\n"
+            "from xend_vnet.xm_commands.main import main\nsys.exit(main())\n")
+
+
 def test_other_subcommands_go_to_the_next_real_xm(tmp_path):
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     ours.mkdir()
     theirs.mkdir()
-    _script(ours / "xm", f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {ROOT!r})\n"
-            "from xend_vnet.xm_commands.main import main\nsys.exit(main())\n")
+    _our_xm(ours / "xm")
     (theirs / "xm-link").symlink_to(ours / "xm")
     env = dict(os.environ, PATH=f"{ours}:{theirs}")
     done = subprocess.run(["xm", "list"], env=env, capture_output=True, text=True, check=False)
@@ -166,3 +158,49 @@ def test_next_xm_skips_itself(tmp_path):
     assert xm.next_xm(str(a / "xm"), f"{a}:{b}") == str(b / "xm")
     assert xm.next_xm(str(b / "xm"), f"{a}:{b}") == str(a / "xm")
     assert xm.next_xm(str(a / "xm"), str(a)) is None
+
+
+def test_xm_long_listing_reports_any_exception_per_id():
+    class Server:
+        def xend_vnets(self):
+            return ["97", "98", "99"]
+
+        def xend_vnet(self, vnet):
+            if vnet == "97":
+                raise xml.parsers.expat.ExpatError("not well-formed (invalid token)")
+            if vnet == "98":
+                raise ValueError("odd reply")
+            return ["vnet", ["id", "99"]]
+
+    out = io.StringIO()
+    xm.vnet_list(Server(), ["-l"], out)
+    assert out.getvalue() == ("97 not well-formed (invalid token)\n98 odd reply\n"
+                              "(vnet (id 99))\n")
+
+
+def test_two_xm_wrappers_on_path_do_not_loop(tmp_path):
+    dirs = [tmp_path / n for n in ("a", "b", "c")]
+    for d in dirs:
+        d.mkdir()
+    _our_xm(dirs[0] / "xm")
+    _our_xm(dirs[1] / "xm")
+    env = {k: v for k, v in os.environ.items() if k != xm.SEEN_ENV}
+    env["PATH"] = f"{dirs[0]}:{dirs[1]}"
+    done = subprocess.run(["xm", "list"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 1 and "not provided by xend-vnet" in done.stderr
+    assert "use xl" in done.stderr
+    _script(dirs[2] / "xm", "#!/bin/sh\necho \"real xm $*\"\n")
+    env["PATH"] += f":{dirs[2]}"
+    done = subprocess.run(["xm", "list"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stdout) == (0, "real xm list\n")
+
+
+def test_next_xm_skips_the_ones_already_seen(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        _script(d / "xm", "#!/bin/sh\n")
+    assert xm.next_xm(str(a / "xm"), f"{a}:{b}", {str(b / "xm")}) is None
+    assert xm.next_xm(str(a / "xm"), f"{a}:{b}", set()) == str(b / "xm")

@@ -1,7 +1,8 @@
 """The XML-RPC server: methods, Faults, create/delete semantics, hardening.
 
 Runs the real HTTP server on a unix socket (and TCP on 127.0.0.1) against a
-fake engine (tests/fake_engine.py) and an in-memory network (tests/fake_net.py),
+fake engine (tests/fake_engine.py: the real control server and commands
+without the kernel) and an in-memory network (tests/fake_net.py),
 so it needs no root.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -22,20 +25,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from fake_engine import FakeEngine
 from fake_net import FakeNet
+from netns import wait_for
 from vnet_server_harness import Harness, UnixConn, legacy_proxy
 
 from xend_vnet import sxp
 from xend_vnet.config import VnetConfig
 from xend_vnet.engine_client import EngineClient
+from xend_vnet.kernel_shim.control.commands import CommandError
 from xend_vnet.store import StoreError, VnetStore
+from xend_vnet.vnet_id import VnetId
 from xend_vnet.xmlrpc import server as server_mod
-from xend_vnet.xmlrpc.api import VnetAPI, parse_request
+from xend_vnet.xmlrpc.api import VnetAPI, check_sxpr, parse_request
 from xend_vnet.xmlrpc.caller import Caller, CallerFileError, read_caller_file
-from xend_vnet.xmlrpc.server import ServerError, XMLRPCServers
-from xend_vnet.xmlrpc.service import ReconcileLoop, VnetService, engine_vnets
+from xend_vnet.xmlrpc.server import DeadlineReader, ServerError, XMLRPCServers
+from xend_vnet.xmlrpc.service import ReconcileLoop, VnetFault, VnetService, engine_vnets
 
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
 C97 = "0000:0000:0000:0000:0000:0000:0000:0097"
+C98 = "0000:0000:0000:0000:0000:0000:0000:0098"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 @pytest.fixture
@@ -69,14 +77,15 @@ def test_create_list_get_delete(h):
                                      ["vnetif", "vnif97"], ["security", "none"]]
     assert h.rpc.xend_vnet("0097") == h.rpc.xend_vnet("0:0:0:0:0:0:0:97")
     assert h.engine.vnets == {C97: ("vnif97", "none")}
-    assert f"(vnet.add (id {C97}) (vnetif vnif97) (security none))" in h.engine.requests
+    assert h.engine.sent("vnet.add") == [
+        ["vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]]
     assert h.net.links["vnet97"] == {"kind": "bridge", "master": None, "up": True}
     assert h.net.links["vnif97"] == {"kind": "tap", "master": "vnet97", "up": True}
     assert os.path.exists(h.store.path_of(h.service.configs[next(iter(h.service.configs))].vid))
     assert h.rpc.xend_vnet_delete("0097") is None
     assert h.rpc.xend_vnets() == []
     assert h.engine.vnets == {}
-    assert f"(vnet.del (id {C97}))" in h.engine.requests
+    assert ["vnet.del", ["id", C97]] in h.engine.requests
     assert "vnet97" not in h.net.links
     assert h.store.load_all() == ([], [])
 
@@ -214,7 +223,7 @@ def test_failed_enslave_undoes_engine_and_bridge(h):
     assert f.faultCode == 2 and "cannot create vnet 97" in f.faultString
     assert "Operation not permitted" in f.faultString
     _nothing_left(h)
-    assert f"(vnet.del (id {C97}))" in h.engine.requests
+    assert ["vnet.del", ["id", C97]] in h.engine.requests
 
 
 def test_failed_store_undoes_everything(h, monkeypatch):
@@ -228,14 +237,17 @@ def test_failed_store_undoes_everything(h, monkeypatch):
 
 
 def test_engine_refusal_is_reported(h):
-    h.engine.fail_next["vnet.add"] = (22, "invalid vnetif 'x'")
+    # The daemon's answer when the TAP cannot be made (daemon.py create_vnet).
+    h.engine.host.fail_create = CommandError(1, "cannot create TAP vnif97: "
+                                             "Operation not permitted")
     f = fault(h.rpc.xend_vnet_create, VNET97)
-    assert f.faultCode == 2 and "invalid vnetif 'x'" in f.faultString
+    assert f.faultCode == 2 and "cannot create TAP vnif97: Operation not permitted" \
+        in f.faultString
     _nothing_left(h)
 
 
 def test_engine_down_is_reported(h):
-    h.engine.stop()
+    h.engine.close()
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert f.faultCode == 2 and "vnetd is not running" in f.faultString
 
@@ -251,12 +263,11 @@ def test_existing_bridge_adopted_and_non_bridge_refused(h):
 
 
 def test_engine_exists_with_same_parameters_is_success(h):
-    h.engine.vnets[C97] = ("vnif97", "none")
-    h.net.add_link("vnif97")
+    h.engine.execute(f"(vnet.add (id {C97}) (vnetif vnif97))")
     h.rpc.xend_vnet_create(VNET97)
     assert h.rpc.xend_vnets() == ["97"]
     h.rpc.xend_vnet_delete("97")
-    h.engine.vnets[C97] = ("vnif0097", "none")
+    h.engine.execute(f"(vnet.add (id {C97}))")
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert "already has vnet" in f.faultString and "vnif0097" in f.faultString
     assert h.engine.vnets == {C97: ("vnif0097", "none")}   # not ours to delete
@@ -266,14 +277,15 @@ def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
     config = "(vnet (id 9c) (data-path vxlan) (bridge vnet9c))"
     h.rpc.xend_vnet_create(config)
     c9c = "0000:0000:0000:0000:0000:0000:0000:009c"
-    assert (f"(vnet.add (id {c9c}) (vnetif vnif009c) (security none) (data-path vxlan))"
-            in h.engine.requests)
+    assert h.engine.sent("vnet.add") == [["vnet.add", ["id", c9c], ["vnetif", "vnif009c"],
+                                          ["security", "none"], ["data-path", "vxlan"]]]
     assert h.rpc.xend_vnet("9c") == ["vnet", ["id", "9c"], ["data-path", "vxlan"],
                                      ["bridge", "vnet9c"]]
     assert h.net.links["vnif009c"]["master"] == "vnet9c"
     # A vnetd vnet's vnet.add stays as it was (an older engine takes it).
     h.rpc.xend_vnet_create(VNET97)
-    assert f"(vnet.add (id {C97}) (vnetif vnif97) (security none))" in h.engine.requests
+    assert h.engine.sent("vnet.add")[-1] == [
+        "vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]
     f = fault(h.rpc.xend_vnet_create, "(vnet (id 9d) (security conf) (key-file /k) "
                                       "(data-path vxlan))")
     assert f.faultCode == 2 and "data-path" in f.faultString
@@ -282,8 +294,7 @@ def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
 
 
 def test_engine_vnet_on_the_other_data_path_is_not_the_same(h):
-    h.engine.vnets[C97] = ("vnif97", "none")
-    h.engine.data_paths[C97] = "vxlan"
+    h.engine.execute(f"(vnet.add (id {C97}) (vnetif vnif97) (data-path vxlan))")
     f = fault(h.rpc.xend_vnet_create, VNET97)
     assert "already has vnet" in f.faultString and "data-path vxlan" in f.faultString
     assert h.engine.vnets == {C97: ("vnif97", "none")}   # not ours to delete
@@ -295,6 +306,53 @@ def test_engine_vnets_reads_the_data_path():
     assert engine_vnets(forms) == {
         C97: ("vnif97", "none", "vnetd"),      # an engine that does not say: its own path
         "0000:0000:0000:0000:0000:0000:0000:009c": ("vnif009c", "none", "vxlan")}
+
+
+def test_engine_eexist_for_another_reason_gives_the_engines_message(h):
+    h.engine.execute("(vnet.add (id 98) (vnetif vnif97))")
+    f = fault(h.rpc.xend_vnet_create, VNET97)
+    assert f.faultCode == 2
+    assert f.faultString == (f"cannot create vnet 97: vnet.add: interface vnif97 of vnet {C97} "
+                             f"is already used by vnet {C98}")
+    assert h.rpc.xend_vnets() == [] and "vnet97" not in h.net.links
+
+
+
+# -- bridges: an adopted one stays, a created one goes -------------------------
+
+def test_adopted_bridge_survives_delete(h):
+    vid = VnetId.parse("97")
+    h.net.add_link("vnet97", "bridge")
+    h.net.add_link("eth9")
+    h.net.links["eth9"]["master"] = "vnet97"
+    Path(h.store.dir).mkdir(parents=True, exist_ok=True)
+    Path(h.store.bridge_record_of(vid)).write_text("vnet97\n")    # stale, from a crash
+    h.rpc.xend_vnet_create(VNET97)
+    assert h.store.created_bridge(vid) is None
+    h.rpc.xend_vnet_delete("97", True)
+    assert h.net.links["vnet97"]["kind"] == "bridge"
+    assert h.net.links["eth9"]["master"] == "vnet97"
+    assert h.rpc.xend_vnets() == []
+
+
+def test_created_bridge_is_recorded_and_deleted(h):
+    vid = VnetId.parse("97")
+    h.rpc.xend_vnet_create(VNET97)
+    assert h.store.created_bridge(vid) == "vnet97"
+    # Lost (e.g. a reboot) and made again by reconcile: still ours.
+    h.net.remove_link("vnet97")
+    assert h.service.reconcile() == {}
+    assert h.store.created_bridge(vid) == "vnet97"
+    h.rpc.xend_vnet_delete("97")
+    assert "vnet97" not in h.net.links
+    assert not os.path.exists(h.store.bridge_record_of(vid))
+
+
+def test_failed_create_leaves_no_bridge_record(h):
+    h.net.fail["enslave"] = "boom"
+    fault(h.rpc.xend_vnet_create, VNET97)
+    assert "vnet97" not in h.net.links
+    assert h.store.created_bridge(VnetId.parse("97")) is None
 
 
 # -- reconcile (design.md 5) -------------------------------------------------------
@@ -314,7 +372,7 @@ def test_reconcile_after_engine_restart_and_bridge_loss(h):
 
 def test_reconcile_on_start_from_store_and_engine_outage(h):
     h.rpc.xend_vnet_create(VNET97)
-    h.engine.stop()
+    h.engine.close()
     fresh = VnetService(h.store, EngineClient(h.engine.path, timeout=2), net=h.net)
     fresh.load()
     problems = fresh.reconcile()
@@ -351,6 +409,32 @@ def test_store_problems_and_collisions_reported_on_load(h):
     assert any("junk.sxp" in p and ".corrupt" in p for p in problems)
     assert any("vnet 98" in p for p in problems)
     assert h.service.ids() == ["97"]
+
+
+def test_reconcile_loop_survives_unexpected_exceptions():
+    class Flaky:
+        def __init__(self):
+            self.checks = 0
+            self.reconciled = 0
+
+        def needs_reconcile(self):
+            self.checks += 1
+            if self.checks <= 3:
+                raise RuntimeError("surprise")
+            return True
+
+        def reconcile(self):
+            self.reconciled += 1
+
+    service = Flaky()
+    loop = ReconcileLoop(service, interval=0.01)
+    loop.start()
+    try:
+        wait_for(lambda: service.reconciled >= 2, what="two reconciles")
+        assert loop.is_alive() and loop.last_failure is None
+    finally:
+        loop.stop()
+        loop.join(5)
 
 
 # -- hardening ------------------------------------------------------------------
@@ -490,6 +574,117 @@ def test_concurrent_clients(h):
     assert errors == []
 
 
+def test_tcp_key_files_only_under_the_key_directory(h, open_dir):
+    key_dir = Path(h.store.key_dir)
+    key_dir.mkdir(parents=True)
+    (key_dir / "k97").write_text("00" * 32 + "\n")
+    (key_dir / "escape").symlink_to("/etc/passwd")
+    tcp = h.tcp_rpc()
+    for key in ("/etc/passwd", str(key_dir / "escape"), str(key_dir / ".." / "vnet" / "x")):
+        f = fault(tcp.xend_vnet_create, f"(vnet (id 97) (security conf) (key-file {key}))")
+        assert f.faultCode == 2 and "key-file" in f.faultString
+        assert "only under the key directory" in f.faultString and str(key_dir) in f.faultString
+    f = fault(tcp.vnet_create, ["vnet", ["id", "97"], ["security", "auth"],
+                                ["key-file", "/root/k"]])
+    assert "only under the key directory" in f.faultString
+    # Under the key directory, or over the unix socket, the rule does not apply.
+    for rpc, key in ((tcp, key_dir / "k97"), (h.rpc, open_dir / "k")):
+        try:
+            rpc.xend_vnet_create(f"(vnet (id 97) (security conf) (key-file {key}))")
+        except xmlrpc.client.Fault as e:
+            assert "key directory" not in e.faultString
+    assert h.rpc.xend_vnets() in ([], ["97"])
+
+
+@pytest.mark.parametrize("value, field, code", [
+    ("a\ufffeb", "note", "U+FFFE"), ("\uffff", "note", "U+FFFF"),
+    ("x\ud800", "note", "U+D800"), ("a\x01", "note", "U+0001"),
+])
+def test_non_xml_characters_refused_naming_the_field(value, field, code):
+    with pytest.raises(VnetFault) as info:
+        check_sxpr(["vnet", ["id", "97"], [field, value]])
+    assert f"{field}: value" in str(info.value) and code in str(info.value)
+    with pytest.raises(VnetFault, match="key"):
+        check_sxpr(["vnet", ["id", "97"], [value, "x"]])
+    check_sxpr(["vnet", ["id", "97"], ["note", "tab\there, \U0001f600 and \ue000"]])
+
+
+def test_non_xml_character_in_a_file_is_fault_2_and_listing_still_works(h, open_dir):
+    p = open_dir / "bad.sxp"
+    p.write_text("(vnet (id 97) (note 'a\ufffeb'))", encoding="utf-8")
+    f = fault(h.rpc.xend_vnet_create, str(p))
+    assert f.faultCode == 2 and "note" in f.faultString and "U+FFFE" in f.faultString
+    assert h.rpc.xend_vnets() == [] and h.rpc.vnet_list() == []
+
+
+def test_trickling_client_is_cut_off(h, monkeypatch):
+    monkeypatch.setattr(server_mod.RequestHandler, "timeout", 0.8)
+    monkeypatch.setattr(server_mod.RequestHandler, "request_deadline", 1.0)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(h.sock)
+    s.settimeout(0.05)
+    request = b"POST /RPC2 HTTP/1.1\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+    closed_after = None
+    start = time.monotonic()
+    try:
+        for i in range(len(request)):
+            try:
+                s.send(request[i:i + 1])
+                if s.recv(100) == b"":
+                    closed_after = time.monotonic() - start
+                    break
+            except TimeoutError:
+                pass
+            except OSError:
+                closed_after = time.monotonic() - start
+                break
+            time.sleep(0.25)
+            if time.monotonic() - start > 20:
+                break
+    finally:
+        s.close()
+    assert closed_after is not None and closed_after < 10
+    assert h.rpc.xend_vnets() == []
+
+
+def test_idle_keep_alive_connection_is_closed(h, monkeypatch):
+    monkeypatch.setattr(server_mod.RequestHandler, "keepalive_idle", 0.3)
+    conn = UnixConn(h.sock)
+    body = xmlrpc.client.dumps((), "xend_vnets").encode()
+    conn.request("POST", "/RPC2", body, {"Content-Type": "text/xml"})
+    assert conn.getresponse().read().startswith(b"<?xml")
+    conn.sock.settimeout(10)
+    assert conn.sock.recv(10) == b""          # the server closed the idle connection
+    conn.close()
+
+
+def test_deadline_reader_with_a_fake_clock():
+    a, b = socket.socketpair()
+    now = [100.0]
+    reader = DeadlineReader(a, per_recv=30.0, clock=lambda: now[0])
+    try:
+        b.sendall(b"abc")
+        reader.expect_request(60.0)
+        buf = bytearray(10)
+        assert reader.readinto(buf) == 3 and a.gettimeout() == 30.0
+        now[0] += 59.5
+        b.sendall(b"d")
+        assert reader.readinto(buf) == 1 and a.gettimeout() == pytest.approx(0.5)
+        now[0] += 1
+        with pytest.raises(TimeoutError):
+            reader.readinto(buf)
+        # Keep-alive: idle until the first byte, then a fresh deadline.
+        reader.expect_next_request(5.0, 60.0)
+        assert reader.deadline == now[0] + 5.0
+        b.sendall(b"e")
+        assert reader.readinto(buf) == 1 and reader.deadline == now[0] + 60.0
+        reader.request_received()
+        assert reader.deadline is None and a.gettimeout() == 30.0
+    finally:
+        a.close()
+        b.close()
+
+
 # -- beside xend: forwarding (design.md 9) ------------------------------------------
 
 def test_unknown_methods_forwarded_to_upstream():
@@ -514,6 +709,47 @@ def test_unknown_methods_forwarded_to_upstream():
         assert f.faultCode == 1 and "not reachable" in f.faultString
     finally:
         dead.close()
+
+
+def test_upstream_equal_to_own_socket_refused_by_the_server(h, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(os.path.dirname(h.sock))
+    own = str(tmp_path / "s.sock")
+    for upstream in (f"httpu://{own}", f"httpu://{tmp_path}/./s.sock", "gopher://x"):
+        with pytest.raises(ServerError, match="xend-vnet-upstream"):
+            XMLRPCServers(VnetAPI(h.service), own, None, upstream)
+    with pytest.raises(ServerError, match="own socket"):
+        XMLRPCServers(VnetAPI(h.service), str(link / "other.sock"), None,
+                      f"httpu://{os.path.dirname(h.sock)}/other.sock")
+
+
+def test_forwarding_failures_are_fault_1(monkeypatch):
+    harness = Harness(upstream="http://127.0.0.1:9")
+    try:
+        def broken(uri):
+            raise ValueError("bad upstream reply")
+        monkeypatch.setattr(server_mod, "upstream_connection", broken)
+        f = fault(harness.rpc.xend_domains)
+        assert f.faultCode == 1 and "bad upstream reply" in f.faultString
+        assert harness.rpc.xend_vnets() == []
+    finally:
+        harness.close()
+
+
+def test_slow_upstream_is_not_cut_off(monkeypatch):
+    monkeypatch.setattr(server_mod.RequestHandler, "timeout", 0.5)
+    monkeypatch.setattr(server_mod.RequestHandler, "request_deadline", 0.5)
+    upstream = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False,
+                                                allow_none=True)
+    upstream.register_function(lambda: time.sleep(1.5) or ["Domain-0"], "xend_domains")
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    harness = Harness(upstream="http://%s:%d" % upstream.server_address)
+    try:
+        assert harness.rpc.xend_domains() == ["Domain-0"]
+    finally:
+        harness.close()
+        upstream.shutdown()
+        upstream.server_close()
 
 
 # -- reading the caller's file -----------------------------------------------------
@@ -563,6 +799,80 @@ def test_caller_permissions(open_dir):
         read_caller_file(str(big), Caller("unix", me, 0, 0))
     with pytest.raises(CallerFileError, match="pid"):
         read_caller_file("x", Caller("unix", 2**22 + 12345, 0, 0))
+
+
+@needs_root
+def test_caller_file_read_with_the_callers_identity(open_dir, monkeypatch):
+    secret = open_dir / "secret"
+    secret.mkdir(mode=0o700)
+    (secret / "conf.sxp").write_text(VNET97)
+    os.chmod(secret / "conf.sxp", 0o644)
+    (open_dir / "link").symlink_to(secret)
+    (open_dir / "flink").symlink_to(secret / "conf.sxp")
+    (open_dir / "ok.sxp").write_text(VNET97)
+    os.chmod(open_dir / "ok.sxp", 0o644)
+    os.mkfifo(open_dir / "fifo")
+    monkeypatch.chdir(open_dir)
+    nobody = Caller("unix", os.getpid(), 65534, 65534)
+    for path in ("secret/conf.sxp", "link/conf.sxp", "flink", str(open_dir / "link/conf.sxp")):
+        with pytest.raises(CallerFileError, match="Permission denied"):
+            read_caller_file(path, nobody)
+    assert read_caller_file("ok.sxp", nobody) == VNET97
+    assert read_caller_file(str(open_dir / "ok.sxp"), nobody) == VNET97
+    assert read_caller_file("link/conf.sxp", Caller("unix", os.getpid(), 0, 0)) == VNET97
+    with pytest.raises(CallerFileError, match="not a regular file"):
+        read_caller_file("fifo", nobody)
+    with pytest.raises(CallerFileError, match="File not found"):
+        read_caller_file("missing.sxp", nobody)
+
+
+def _acl_user_read(path: Path, uid: int) -> bool:
+    """Give ``uid`` read access by a POSIX ACL entry; False if the file system has none."""
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 4, uid), (0x04, 0, 0xFFFFFFFF),
+               (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+    value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    try:
+        os.setxattr(path, "system.posix_acl_access", value)
+    except OSError:
+        return False
+    return True
+
+
+@needs_root
+def test_caller_file_acl_is_honoured(open_dir):
+    p = open_dir / "acl.sxp"
+    p.write_text(VNET97)
+    os.chmod(p, 0o600)
+    if not _acl_user_read(p, 65534):
+        pytest.skip("no POSIX ACLs on this file system")
+    assert read_caller_file(str(p), Caller("unix", os.getpid(), 65534, 65534)) == VNET97
+    with pytest.raises(CallerFileError, match="Permission denied"):
+        read_caller_file(str(p), Caller("unix", os.getpid(), 65533, 65533))
+
+
+@needs_root
+@pytest.mark.root
+def test_caller_file_in_another_mount_namespace(open_dir):
+    """A file only the caller's mount namespace shows is read (relative and absolute)."""
+    mnt = open_dir / "mnt"
+    mnt.mkdir()
+    script = (f"mount -t tmpfs none {mnt} && echo '{VNET97}' > {mnt}/x.sxp && cd {mnt} "
+              "&& echo ready && exec sleep 30")
+    proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                             script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert not (mnt / "x.sxp").exists()          # not in our namespace
+        caller = Caller("unix", proc.pid, 0, 0)
+        assert read_caller_file("x.sxp", caller).strip() == VNET97
+        assert read_caller_file(str(mnt / "x.sxp"), caller).strip() == VNET97
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+
+# -- the rest ---------------------------------------------------------------------
 
 
 def test_status_method(h):

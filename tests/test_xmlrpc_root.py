@@ -13,13 +13,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 import pytest
 from fake_engine import FakeEngine
+from netns import wait_for
+from vnet_server_harness import run_xm
 
-from xend_vnet.xm_commands import main as xm
 
 pytestmark = pytest.mark.root
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,21 +36,15 @@ def link(ns, name):
     return json.loads(done.stdout)[0] if done.returncode == 0 else None
 
 
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 class Lab:
     def __init__(self):
         self.ns = f"xvm-srv-{uuid.uuid4().hex[:8]}"
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         self.dir = tempfile.mkdtemp(prefix="xvm-")
         self.sock = os.path.join(self.dir, "xmlrpc.sock")
+        # The server runs in another namespace than the engine: let it in.
         self.engine = FakeEngine(os.path.join(self.dir, "vnetd.sock"), on_add=self.add_tap,
-                                 on_del=self.del_tap).start()
+                                 on_del=self.del_tap, allow_foreign_netns=True).start()
         self.proc = None
 
     def add_tap(self, name):
@@ -66,7 +60,8 @@ class Lab:
                 "--engine-control", self.engine.path]
         env = dict(os.environ, PYTHONPATH=ROOT, XEND_CONFIG=os.path.join(self.dir, "none"))
         self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: os.path.exists(self.sock + ".pid") or self.proc.poll() is not None)
+        wait_for(lambda: os.path.exists(self.sock + ".pid") or self.proc.poll() is not None,
+                 timeout=20.0, what="the server's pid file")
         assert self.proc.poll() is None, self.proc.stderr.read()
 
     def stop(self):
@@ -77,7 +72,7 @@ class Lab:
 
     def close(self):
         self.stop()
-        self.engine.stop()
+        self.engine.close()
         subprocess.run(["ip", "netns", "del", self.ns], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -95,56 +90,52 @@ def lab(monkeypatch):
         lab.close()
 
 
-def xm_run(capsys, *args):
-    code = xm.main(["xm", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_create_restore_delete_with_real_bridges(lab, capsys, tmp_path, monkeypatch):
     (tmp_path / "vnet97.sxp").write_text(VNET97 + "\n")
     monkeypatch.chdir(tmp_path)
-    assert xm_run(capsys, "vnet-create", "vnet97.sxp") == (0, "", "")
-    assert xm_run(capsys, "vnet-list") == (0, "97\n", "")
-    assert xm_run(capsys, "vnet-list", "-l") == (0, VNET97 + "\n", "")
+    assert run_xm(capsys, "vnet-create", "vnet97.sxp") == (0, "", "")
+    assert run_xm(capsys, "vnet-list") == (0, "97\n", "")
+    assert run_xm(capsys, "vnet-list", "-l") == (0, VNET97 + "\n", "")
     bridge = link(lab.ns, "vnet97")
     assert bridge["linkinfo"]["info_kind"] == "bridge" and "UP" in bridge["flags"]
     assert bridge["linkinfo"]["info_data"]["stp_state"] == 0
     tap = link(lab.ns, "vnif97")
     assert tap["master"] == "vnet97" and "UP" in tap["flags"]
-    code, _, err = xm_run(capsys, "vnet-create", "vnet97.sxp")
+    code, _, err = run_xm(capsys, "vnet-create", "vnet97.sxp")
     assert (code, err) == (1, "Error: vnet 97 already exists\n")
-    code, _, err = xm_run(capsys, "vnet-delete", "98")
+    code, _, err = run_xm(capsys, "vnet-delete", "98")
     assert (code, err) == (1, "Error: No such vnet 98\n")
 
     # Engine restart: the engine forgets the vnet, the TAP is gone; the loop restores.
     lab.engine.restart()
     lab.del_tap("vnif97")
-    wait_for(lambda: (link(lab.ns, "vnif97") or {}).get("master") == "vnet97")
+    wait_for(lambda: (link(lab.ns, "vnif97") or {}).get("master") == "vnet97", timeout=20.0,
+             what="vnif97 on vnet97")
     assert lab.engine.vnets == {C97: ("vnif97", "none")}
 
     # Server restart after the bridge was deleted: restored at start.
     lab.stop()
     ip(lab.ns, "link", "del", "vnet97")
     lab.start()
-    wait_for(lambda: (link(lab.ns, "vnif97") or {}).get("master") == "vnet97")
+    wait_for(lambda: (link(lab.ns, "vnif97") or {}).get("master") == "vnet97", timeout=20.0,
+             what="vnif97 on vnet97")
 
     # A domain vif on the bridge blocks delete unless forced.
     ip(lab.ns, "link", "add", "vif1.0", "type", "veth", "peer", "name", "vif1.0p")
     ip(lab.ns, "link", "set", "vif1.0", "master", "vnet97")
-    code, _, err = xm_run(capsys, "vnet-delete", "97")
+    code, _, err = run_xm(capsys, "vnet-delete", "97")
     assert code == 1 and "vif1.0" in err
-    assert xm_run(capsys, "vnet-delete", "--force", "97") == (0, "", "")
+    assert run_xm(capsys, "vnet-delete", "--force", "97") == (0, "", "")
     assert link(lab.ns, "vnet97") is None and link(lab.ns, "vnif97") is None
     assert lab.engine.vnets == {}
     assert os.listdir(os.path.join(lab.dir, "state", "vnet")) == []
-    assert xm_run(capsys, "vnet-list") == (0, "", "")
+    assert run_xm(capsys, "vnet-list") == (0, "", "")
 
 
 def test_create_refuses_a_non_bridge_name(lab, capsys, tmp_path):
     ip(lab.ns, "link", "add", "vnet98", "type", "veth", "peer", "name", "vnet98p")
     conf = tmp_path / "v.sxp"
     conf.write_text("(vnet (id 98))")
-    code, _, err = xm_run(capsys, "vnet-create", str(conf))
+    code, _, err = run_xm(capsys, "vnet-create", str(conf))
     assert code == 1 and "vnet98" in err and "not a bridge" in err
     assert lab.engine.vnets == {} and link(lab.ns, "vnif0098") is None

@@ -17,6 +17,7 @@ from xend_vnet.engine_client import EngineClient
 from xend_vnet.store import VnetStore
 from xend_vnet.xmlrpc.api import VnetAPI
 from xend_vnet.xmlrpc.server import XMLRPCServers
+from xend_vnet.xm_commands import main as xm
 from xend_vnet.xmlrpc.service import VnetService
 
 
@@ -91,5 +92,12 @@ class Harness:
 
     def close(self):
         self.servers.close()
-        self.engine.stop()
+        self.engine.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_xm(capsys, *args: str) -> tuple[int, str, str]:
+    """``xm ARGS...`` in this process: (exit status, stdout, stderr)."""
+    code = xm.main(["xm", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
