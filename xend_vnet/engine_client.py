@@ -107,10 +107,3 @@ class EngineClient:
             if err is not None:
                 raise err
         return reply
-
-    def available(self) -> bool:
-        try:
-            self.call(["engine.status"])
-            return True
-        except EngineError:
-            return False
