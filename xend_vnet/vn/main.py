@@ -27,7 +27,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import bridges, sxp
-from ..engine_client import EngineClient, EngineError, EngineUnavailable, default_control_path
+from ..engine_client import EngineClient, EngineError, EngineUnavailable
+from ..process import default_control_path
 from ..vnet_id import VnetId, VnetIdError
 from .. import engine_launcher as launcher
 
