@@ -18,7 +18,9 @@ from vn_fake_engine import FakeEngine, vnet_form
 from xend_vnet import sxp
 from xend_vnet.bridges import BridgeError
 from xend_vnet import engine_launcher as launcher
+from xend_vnet.vn import commands, formatting, links
 from xend_vnet.vn import main as vn
+from xend_vnet.vn.session import UsageError
 
 ID97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 ID2 = "0000:0000:0000:0000:0000:0000:0000:0002"
@@ -260,11 +262,11 @@ def test_status_not_running(tmp_path, capsys):
     (0, "0s"), (59.9, "59s"), (60, "1m00s"), (192, "3m12s"), (3600, "1h00m"),
     (7380, "2h03m"), (86400 * 5 + 7200, "5d02h"), (-3, "0s")])
 def test_format_uptime(seconds, text):
-    assert vn.format_uptime(seconds) == text
+    assert formatting.format_uptime(seconds) == text
 
 
 def test_format_link_is_ifconfig_layout():
-    text = vn.format_link({
+    text = links.format_link({
         "ifname": "vnif0097", "address": "02:00:00:00:00:97", "flags": 0x1 | 0x2 | 0x40 | 0x1000,
         "mtu": 1500, "txqlen": 1000, "inet": [("10.0.0.1", 24, "10.0.0.255")],
         "stats": {"rx_packets": 3, "rx_bytes": 2048, "tx_bytes": 10}})
@@ -284,19 +286,19 @@ forms = st.recursive(atoms, lambda inner: st.lists(inner, max_size=5), max_leave
 
 @given(st.lists(forms, max_size=5))
 def test_formatters_accept_any_reply(replies):
-    vn.format_stats(replies)
+    formatting.format_stats(replies)
     for form in replies:
-        vn.format_status(form)
-    vn.find_vnet(replies, "97")
-    vn.sort_vnets([r for r in replies if isinstance(r, list)])
+        formatting.format_status(form)
+    formatting.find_vnet(replies, "97")
+    formatting.sort_vnets([r for r in replies if isinstance(r, list)])
 
 
 @given(st.lists(st.text(max_size=6), max_size=6))
 def test_argument_parsing_only_usage_errors(argv):
-    for command in vn.COMMANDS.values():
+    for command in commands.COMMANDS.values():
         try:
             command.parse(argv)
-        except vn.UsageError:
+        except UsageError:
             pass
 
 
@@ -359,7 +361,7 @@ def test_vif_commands_send_full_id(listing, capsys, cmd, name):
 
 
 def test_vif_add_interface_mac(listing, capsys, monkeypatch):
-    monkeypatch.setattr(vn, "link_info", lambda n: {"address": "02:aa:bb:cc:dd:ee"}
+    monkeypatch.setattr(links, "link_info", lambda n: {"address": "02:aa:bb:cc:dd:ee"}
                         if n == "veth0" else None)
     assert run_vn(listing, capsys, "vif-add", "-i", "97", "veth0")[0] == 0
     assert listing.sent("vif.add") == [
