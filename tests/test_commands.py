@@ -175,7 +175,7 @@ def test_vxlan_vnet_add_goes_to_the_host_not_the_core(host):
     ("(vnet.add (id 9d) (data-path (vxlan)))", EINVAL, "must be an atom"),
     ("(vnet.add (id 9d) (security conf) (key-file /k) (data-path vxlan))", EINVAL,
      "neither authenticates nor encrypts"),
-    ("(vnet.add (id 9d) (security auth) (data-path vxlan))", EINVAL, "security auth cannot"),
+    ("(vnet.add (id 9d) (security auth) (data-path vxlan))", EINVAL, "security 'auth' cannot"),
     ("(vnet.add (id 9d) (key-file /k) (data-path vxlan))", EINVAL, "only for security"),
     ("(vnet.add (id 9c))", EEXIST, "already exists"),                 # either data path
     ("(vnet.add (id 0:0:0:0:0:0:0:9c) (data-path vxlan))", EEXIST, "already exists"),

@@ -161,7 +161,7 @@ def test_data_path_default_and_values():
     ("(vnet (id 97) (security auth) (key-file /k) (data-path vxlan))",
      "neither authenticates nor encrypts"),
     ("(vnet (id 97) (security conf) (key-file /k) (data-path vxlan))",
-     "security conf cannot use data-path vxlan"),
+     "security 'conf' cannot use data-path vxlan"),
     # The VNI is the id, 24 bits: 0:..:100:9c would share VNI 156 with vnet 9c.
     ("(vnet (id 0:0:0:0:0:0:100:9c) (data-path vxlan))",
      "vnet 0:0:0:0:0:0:100:9c cannot use data-path vxlan: its VNI is the id, and a VXLAN "

@@ -47,7 +47,7 @@ def key_file_problem(security: str, key_file: str | None) -> str | None:
     if security in SECURED_LEVELS:
         if key_file is None:
             # design.md 7: never a key made silently (each host's would differ).
-            return (f"security {security} needs (key-file /ABSOLUTE/PATH): make one with "
+            return (f"security {security!r} needs (key-file /ABSOLUTE/PATH): make one with "
                     "'vn key-gen PATH' on one host and copy it to every host of the vnet")
         if not key_file.startswith("/"):
             return f"key file {key_file!r} must be an absolute path"
@@ -90,7 +90,7 @@ def vxlan_security_problem(security: str) -> str | None:
     """Why a vnet of ``security`` cannot use the VXLAN data path, or None."""
     if security == "none":
         return None
-    return (f"security {security} cannot use data-path vxlan: the kernel VXLAN device "
+    return (f"security {security!r} cannot use data-path vxlan: the kernel VXLAN device "
             "neither authenticates nor encrypts; use data-path vnetd for a secured vnet")
 
 
