@@ -23,14 +23,13 @@ import time
 
 import psutil
 
-from . import sxp
+from . import process, sxp
 from .engine_client import EngineClient, EngineError, EngineUnavailable
 from .kernel_shim import daemon as vnetd
-from . import process
 from .process import DEFAULT_CONTROL
 
 SYSTEMD_UNIT = "vnetd.service"
-DAEMON_MODULE = "xend_vnet.kernel_shim.daemon"
+DAEMON_MODULE = vnetd.__name__          # run with -m
 _UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
               "/usr/lib/systemd/system", "/lib/systemd/system")
 START_TIMEOUT = 15.0

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -174,7 +175,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return opts
 
 
-def _number_problems(opts: argparse.Namespace):
+def _number_problems(opts: argparse.Namespace) -> Iterator[str]:
     if not 0 < opts.port < 65536:
         yield f"invalid --port {opts.port}: expected 1 to 65535"
     if not 0 < opts.vxlan_port < 65536:
@@ -193,7 +194,7 @@ def _number_problems(opts: argparse.Namespace):
         yield "invalid --epoch-lifetime/--epoch-max-age: expected 0 < lifetime < max age"
 
 
-def _address_problems(opts: argparse.Namespace):
+def _address_problems(opts: argparse.Namespace) -> Iterator[str]:
     """Checks --mcaddr and --address, leaving them in canonical form."""
     for name in ("mcaddr", "address"):
         value = getattr(opts, name)
