@@ -53,3 +53,20 @@ def test_vxlan_port_default_and_refusals(capsys):
         assert e.value.code == 2, argv
         err = capsys.readouterr().err
         assert "invalid --vxlan-port" in err, argv
+
+
+def test_file_options_say_path():
+    """The launcher compares options with the metavar PATH as paths (engine_launcher)."""
+    actions = {a.dest: a for a in daemon.build_parser()._actions}
+    for dest in ("control", "pid_file", "file", "log_file", "epoch_file"):
+        assert actions[dest].metavar == "PATH", dest
+    assert {a.metavar for d, a in actions.items() if d in ("mtu", "device", "mcaddr")} == {None}
+
+
+def test_first_refusal_is_reported(capsys):
+    with pytest.raises(SystemExit):
+        daemon.parse_args(["--port", "0", "--mtu", "1"])
+    assert "invalid --port 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        daemon.parse_args(["--address", "x", "--mcaddr", "192.0.2.1"])
+    assert "invalid --address 'x'" in capsys.readouterr().err

@@ -14,8 +14,9 @@ import psutil
 import pytest
 from fake_engine import FakeEngine
 
-from xend_vnet.engine_client import DEFAULT_CONTROL
+from xend_vnet.process import DEFAULT_CONTROL
 from xend_vnet import engine_launcher as launcher
+from xend_vnet.kernel_shim import daemon
 from xend_vnet.engine_launcher import LauncherError
 
 # A stand-in for vnetd: its command line names a file called vnetd.  With a
@@ -125,6 +126,32 @@ def test_daemon_command(tmp_path):
                        "--mcaddr", "224.10.0.9"]
     assert launcher.default_log_file(DEFAULT_CONTROL) == "/var/log/vnetd.log"
     assert "--log-file" not in launcher.daemon_command(control, ["--log-file", "x"])[4:-2]
+
+
+def test_parameters_follow_vnetd_options():
+    """Every vnetd option but those the launcher sets itself is a parameter,
+    under each long spelling (so the legacy aliases are the module's names)."""
+    parser = daemon.build_parser()
+    owned = {"help", "version", "control", "pid_file", "daemon"}
+    for action in parser._actions:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        for spelling in longs:
+            key = spelling[2:].replace("-", "_")
+            assert (key in launcher.param_names()) is (action.dest not in owned), key
+            if action.dest in owned:
+                continue
+            expected = [longs[0]] if action.nargs == 0 else [longs[0], "7"]
+            assert launcher.parse_params({key: "yes" if action.nargs == 0 else "7"}) == expected
+    assert launcher.parse_params({"varp_device": "eth1", "no_offload": "no"}) == [
+        "--device", "eth1"]
+
+
+def test_a_new_vnetd_option_is_a_parameter_at_once():
+    parser = daemon.build_parser()
+    parser.add_argument("--queue-depth", type=int, metavar="N")
+    table = launcher._parameter_table(parser)
+    assert table["queue_depth"].option_strings == ["--queue-depth"]
+    assert set(table) - {"queue_depth"} == set(launcher.param_names()) - {"vnet_encaps"}
 
 
 # -- pid file ----------------------------------------------------------------------------
@@ -330,3 +357,26 @@ def test_systemctl_failure(monkeypatch):
         cmd, 5, "", "Unit vnetd.service failed"))
     with pytest.raises(LauncherError, match="systemctl start vnetd.service failed .*journalctl"):
         launcher.ensure_engine(DEFAULT_CONTROL, {})
+
+
+def test_reconcile_reads_what_the_status_lacks_on_the_command_line(tmp_path, monkeypatch):
+    """An option the status does not report (here the VXLAN port, and the
+    epoch file, a PATH compared as a path) is read from vnetd's argv."""
+    engine = FakeEngine(str(tmp_path / "c.sock")).start()
+    try:
+        engine.replies["engine.status"] = "(engine.status (pid 1) (mcaddr 224.10.0.1))"
+
+        class Proc:
+            def __init__(self, pid):
+                assert pid == 1
+
+            def cmdline(self):
+                return ["vnetd", "--vxlan-port=8472", "--epoch-file", f"{tmp_path}/e/../epoch"]
+
+        monkeypatch.setattr(launcher.psutil, "Process", Proc)
+        launcher.reconcile_running(engine.path, {"vxlan_port": "8472",
+                                                 "epoch_file": f"{tmp_path}/epoch"})
+        with pytest.raises(LauncherError, match="vxlan_port: running 8472, asked 4789"):
+            launcher.reconcile_running(engine.path, {"vxlan_port": "4789"})
+    finally:
+        engine.close()

@@ -10,24 +10,27 @@ returns it verbatim (protocol.md 10.1).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import sxp
-from .ifnames import ifname_problem
 from .vnet_id import VnetId, VnetIdError, parse_usable
+from .vnet_rules import (
+    DEFAULT_DATA_PATH,
+    data_path_problem,
+    ifname_problem,
+    key_file_problem,
+    name_owner,
+    security_problem,
+    vxlan_id_problem,
+    vxlan_security_problem,
+)
 
 KNOWN_KEYS = ("id", "bridge", "vnetif", "security", "key-file", "data-path")
-SECURITY_LEVELS = ("none", "auth", "conf")
-# vnetd: the engine carries the frames (wire-compatible with legacy hosts);
-# vxlan: the kernel's VXLAN device does, between new hosts only (docs/vxlan.md).
-DATA_PATHS = ("vnetd", "vxlan")
-SECURED_LEVELS = ("auth", "conf")
-# The VXLAN VNI is the vnet id, and a VNI is 24 bits (docs/vxlan.md).
-VXLAN_MAX_ID = 0xFFFFFF
 # protocol.md 12.1: the legacy docs promised "at most 14" characters.
 NAME_WARN_LENGTH = 14
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; ``field`` names the offending key."""
 
@@ -37,15 +40,10 @@ class ConfigError(ValueError):
         super().__init__(f"invalid vnet config: {field}: {reason}")
 
 
-def check_ifname(field: str, name: object) -> str:
-    """Return ``name`` if it is a valid Linux interface name, else ConfigError."""
-    if not isinstance(name, str):
-        raise ConfigError(
-            field, f"expected an interface name, found the list {sxp.to_string(name)}")
-    problem = ifname_problem(name)
+def _check(field: str, problem: str | None) -> None:
+    """Raise the rule's problem (vnet_rules) as a ConfigError of ``field``."""
     if problem:
         raise ConfigError(field, problem)
-    return name
 
 
 def _single_value(sxpr: list, key: str) -> object | None:
@@ -109,40 +107,24 @@ class VnetConfig:
             # design.md 4: vnet<id as written> keeps domain configs' 'bridge=vnet97';
             # at most 4 hex digits, so the name is always valid.
             bridge = f"vnet{id_text}" if ":" not in id_text else f"vnet{vid.last_field:04x}"
-        else:
-            check_ifname("bridge", bridge)
+        _check("bridge", ifname_problem(bridge))
         vnetif = _text_value(sxpr, "vnetif")
-        if vnetif is None:
-            vnetif = vid.default_vnetif
-        else:
-            check_ifname("vnetif", vnetif)
+        vnetif = vid.default_vnetif if vnetif is None else vnetif
+        _check("vnetif", ifname_problem(vnetif))
         if bridge == vnetif:
             raise ConfigError("bridge", f"{bridge!r} is also the vnetif; they must differ")
 
         security = _text_value(sxpr, "security")
         security = "none" if security is None else security
-        if security not in SECURITY_LEVELS:
-            raise ConfigError(
-                "security", f"{security!r} is not a security level; use none, auth or conf")
+        _check("security", security_problem(security))
         key_file = _text_value(sxpr, "key-file")
-        _check_security(security, key_file)
+        _check("key-file", key_file_problem(security, key_file))
         data_path = _text_value(sxpr, "data-path")
-        data_path = "vnetd" if data_path is None else data_path
-        if data_path not in DATA_PATHS:
-            raise ConfigError(
-                "data-path", f"{data_path!r} is not a data path; use vnetd (the default, "
-                "works with legacy hosts) or vxlan (the kernel's VXLAN device)")
-        if data_path == "vxlan" and security != "none":
-            raise ConfigError(
-                "data-path", f"vxlan cannot carry a {security!r} vnet: the kernel VXLAN "
-                "device neither authenticates nor encrypts; use (data-path vnetd) or "
-                "(security none)")
-        if data_path == "vxlan" and vid.value > VXLAN_MAX_ID:
-            raise ConfigError(
-                "data-path", f"vxlan cannot carry vnet {id_text}: its VNI is the id, and a "
-                "VNI is 24 bits, so only ids up to 0:0:0:0:0:0:ff:ffff can use it (a larger "
-                f"id would share VNI {vid.value & VXLAN_MAX_ID} with vnet "
-                f"{vid.value & VXLAN_MAX_ID:x}); use (data-path vnetd) or a smaller id")
+        data_path = DEFAULT_DATA_PATH if data_path is None else data_path
+        _check("data-path", data_path_problem(data_path))
+        if data_path == "vxlan":
+            _check("data-path", vxlan_security_problem(security))
+            _check("data-path", vxlan_id_problem(vid, id_text))
         return cls(sxpr, id_text, vid, bridge, vnetif, security, key_file, data_path)
 
     @classmethod
@@ -176,27 +158,14 @@ class VnetConfig:
         return out
 
 
-def _check_security(security: str, key_file: str | None) -> None:
-    if security in SECURED_LEVELS:
-        # design.md 7: never a key made silently (each host's would differ).
-        if key_file is None:
-            raise ConfigError(
-                "key-file", f"a {security!r} vnet needs (key-file /ABSOLUTE/PATH): make one with "
-                "'vn key-gen PATH' and copy it to every host of the vnet")
-    elif key_file is not None:
-        raise ConfigError("key-file", "only secured vnets (security auth or conf) use a key file")
-    if key_file is not None and not os.path.isabs(key_file):
-        raise ConfigError("key-file", f"{key_file!r} is not an absolute path")
-
-
 def check_collisions(config: VnetConfig, existing: Iterable[VnetConfig]) -> None:
     """Refuse names already used by another vnet (design.md 4), naming both ids."""
-    for other in existing:
-        if other.vid == config.vid:
-            continue
-        taken = {other.bridge: "bridge", other.vnetif: "vnetif"}
-        for field_name, name in (("bridge", config.bridge), ("vnetif", config.vnetif)):
-            if name in taken:
-                raise ConfigError(
-                    field_name, f"{name!r} of vnet {config.id_text} is already the "
-                    f"{taken[name]} of vnet {other.id_text}")
+    taken = [(name, (other, what)) for other in existing if other.vid != config.vid
+             for what, name in (("bridge", other.bridge), ("vnetif", other.vnetif))]
+    for field_name, name in (("bridge", config.bridge), ("vnetif", config.vnetif)):
+        owner = name_owner(name, taken)
+        if owner is not None:
+            other, what = owner
+            raise ConfigError(
+                field_name, f"{name!r} of vnet {config.id_text} is already the "
+                f"{what} of vnet {other.id_text}")

@@ -8,19 +8,13 @@ EngineError; a socket nobody listens on becomes EngineUnavailable.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from typing import List, Optional
 
 from . import sxp
+from .process import default_control_path
 
-DEFAULT_CONTROL = "/var/run/vnetd.sock"
 MAX_REPLY = 64 * 1024 * 1024
-
-
-def default_control_path() -> str:
-    """``$VNETD_SOCKET`` when set, else /var/run/vnetd.sock."""
-    return os.environ.get("VNETD_SOCKET") or DEFAULT_CONTROL
 
 
 class EngineError(Exception):
@@ -107,10 +101,3 @@ class EngineClient:
             if err is not None:
                 raise err
         return reply
-
-    def available(self) -> bool:
-        try:
-            self.call(["engine.status"])
-            return True
-        except EngineError:
-            return False

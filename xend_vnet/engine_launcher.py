@@ -13,6 +13,7 @@ may be stale and its pid reused by something else.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -22,40 +23,52 @@ import time
 
 import psutil
 
-from . import sxp
-from .engine_client import DEFAULT_CONTROL, EngineClient, EngineError, EngineUnavailable
+from . import process, sxp
+from .engine_client import EngineClient, EngineError, EngineUnavailable
+from .kernel_shim import daemon as vnetd
+from .process import DEFAULT_CONTROL
 
 SYSTEMD_UNIT = "vnetd.service"
-DAEMON_MODULE = "xend_vnet.kernel_shim.daemon"
+DAEMON_MODULE = vnetd.__name__          # run with -m
 _UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
               "/usr/lib/systemd/system", "/lib/systemd/system")
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _POLL = 0.1
 
-# Legacy module parameters (protocol.md 13) and engine options given in the
-# same key=value form; the value is the vnetd option it becomes.
-_VALUE_PARAMS = {
-    "varp_mcaddr": "--mcaddr",
-    "varp_device": "--device",
-    "mcaddr": "--mcaddr",
-    "device": "--device",
-    "address": "--address",
-    "port": "--port",
-    "vxlan_port": "--vxlan-port",
-    "mtu": "--mtu",
-    "mcast_ttl": "--mcast-ttl",
-    "varp_ttl": "--varp-ttl",
-    "file": "--file",
-    "log_file": "--log-file",
-    "log_level": "--log-level",
-}
-_FLAG_PARAMS = {
-    "no_default_vnets": "--no-default-vnets",
-    "allow_foreign_netns": "--allow-foreign-netns",
-}
+# vnetd options the launcher sets itself, never ``vn insmod`` parameters.
+_LAUNCHER_OWNS = ("help", "version", "control", "pid_file", "daemon")
+# Changed in a running engine by (varp.mcaddr (addr A) (ttl N)).
+_RUNTIME = ("mcaddr", "mcast_ttl")
 _TRUE = ("1", "yes", "true", "on")
 _FALSE = ("0", "no", "false", "off")
+
+
+def _parameter_table(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``vn insmod`` parameter -> vnetd option: each long spelling of vnetd's
+    options, dashes as underscores, so legacy module parameters (protocol.md
+    13: varp_mcaddr, varp_device) are vnetd's legacy aliases, and a new
+    vnetd option is a parameter at once."""
+    table = {}
+    for action in parser._actions:      # argparse lists its options nowhere public
+        if action.dest in _LAUNCHER_OWNS:
+            continue
+        for spelling in action.option_strings:
+            if spelling.startswith("--"):
+                table[spelling[2:].replace("-", "_")] = action
+    return table
+
+
+_PARAMS = _parameter_table(vnetd.build_parser())
+
+
+def _option(action: argparse.Action) -> str:
+    """The spelling the launcher writes: the first long one (--mcaddr)."""
+    return next(s for s in action.option_strings if s.startswith("--"))
+
+
+def _is_flag(action: argparse.Action) -> bool:
+    return action.nargs == 0
 
 
 class LauncherError(Exception):
@@ -92,17 +105,17 @@ def parse_params(params: dict[str, str]) -> list[str]:
                     "vnet_encaps=etherip is not supported: vnetd sends etherip in UDP "
                     "port 1798 only (use vnet_encaps=udp, the legacy default)")
             raise LauncherError(f"invalid vnet_encaps {value!r}: expected udp")
-        if key in _VALUE_PARAMS:
+        action = _PARAMS.get(key)
+        if action is None:
+            unknown.append(raw_key)
+        elif not _is_flag(action):
             if value == "":
                 raise LauncherError(f"parameter {raw_key} needs a value ({raw_key}=VALUE)")
-            options += [_VALUE_PARAMS[key], value]
-        elif key in _FLAG_PARAMS:
-            if value.lower() in _TRUE:
-                options.append(_FLAG_PARAMS[key])
-            elif value.lower() not in _FALSE:
-                raise LauncherError(f"invalid {raw_key} {value!r}: expected yes or no")
-        else:
-            unknown.append(raw_key)
+            options += [_option(action), value]
+        elif value.lower() in _TRUE:
+            options.append(_option(action))
+        elif value.lower() not in _FALSE:
+            raise LauncherError(f"invalid {raw_key} {value!r}: expected yes or no")
     if unknown:
         known = param_names()
         raise LauncherError(
@@ -113,40 +126,16 @@ def parse_params(params: dict[str, str]) -> list[str]:
 
 def param_names() -> list[str]:
     """Every parameter name ``vn insmod`` accepts (``vn insmod --list-params``)."""
-    return sorted(set(_VALUE_PARAMS) | set(_FLAG_PARAMS) | {"vnet_encaps"})
+    return sorted(set(_PARAMS) | {"vnet_encaps"})
 
 
-# What (engine.status) reports for a parameter, and how its values compare.
-_STATUS_OF = {
-    "--mcaddr": ("mcaddr", str),
-    "--address": ("address", str),
-    "--port": ("port", int),
-    "--vxlan-port": ("vxlan-port", int),
-    "--mtu": ("mtu", int),
-    "--mcast-ttl": ("mcast-ttl", int),
-    "--varp-ttl": ("varp-ttl", float),
-}
-# Options the status does not report: read from the running vnetd's command line
-# (spellings vnetd accepts; a flag's value is True when present).
-_CMDLINE_SPELLINGS = {
-    "--device": ("--device", "--varp_device"),
-    "--file": ("-f", "--file"),
-    "--log-file": ("--log-file",),
-    "--log-level": ("--log-level",),
-    "--no-default-vnets": ("--no-default-vnets",),
-    "--allow-foreign-netns": ("--allow-foreign-netns",),
-}
-_PATH_OPTIONS = ("--file", "--log-file")
-
-
-def _cmdline_value(cmdline: list[str], option: str) -> str | bool | None:
-    """The value of ``option`` on a vnetd command line (the last one wins)."""
-    spellings = _CMDLINE_SPELLINGS[option]
-    flag = option in _FLAG_PARAMS.values()
+def _cmdline_value(cmdline: list[str], action: argparse.Action) -> str | bool | None:
+    """The value of ``action``'s option on a vnetd command line (the last one wins)."""
+    flag = _is_flag(action)
     found: str | bool | None = False if flag else None
     for i, arg in enumerate(cmdline):
         name, eq, value = arg.partition("=")
-        if name not in spellings:
+        if name not in action.option_strings:
             continue
         if flag:
             found = True
@@ -157,124 +146,112 @@ def _cmdline_value(cmdline: list[str], option: str) -> str | bool | None:
     return found
 
 
-def _by_option(params: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """vnetd option -> (parameter as given, asked value); flags asked as yes/no."""
-    asked: dict[str, tuple[str, str]] = {}
+def _asked(params: dict[str, str]) -> dict[str, tuple[argparse.Action, str, str]]:
+    """vnetd option (its dest) -> (its action, parameter as given, asked value)."""
+    asked = {}
     for raw_key, value in params.items():
-        key = raw_key.replace("-", "_")
-        if key in _VALUE_PARAMS:
-            asked[_VALUE_PARAMS[key]] = (raw_key, value)
-        elif key in _FLAG_PARAMS:
-            asked[_FLAG_PARAMS[key]] = (raw_key, value)
+        action = _PARAMS.get(raw_key.replace("-", "_"))
+        if action is not None:
+            asked[action.dest] = (action, raw_key, value)
     return asked
 
 
-def _same(kind, running: str, wanted: str) -> bool:
+def _same(action: argparse.Action, running: str, wanted: str) -> bool:
+    kind = action.type if callable(action.type) else str
     try:
         return kind(running) == kind(wanted)
     except ValueError:
         return running == wanted
 
 
+def _engine_cmdline(status: sxp.Sxpr) -> list[str] | None:
+    try:
+        return psutil.Process(int(sxp.child_value(status, "pid", ""))).cmdline()
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def _cmdline_mismatch(action: argparse.Action, raw_key: str, wanted: str,
+                      cmdline: list[str] | None) -> str | None:
+    """What differs between ``wanted`` and the running vnetd's command line, or None."""
+    if cmdline is None:
+        return (f"{raw_key}: the running engine's value cannot be read "
+                f"(asked {wanted})")
+    have = _cmdline_value(cmdline, action)
+    if isinstance(have, bool):
+        if have == (wanted.lower() in _TRUE):
+            return None
+        shown = "yes" if have else "no"
+    elif have is None:
+        shown = "not set"
+    elif have == wanted or (action.metavar == "PATH"       # build_parser: a file
+                            and os.path.realpath(have) == os.path.realpath(wanted)):
+        return None
+    else:
+        shown = have
+    return f"{raw_key}: running {shown}, asked {wanted}"
+
+
 def reconcile_running(control_path: str, params: dict[str, str]) -> None:
     """Make a running engine match ``params`` (design.md 5: no silent no-op).
 
-    The VARP group and multicast TTL are changed at run time (varp.mcaddr);
-    any other parameter that differs from the running engine's is a
+    Values the status reports are compared there, the others on the running
+    vnetd's command line.  The VARP group and multicast TTL are changed at
+    run time (varp.mcaddr); any other parameter that differs is a
     LauncherError naming the parameter, the running value and the asked one.
     """
-    asked = _by_option(params)
+    asked = _asked(params)
     if not asked:
         return
     client = EngineClient(control_path, timeout=5.0)
     status = client.call(["engine.status"])[0]
-    running: dict[str, str | bool | None] = {}
-    for option, (field, _kind) in _STATUS_OF.items():
-        value = sxp.child_value(status, field)
-        running[option] = value if isinstance(value, str) else None
-    cmdline: list[str] | None = None
-    if any(o in _CMDLINE_SPELLINGS for o in asked):
-        try:
-            cmdline = psutil.Process(int(sxp.child_value(status, "pid", ""))).cmdline()
-        except (psutil.Error, OSError, ValueError):
-            cmdline = None
+    reported = {}
+    for dest in asked:
+        value = sxp.child_value(status, dest.replace("_", "-"))
+        reported[dest] = value if isinstance(value, str) else None
+    cmdline = _engine_cmdline(status) if None in reported.values() else None
     mismatches: list[str] = []
     runtime: dict[str, str] = {}
-    for option, (raw_key, wanted) in asked.items():
-        if option in _STATUS_OF:
-            have = running[option]
-            if have is not None and _same(_STATUS_OF[option][1], have, wanted):
-                continue
-            if option in ("--mcaddr", "--mcast-ttl") and have is not None:
-                runtime[option] = wanted
-                continue
-            shown = "not reported" if have is None else (have or "none")
-        elif cmdline is None:
-            mismatches.append(f"{raw_key}: the running engine's value cannot be read "
-                              f"(asked {wanted})")
-            continue
+    for dest, (action, raw_key, wanted) in asked.items():
+        have = reported[dest]
+        if have is None:
+            mismatch = _cmdline_mismatch(action, raw_key, wanted, cmdline)
+        elif _same(action, have, wanted):
+            mismatch = None
+        elif dest in _RUNTIME:
+            runtime[dest] = wanted
+            mismatch = None
         else:
-            have = _cmdline_value(cmdline, option)
-            if isinstance(have, bool):
-                if have == (wanted.lower() in _TRUE):
-                    continue
-                shown = "yes" if have else "no"
-            elif have is None:
-                shown = "not set"
-            elif option in _PATH_OPTIONS and (
-                    os.path.realpath(have) == os.path.realpath(wanted)):
-                continue
-            elif have == wanted:
-                continue
-            else:
-                shown = have
-        mismatches.append(f"{raw_key}: running {shown}, asked {wanted}")
+            mismatch = f"{raw_key}: running {have or 'none'}, asked {wanted}"
+        if mismatch:
+            mismatches.append(mismatch)
     if mismatches:
         raise LauncherError(
             "vnetd already runs on " + control_path + " with other parameters ("
             + "; ".join(mismatches) + "); they cannot be changed while it runs: "
             "stop it first (vn rmmod), then vn insmod again")
     if runtime:
-        form: list = ["varp.mcaddr",
-                      ["addr", runtime.get("--mcaddr", running["--mcaddr"])]]
-        if "--mcast-ttl" in runtime:
-            form.append(["ttl", runtime["--mcast-ttl"]])
-        try:
-            client.call(form)
-        except EngineError as e:
-            raise LauncherError(f"cannot change the running engine's VARP group: {e}") from None
+        _change_group(client, runtime, sxp.child_value(status, "mcaddr"))
+
+
+def _change_group(client: EngineClient, runtime: dict[str, str], mcaddr: str) -> None:
+    form: list = ["varp.mcaddr", ["addr", runtime.get("mcaddr", mcaddr)]]
+    if "mcast_ttl" in runtime:
+        form.append(["ttl", runtime["mcast_ttl"]])
+    try:
+        client.call(form)
+    except EngineError as e:
+        raise LauncherError(f"cannot change the running engine's VARP group: {e}") from None
 
 
 def is_vnetd(proc: psutil.Process) -> bool:
     """True when the process runs vnetd (console script or ``-m`` module)."""
-    try:
-        cmdline = proc.cmdline()
-    except (psutil.Error, OSError):
-        return False
-    # The console script (its path is argv[0] or the interpreter's argv[1]),
-    # or the module run with -m, possibly under a profiler.
-    if any(os.path.basename(arg) == "vnetd" for arg in cmdline[:2]):
-        return True
-    return any(cmdline[i] == "-m" and cmdline[i + 1] == DAEMON_MODULE
-               for i in range(len(cmdline) - 1))
+    return process.runs_command(proc, "vnetd", DAEMON_MODULE)
 
 
 def engine_pid(control_path: str) -> int | None:
     """The pid in the pid file beside the socket, if that process is a live vnetd."""
-    try:
-        with open(pid_file_of(control_path)) as f:
-            pid = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except psutil.Error:
-        return None
-    return pid if is_vnetd(proc) else None
+    return process.live_pid(pid_file_of(control_path), "vnetd", DAEMON_MODULE)
 
 
 def running_pid(control_path: str) -> int | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import sxp
-from .engine_client import default_control_path
+from .process import default_control_path
 from .store import DEFAULT_STATE_DIR
 
 DEFAULT_PATH = "/etc/xen/xend-config.sxp"

@@ -23,12 +23,17 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import __version__, sdnotify, sxp
+from .. import __version__, process, sdnotify, sxp
 from ..engine_client import error_of
+from ..process import DEFAULT_CONTROL, default_control_path
+# Vnetd's pid file (design.md 5): the shared implementation.
+from ..process import remove_pid_file as _remove_pid_file
+from ..process import write_pid_file as _write_pid_file
 from ..vnet_id import VnetId, VnetIdError
 from .control import commands
 from .wire.codec import ETH_HEADER_LEN, VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
@@ -65,7 +70,6 @@ from .datapath.vxlan.vnets import VxlanVnets
 log = logging.getLogger("vnetd")
 
 VERSION_TEXT = f"vnetd 1.0 (xend-vnet {__version__})"
-DEFAULT_CONTROL = "/var/run/vnetd.sock"
 DEFAULT_EPOCH_FILE = "/var/lib/xend-vnet/vnetd.epoch"
 # A frame plus the largest encapsulation (VFWD of a secured message) must fit
 # in one UDP datagram (65,507 bytes).
@@ -89,81 +93,78 @@ class StartupError(Exception):
     """vnetd cannot start; the message is for the operator."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """vnetd's command line; the launcher (engine_launcher) derives the
+    ``vn insmod`` parameters from it.  Options that name files have the
+    metavar PATH (the launcher compares those as paths)."""
     p = argparse.ArgumentParser(
         prog="vnetd", description="The xend-vnet tunnel engine (user-space vnet_module).")
-    p.add_argument("--control", metavar="PATH",
-                   default=os.environ.get("VNETD_SOCKET") or DEFAULT_CONTROL,
-                   help="control socket (default $VNETD_SOCKET or %(default)s)")
-    p.add_argument("--port", type=int, default=VARP_PORT, help="UDP port (default 1798)")
-    p.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT,
+    _network_options(p.add_argument_group("network"))
+    _engine_options(p.add_argument_group("engine"))
+    _process_options(p.add_argument_group("process"))
+    return p
+
+
+def _network_options(g) -> None:
+    g.add_argument("--port", type=int, default=VARP_PORT, help="UDP port (default 1798)")
+    g.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT,
                    help="UDP port of vnets on the kernel VXLAN data path (default 4789; "
                         "docs/vxlan.md)")
-    p.add_argument("-a", "--mcaddr", "--varp_mcaddr", dest="mcaddr", default=VARP_MCADDR,
+    g.add_argument("-a", "--mcaddr", "--varp_mcaddr", dest="mcaddr", default=VARP_MCADDR,
                    help="VARP multicast group (default 224.10.0.1)")
-    p.add_argument("--mcast-ttl", type=int, default=1, help="multicast TTL (default 1)")
-    p.add_argument("--mtu", type=int, default=DEFAULT_MTU,
+    g.add_argument("--mcast-ttl", type=int, default=1, help="multicast TTL (default 1)")
+    g.add_argument("--address", help="care-of address to announce (default: from the host); "
+                   "behind NAT, the address peers should use")
+    g.add_argument("--device", "--varp_device", dest="device",
+                   help="interface whose address the engine uses and joins the group on")
+
+
+def _engine_options(g) -> None:
+    g.add_argument("--mtu", type=int, default=DEFAULT_MTU,
                    help="MTU of the vnet TAPs (default 1500; guests do best with 1436, "
                         "or the legacy advice 1400, to avoid fragmented outer packets)")
-    p.add_argument("--no-offload", action="store_true",
+    g.add_argument("--no-offload", action="store_true",
                    help="legacy framing only: one frame per datagram with plain checksums, "
                         "no fast framing toward other engines (docs/performance.md)")
-    p.add_argument("--no-tap-offload", action="store_true",
+    g.add_argument("--no-tap-offload", action="store_true",
                    help="TAPs without offloads: one frame per read and per write, no "
                         "receive coalescing (implies --no-offload)")
-    p.add_argument("--no-default-vnets", action="store_true",
+    g.add_argument("--no-default-vnets", action="store_true",
                    help="do not create vnets 2, 3 and 4 at start")
-    p.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
+    g.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
                    help="VARP cache and vif entry lifetime (default 60)")
-    p.add_argument("--address", help="care-of address to announce (default: from the host); "
-                   "behind NAT, the address peers should use")
-    p.add_argument("--epoch-file", metavar="PATH",
+    g.add_argument("--epoch-file", metavar="PATH",
                    help="where secured vnets keep their last epoch (default "
                         f"{DEFAULT_EPOCH_FILE}, or <control>.epoch for another control socket)")
-    p.add_argument("--epoch-max-age", type=float, default=EPOCH_MAX_AGE, metavar="SECONDS",
+    g.add_argument("--epoch-max-age", type=float, default=EPOCH_MAX_AGE, metavar="SECONDS",
                    help="secured traffic of older epochs is refused (default 900)")
-    p.add_argument("--epoch-lifetime", type=float, default=EPOCH_LIFETIME, metavar="SECONDS",
+    g.add_argument("--epoch-lifetime", type=float, default=EPOCH_LIFETIME, metavar="SECONDS",
                    help="senders start a new epoch this often (default 600)")
-    p.add_argument("--device", "--varp_device", dest="device",
-                   help="interface whose address the engine uses and joins the group on")
-    p.add_argument("-f", "--file", help="startup file: vnet.add, peer.add, varp.mcaddr forms")
-    p.add_argument("--pid-file", help="pid file (default <control>.pid)")
-    p.add_argument("--daemon", action="store_true",
+    g.add_argument("-f", "--file", metavar="PATH",
+                   help="startup file: vnet.add, peer.add, varp.mcaddr forms")
+
+
+def _process_options(g) -> None:
+    g.add_argument("--control", metavar="PATH", default=default_control_path(),
+                   help="control socket (default $VNETD_SOCKET or %(default)s)")
+    g.add_argument("--pid-file", metavar="PATH", help="pid file (default <control>.pid)")
+    g.add_argument("--daemon", action="store_true",
                    help="detach; return once the control socket answers")
-    p.add_argument("--log-file", help="log here (default stderr; /dev/null with --daemon)")
-    p.add_argument("-V", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--log-level", default=None,
+    g.add_argument("--log-file", metavar="PATH",
+                   help="log here (default stderr; /dev/null with --daemon)")
+    g.add_argument("-V", "--verbose", action="store_true", help="debug logging")
+    g.add_argument("--log-level", default=None,
                    choices=["debug", "info", "warning", "error"], help="log level")
-    p.add_argument("--allow-foreign-netns", action="store_true",
+    g.add_argument("--allow-foreign-netns", action="store_true",
                    help="accept control callers from other network namespaces")
-    p.add_argument("-v", "--version", action="version", version=VERSION_TEXT)
+    g.add_argument("-v", "--version", action="version", version=VERSION_TEXT)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     opts = p.parse_args(argv)
-    if not 0 < opts.port < 65536:
-        p.error(f"invalid --port {opts.port}: expected 1 to 65535")
-    if not 0 < opts.vxlan_port < 65536:
-        p.error(f"invalid --vxlan-port {opts.vxlan_port}: expected 1 to 65535")
-    if opts.vxlan_port in (opts.port, VARP_PORT):
-        # The kernel would take the vnet datagrams of every host (legacy ones too).
-        p.error(f"invalid --vxlan-port {opts.vxlan_port}: it is the vnet port; "
-                f"choose another (default {DEFAULT_VXLAN_PORT})")
-    if not 0 <= opts.mcast_ttl <= 255:
-        p.error(f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255")
-    if not 68 <= opts.mtu <= MAX_MTU:
-        p.error(f"invalid --mtu {opts.mtu}: expected 68 to {MAX_MTU}")
-    if not opts.varp_ttl > 0:
-        p.error(f"invalid --varp-ttl {opts.varp_ttl}: expected a positive number of seconds")
-    for name in ("mcaddr", "address"):
-        value = getattr(opts, name)
-        if value is not None:
-            try:
-                setattr(opts, name, parse_ipv4(value))
-            except ValueError:
-                p.error(f"invalid --{name} {value!r}: expected a dotted-quad IPv4 address")
-    if not is_multicast(opts.mcaddr):
-        p.error(f"invalid --mcaddr {opts.mcaddr}: expected a multicast address "
-                "(224.0.0.0 to 239.255.255.255)")
-    if not 0 < opts.epoch_lifetime < opts.epoch_max_age:
-        p.error("invalid --epoch-lifetime/--epoch-max-age: expected 0 < lifetime < max age")
+    for problem in (*_number_problems(opts), *_address_problems(opts)):
+        p.error(problem)
     if opts.pid_file is None:
         opts.pid_file = opts.control + ".pid"
     if opts.epoch_file is None:
@@ -172,6 +173,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         opts.epoch_file = (DEFAULT_EPOCH_FILE if opts.control == DEFAULT_CONTROL
                            else opts.control + ".epoch")
     return opts
+
+
+def _number_problems(opts: argparse.Namespace) -> Iterator[str]:
+    if not 0 < opts.port < 65536:
+        yield f"invalid --port {opts.port}: expected 1 to 65535"
+    if not 0 < opts.vxlan_port < 65536:
+        yield f"invalid --vxlan-port {opts.vxlan_port}: expected 1 to 65535"
+    if opts.vxlan_port in (opts.port, VARP_PORT):
+        # The kernel would take the vnet datagrams of every host (legacy ones too).
+        yield (f"invalid --vxlan-port {opts.vxlan_port}: it is the vnet port; "
+               f"choose another (default {DEFAULT_VXLAN_PORT})")
+    if not 0 <= opts.mcast_ttl <= 255:
+        yield f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255"
+    if not 68 <= opts.mtu <= MAX_MTU:
+        yield f"invalid --mtu {opts.mtu}: expected 68 to {MAX_MTU}"
+    if not opts.varp_ttl > 0:
+        yield f"invalid --varp-ttl {opts.varp_ttl}: expected a positive number of seconds"
+    if not 0 < opts.epoch_lifetime < opts.epoch_max_age:
+        yield "invalid --epoch-lifetime/--epoch-max-age: expected 0 < lifetime < max age"
+
+
+def _address_problems(opts: argparse.Namespace) -> Iterator[str]:
+    """Checks --mcaddr and --address, leaving them in canonical form."""
+    for name in ("mcaddr", "address"):
+        value = getattr(opts, name)
+        if value is not None:
+            try:
+                setattr(opts, name, parse_ipv4(value))
+            except ValueError:
+                yield f"invalid --{name} {value!r}: expected a dotted-quad IPv4 address"
+                return
+    if not is_multicast(opts.mcaddr):
+        yield (f"invalid --mcaddr {opts.mcaddr}: expected a multicast address "
+               "(224.0.0.0 to 239.255.255.255)")
 
 
 class NetnsLock:
@@ -947,84 +982,27 @@ def _ignore_signal(_signum, _frame) -> None:
     """Python-level handler so the signal only wakes the loop through the wakeup fd."""
 
 
-def _write_pid_file(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(tmp, path)
-
-
-def _remove_pid_file(path: str) -> None:
-    try:
-        with open(path) as f:
-            mine = f.read().strip() == str(os.getpid())
-        if mine:
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def _setup_logging(opts: argparse.Namespace) -> None:
-    level = logging.DEBUG if opts.verbose else logging.INFO
+def _log_level(opts: argparse.Namespace) -> int:
     if opts.log_level:
-        level = getattr(logging, opts.log_level.upper())
-    if opts.log_file:
-        handler: logging.Handler = logging.FileHandler(opts.log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s vnetd[%(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    # -V is about the engine: libraries (pyroute2's netlink traces) stay quiet.
-    root.setLevel(logging.WARNING)
-    log.setLevel(level)
+        return getattr(logging, opts.log_level.upper())
+    return logging.DEBUG if opts.verbose else logging.INFO
 
 
 def _detach(opts: argparse.Namespace) -> int:
-    """Double fork and setsid; the first process waits for the engine's verdict.
-
-    Returns, in the daemon, the fd to report readiness on.
-    """
-    r, w = os.pipe()
-    if os.fork() > 0:
-        os.close(w)
-        chunks = []
-        ended = False
-        deadline = time.monotonic() + DETACH_TIMEOUT
-        with selectors.DefaultSelector() as sel:
-            sel.register(r, selectors.EVENT_READ)
-            while not ended and sel.select(max(0.0, deadline - time.monotonic())):
-                data = os.read(r, 4096)
-                chunks.append(data)
-                ended = not data
-        verdict = b"".join(chunks).decode("utf-8", "replace")
-        if verdict.startswith("ok"):
-            os._exit(0)
-        where = opts.log_file or "its log (--log-file)"
-        if not verdict:
-            verdict = ("vnetd: the engine died while starting" if ended else
-                       f"vnetd: the engine did not report ready within {DETACH_TIMEOUT:g} s")
-            verdict += f"; see {where}\n"
-        sys.stderr.write(verdict)
-        os._exit(1)
-    os.close(r)
-    os.setsid()
-    if os.fork() > 0:
+    """Detach (process.detach); the caller waits for the engine's verdict and
+    exits with it.  Returns, in the daemon, the fd to report readiness on."""
+    in_daemon, fd = process.detach(stdio_log=opts.log_file)
+    if in_daemon:
+        return fd
+    verdict, ended = process.wait_ready(fd, DETACH_TIMEOUT)
+    if verdict.startswith("ok"):
         os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    if opts.log_file:
-        out = os.open(opts.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-    else:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-    os.close(null)
-    return w
+    if not verdict:
+        verdict = ("vnetd: the engine died while starting" if ended else
+                   f"vnetd: the engine did not report ready within {DETACH_TIMEOUT:g} s")
+        verdict += f"; see {opts.log_file or 'its log (--log-file)'}\n"
+    sys.stderr.write(verdict)
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1034,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.file:
         opts.file = os.path.abspath(opts.file)
     ready = _detach(opts) if opts.daemon else -1
-    _setup_logging(opts)
+    process.setup_logging("vnetd", _log_level(opts), opts.log_file)
     engine = None
     try:
         lock = take_netns_lock()
@@ -1045,15 +1023,14 @@ def main(argv: list[str] | None = None) -> int:
         if opts.log_file:
             log.error("%s", e)
         if ready >= 0:
-            os.write(ready, f"vnetd: {e}\n".encode())
+            process.report_ready(ready, f"vnetd: {e}")
         else:
             sys.stderr.write(f"vnetd: {e}\n")
         if engine is not None:
             engine.shutdown()
         return 1
     if ready >= 0:
-        os.write(ready, b"ok\n")
-        os.close(ready)
+        process.report_ready(ready, None)
     sdnotify.notify("READY=1")        # systemd Type=notify: the control socket answers
     try:
         engine.run()

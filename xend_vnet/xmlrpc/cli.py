@@ -22,7 +22,8 @@ import xmlrpc.client
 
 import psutil
 
-from .. import install, sdnotify
+from .. import engine_launcher as launcher
+from .. import install, process, sdnotify
 from ..engine_client import EngineClient, EngineError
 from ..store import StoreError, VnetStore
 from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
@@ -99,60 +100,17 @@ def pid_file_of(args: argparse.Namespace, settings: ServerSettings) -> str:
 
 def running_pid(pid_file: str) -> int | None:
     """The pid of the xend-vnet this pid file names, if it still runs."""
-    try:
-        with open(pid_file, encoding="ascii") as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        proc = psutil.Process(pid)
-        cmdline = proc.cmdline()
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    # Never signal a process that merely reuses the pid (vnetd's command line
-    # also names the package, so look for this command precisely).
-    if not any(os.path.basename(a) == "xend-vnet" or a == __spec__.name for a in cmdline[:3]):
-        return None
-    return pid
-
-
-def write_pid_file(path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(tmp, path)
-
-
-def remove_pid_file(path: str) -> None:
-    try:
-        with open(path, encoding="ascii") as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
+    # vnetd's command line also names the package: look for this command precisely.
+    return process.live_pid(pid_file, "xend-vnet", __spec__.name)
 
 
 def setup_logging(log_file: str | None) -> None:
-    handler: logging.Handler
-    if log_file:
-        os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
-        handler = logging.FileHandler(log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s xend-vnet[%(process)d] %(levelname)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    process.setup_logging("xend-vnet", logging.INFO, log_file)
 
 
 def ensure_engine(control: str) -> str | None:
     """Start vnetd if nothing answers on its control socket (design.md 5);
     return why it could not be started, or None."""
-    from .. import engine_launcher as launcher
     try:
         launcher.ensure_engine(control, {})
     except (EngineError, launcher.LauncherError, OSError) as e:
@@ -186,7 +144,7 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
         return 1
     loop = ReconcileLoop(service, args.reconcile_interval)
     try:
-        write_pid_file(pid_file)
+        process.write_pid_file(pid_file)
         if not args.no_engine:
             reason = ensure_engine(settings.engine_control)
             if reason:
@@ -209,49 +167,29 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
     finally:
         loop.stop()
         servers.close()
-        remove_pid_file(pid_file)
+        process.remove_pid_file(pid_file)
     return 0
 
 
 def daemon_start(args: argparse.Namespace, settings: ServerSettings, warnings: list[str],
                  pid_file: str) -> int:
     """Fork a detached server; return once it listens or failed."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(w)
-        os.waitpid(child, 0)    # the first child exits once the daemon is forked
-        with os.fdopen(r, "rb") as f:
-            message = f.read().decode("utf-8", "replace").strip()
+    log_file = settings.log_file or DEFAULT_LOG_FILE
+    in_daemon, fd = process.detach()
+    if not in_daemon:
+        message = process.wait_ready(fd, None)[0].strip()
         if message == "ok":
             return 0
-        log_file = settings.log_file or DEFAULT_LOG_FILE
         print(f"xend-vnet: {message or 'failed to start; see ' + log_file}", file=sys.stderr)
         return 1
-    os.close(r)
-    os.setsid()
-    # A detached server is no unit's main process: it must not claim readiness.
-    os.environ.pop(sdnotify.ENV, None)
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    log_file = settings.log_file or DEFAULT_LOG_FILE
     try:
         setup_logging(log_file)
     except OSError as e:
-        os.write(w, f"cannot open the log file {log_file}: {e.strerror or e}\n".encode())
+        process.report_ready(fd, f"cannot open the log file {log_file}: {e.strerror or e}")
         os._exit(1)
-
-    def ready(error: str | None) -> None:
-        os.write(w, b"ok\n" if error is None else error.encode("utf-8") + b"\n")
-        os.close(w)
-
     try:
-        code = serve(args, settings, warnings, pid_file, ready)
+        code = serve(args, settings, warnings, pid_file,
+                     lambda error: process.report_ready(fd, error))
     except BaseException:
         log.exception("xend-vnet died")
         code = 1

@@ -15,21 +15,29 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ... import sxp
-from ...ifnames import ifname_problem
 from ...vnet_id import VnetId, VnetIdError
+from ...vnet_rules import (
+    DEFAULT_DATA_PATH,
+    data_path_problem,
+    host_address_problem,
+    ifname_problem,
+    key_file_problem,
+    name_owner,
+    security_problem,
+    vxlan_id_problem,
+    vxlan_security_problem,
+)
 from . import listing
 from ..wire.codec import is_multicast, parse_ipv4, parse_mac
 from ..core.engine import EngineCore
 from ..security import keys
-from ..datapath.vxlan.table import DATA_PATHS, VxlanTable, id_problem
+from ..datapath.vxlan.table import VxlanTable
 
 ENOENT = _errno.ENOENT   # 2
 EIO = _errno.EIO         # 5
 EEXIST = _errno.EEXIST   # 17
 EINVAL = _errno.EINVAL   # 22
 EBUSY = _errno.EBUSY     # 16
-
-SECURITY_LEVELS = ("none", "auth", "conf")
 
 
 class CommandError(Exception):
@@ -181,11 +189,10 @@ def _int(form: list, name: str, low: int, high: int) -> int | None:
     return int(text)
 
 
-def check_ifname(name: str) -> None:
-    """The interface-name rule of xend_vnet.ifnames (protocol.md 1.4: at most 15 characters)."""
-    problem = ifname_problem(name)
+def _check(form: list, problem: str | None) -> None:
+    """Refuse with the rule's problem (vnet_rules), EINVAL."""
     if problem:
-        raise ValueError(problem)
+        raise CommandError(EINVAL, f"{form[0]}: {problem}")
 
 
 # -- commands -------------------------------------------------------------------
@@ -205,53 +212,31 @@ def _vnet_add(host: EngineHost, form: list) -> str:
     core = host.core
     if core.has_vnet(vid) or host.vxlan.get(vid) is not None:
         raise CommandError(EEXIST, f"vnet.add: vnet {vid.canonical} already exists")
-    ifname = _arg(form, "vnetif", required=False) or vid.default_vnetif
-    try:
-        check_ifname(ifname)
-    except ValueError as e:
-        raise CommandError(EINVAL, f"vnet.add: {e}") from None
-    for other in [*core.vnets(), *host.vxlan.vnets()]:
-        if other.ifname == ifname:     # design.md 4: name collisions, both data paths
-            raise CommandError(EEXIST, f"vnet.add: interface {ifname} of vnet "
-                               f"{vid.canonical} is already used by vnet {other.vid.canonical}")
-    security = _arg(form, "security", required=False) or "none"
-    if security not in SECURITY_LEVELS:
-        raise CommandError(EINVAL, f"vnet.add: invalid security {security!r}: "
-                           "expected none, auth or conf")
-    data_path = _arg(form, "data-path", required=False) or "vnetd"
-    if data_path not in DATA_PATHS:
-        raise CommandError(EINVAL, f"vnet.add: invalid data-path {data_path!r}: "
-                           "expected vnetd or vxlan")
-    if data_path == "vxlan":
-        _add_vxlan(host, form, vid, ifname, security)
-        return ""
+    # An empty value is refused as in a config, not taken for the default.
+    ifname = _arg(form, "vnetif", required=False)
+    ifname = vid.default_vnetif if ifname is None else ifname
+    _check(form, ifname_problem(ifname))
+    owner = name_owner(ifname, ((v.ifname, v.vid) for v in [*core.vnets(), *host.vxlan.vnets()]))
+    if owner is not None:
+        raise CommandError(EEXIST, f"vnet.add: interface {ifname} of vnet "
+                           f"{vid.canonical} is already used by vnet {owner.canonical}")
+    security = _arg(form, "security", required=False)
+    security = "none" if security is None else security
+    _check(form, security_problem(security))
+    data_path = _arg(form, "data-path", required=False)
+    data_path = DEFAULT_DATA_PATH if data_path is None else data_path
+    _check(form, data_path_problem(data_path))
     key_file = _arg(form, "key-file", required=False)
-    key = None
-    if security == "none":
-        if key_file is not None:
-            raise CommandError(EINVAL, "vnet.add: (key-file ...) is only for security "
-                               "auth or conf")
-    elif key_file is None:
-        # design.md 7: never a key made silently (each host's would differ).
-        raise CommandError(EINVAL, f"vnet.add: security {security} needs "
-                           f"(key-file /ABSOLUTE/PATH): {keys.MAKE_ONE}")
-    else:
-        key = _read_key(form, key_file)
+    if data_path == "vxlan":
+        _check(form, vxlan_id_problem(vid))      # the VNI is the id: 24 bits, never shared
+        _check(form, vxlan_security_problem(security))
+        _check(form, key_file_problem(security, key_file))
+        host.create_vxlan_vnet(vid, ifname)
+        return ""
+    _check(form, key_file_problem(security, key_file))
+    key = None if key_file is None else _read_key(form, key_file)
     host.create_vnet(vid, ifname, security, key)
     return ""
-
-
-def _add_vxlan(host: EngineHost, form: list, vid: VnetId, ifname: str, security: str) -> None:
-    problem = id_problem(vid)      # the VNI is the id: 24 bits, never shared
-    if problem:
-        raise CommandError(EINVAL, f"vnet.add: {problem}")
-    if security != "none":
-        raise CommandError(EINVAL, f"vnet.add: security {security} cannot use data-path "
-                           "vxlan: the kernel VXLAN device neither authenticates nor "
-                           "encrypts; use data-path vnetd for a secured vnet")
-    if sxp.child(form, "key-file") is not None:
-        raise CommandError(EINVAL, "vnet.add: (key-file ...) is only for security auth or conf")
-    host.create_vxlan_vnet(vid, ifname)
 
 
 def _read_key(form: list, path: str) -> bytes:
@@ -341,9 +326,9 @@ def _vif_list(host: EngineHost, form: list) -> str:
 
 def _peer_add(host: EngineHost, form: list) -> str:
     addr = _ipv4(form)
-    if addr == "0.0.0.0" or is_multicast(addr) or addr == "255.255.255.255":
-        raise CommandError(EINVAL, f"peer.add: invalid peer address {addr!r}: "
-                           "expected a unicast IPv4 address")
+    problem = host_address_problem(addr)
+    if problem:
+        raise CommandError(EINVAL, f"peer.add: invalid peer address {addr!r}: {problem}")
     port = _int(form, "port", 1, 65535)
     host.core.peer_add(addr, host.core.port if port is None else port)
     host.peers_changed()

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ...vnet_id import VnetId
+from ...vnet_rules import is_host_address
 from ..wire import codec
 from ..wire.codec import (
     DATA_PREFIX,
@@ -179,9 +180,8 @@ _SEGMENT_PREFIXES = (bytes((0, MSG_FAST, 0, FAST_SEGMENT)), bytes((0, MSG_FAST, 
 
 
 def _is_unicast_host(addr: str) -> bool:
-    """A dotted quad a host can have: not 0/8, loopback, multicast or above."""
-    first = int(addr[:addr.index(".")])
-    return 0 < first < 224 and first != 127
+    """A dotted quad another host can have (the one rule: vnet_rules)."""
+    return is_host_address(addr)
 _GROUP_KIND_LIMIT = 256
 DATA_HEADER_LEN = codec.DATA_HEADER_LEN
 _MIN_DATA = DATA_HEADER_LEN + codec.ETH_HEADER_LEN
@@ -460,8 +460,7 @@ class EngineCore:
             addr = h.ipv4
             if addr in self.own_addresses:
                 raise DecodeError("varp_own_address", addr)
-            first = h.addr[0]
-            if first == 0 or first >= 224:
+            if not _is_unicast_host(addr):
                 raise DecodeError("varp_bad_address", addr)
             self._learn(h.vnet, h.vmac, addr, now, vnet.counters)
             if self._trailer and has_capability(payload):

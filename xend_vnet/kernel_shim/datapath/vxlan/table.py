@@ -15,35 +15,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ....vnet_id import VnetId
+# The VNI is the vnet id, 24 bits: vnet_rules owns that rule (vxlan_id_problem).
+from ....vnet_rules import vni_of as vni_of
 
-DATA_PATHS = ("vnetd", "vxlan")
 DEFAULT_VXLAN_PORT = 4789       # IANA's VXLAN port
 # Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: the kernel refuses a
 # larger MTU than the underlay's minus this on a device bound to one.
 VXLAN_OVERHEAD = 50
 MIN_MTU = 68
-MAX_VNI = 0xFFFFFF              # a VNI is 24 bits
-
-
-def vni_of(vid: VnetId) -> int:
-    """The VXLAN network identifier of a vnet: the id's low 24 bits (the whole
-    id, for the ids ``id_problem`` accepts)."""
-    return int.from_bytes(vid.raw[13:], "big")
-
-
-def id_problem(vid: VnetId) -> str | None:
-    """Why ``vid`` cannot use the VXLAN data path, or None.
-
-    The VNI is the id itself, so only ids up to ffffff (24 bits) are
-    accepted: a larger id would silently share its VNI with the id of its
-    low 24 bits on another host (0:0:0:0:0:0:100:9c and 9c both VNI 156).
-    """
-    if vid.value > MAX_VNI:
-        return (f"vnet {vid.canonical} cannot use data-path vxlan: a VXLAN VNI is 24 "
-                "bits, so only ids up to 0:0:0:0:0:0:ff:ffff can (a larger id would "
-                f"share VNI {vni_of(vid)} with vnet {vni_of(vid):x}); use data-path vnetd "
-                "or a smaller id")
-    return None
 
 
 def device_alias(vid: VnetId) -> str:
