@@ -51,7 +51,7 @@ def frame(dst: bytes, src: bytes, body: bytes = b"\x08\x00" + b"x" * 46) -> byte
 
 
 def data(vid: VnetId, fr: bytes) -> bytes:
-    return codec.encode_data(vid.raw, fr)
+    return codec.DATA_PREFIX + vid.raw + fr
 
 
 def vfwd(inner_payload: bytes, src: str = "0.0.0.0") -> bytes:
