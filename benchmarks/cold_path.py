@@ -34,7 +34,7 @@ def engine() -> EngineCore:
     core.self_address = "192.0.2.1"
     core.add_vnet(VID, "vnif0099")
     frame = LOCAL + REMOTE + b"\x08\x00" + bytes(84)     # teaches REMOTE's address
-    core.receive_udp(codec.encode_data(VID.raw, frame), "192.0.2.2", "192.0.2.1",
+    core.receive_udp(codec.DATA_PREFIX + VID.raw + frame, "192.0.2.2", "192.0.2.1",
                      time.monotonic())
     return core
 

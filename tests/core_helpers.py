@@ -22,7 +22,7 @@ def frame(dst: bytes, src: bytes, payload: bytes = b"x" * 46,
 
 def data(vid: VnetId, fr: bytes) -> bytes:
     """The data message (etherip in UDP) that carries ``fr`` in ``vid``."""
-    return codec.encode_data(vid.raw, fr)
+    return codec.DATA_PREFIX + vid.raw + fr
 
 
 def make_core(me: str = ME, *peers: str, vnet: VnetId | None = V97,

@@ -219,9 +219,9 @@ def _udp_from(ns: str, payloads: list, dst: str) -> None:
 def test_bad_vfwd_dropped_and_counted(world):
     a = world.vnetd["a"]
     before = drops(a)
-    inner = codec.inner_udp_packet(codec.encode_data(bytes(15) + b"\x97",
-                                                     b"\xff" * 6 + bytes.fromhex("aa0000009788")
-                                                     + b"\x88\xb5" + bytes(46)), GROUP,
+    inner = codec.inner_udp_packet(codec.DATA_PREFIX + bytes(15) + b"\x97"
+                                   + b"\xff" * 6 + bytes.fromhex("aa0000009788")
+                                   + b"\x88\xb5" + bytes(46), GROUP,
                                    src="198.51.100.3")
     not_udp = bytearray(inner)
     not_udp[9] = 6

@@ -161,7 +161,7 @@ def genuine(world, vnet: str, frame: bytes, care_of: str = A) -> bytes:
     vid = VnetId.parse(vnet)
     k = VnetKeys(vid.raw, LEVELS[vnet], SecurityContext.system())
     k.add(k.prepare(read_key(world.key[vnet])))
-    return k.seal(codec.encode_data(vid.raw, frame), socket.inet_aton(care_of), 0.0)
+    return k.seal(codec.DATA_PREFIX + vid.raw + frame, socket.inet_aton(care_of), 0.0)
 
 
 def mac(text: str) -> bytes:

@@ -57,7 +57,7 @@ def test_vif_list():
 def test_varp_list_with_entries():
     core = two_vnets()
     v97 = VnetId.parse("97")
-    core.receive_udp(codec.encode_data(v97.raw, MAC_L + MAC_R + b"\x08\x00"),
+    core.receive_udp(codec.DATA_PREFIX + v97.raw + MAC_L + MAC_R + b"\x08\x00",
                      "192.0.2.2", "192.0.2.1", 100.0)
     core.receive_tap(v97, MAC_R + MAC_L + b"\x08\x00", 100.0)     # sets the vif too
     core.receive_tap(v97, bytes.fromhex("aa0000000003") + MAC_L + b"\x08\x00", 101.0)

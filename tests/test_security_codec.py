@@ -50,7 +50,7 @@ def worked_example() -> str:
     gen = keys.generation(KEY1, V97.raw)
     spi = keys.spi(KEY1, V97.raw, gen)
     group = keys.group_key(KEY1, V97.raw, gen)
-    inner = codec.encode_data(V97.raw, EX_FRAME)
+    inner = codec.DATA_PREFIX + V97.raw + EX_FRAME
     out = [f"key file        {KEY1.hex()}",
            f"vnet            {V97.canonical}",
            f"generation      {gen}",

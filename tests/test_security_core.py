@@ -136,7 +136,7 @@ def test_host_with_the_vnet_id_but_no_key_gets_nothing_through():
                                          1.0)):
         assert b.receive_udp(out.payload, "192.0.2.66", GROUP, 1.0) == []
     # A static neighbour entry: clear unicast straight at b.
-    clear = codec.encode_data(V97.raw, frame(MAC_B, bytes.fromhex("aa00000000ee")))
+    clear = codec.DATA_PREFIX + V97.raw + frame(MAC_B, bytes.fromhex("aa00000000ee"))
     assert b.receive_udp(clear, "192.0.2.66", B, 1.0) == []
     assert drops(b)["clear_on_secured"] >= 3           # announce, flood, unicast
     # A clear VARP request for b's vif is not answered either.

@@ -60,10 +60,6 @@ class VnetId:
             fields = [_field(text, p) for p in parts]
         return cls(b"".join(f.to_bytes(2, "big") for f in fields))
 
-    @classmethod
-    def from_int(cls, n: int) -> "VnetId":
-        return cls(n.to_bytes(16, "big"))
-
     @property
     def fields(self) -> tuple:
         r = self.raw

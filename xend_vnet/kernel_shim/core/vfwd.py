@@ -19,10 +19,11 @@ so the header is rebuilt with the original source kept.
 
 from __future__ import annotations
 
-import socket
 import struct
 from collections import OrderedDict
 from hashlib import blake2b
+
+from ..wire.codec import ipv4_bytes
 
 DUPLICATE_WINDOW = 0.5     # seconds; the issue allows at most about 500 ms
 # Entries (about 100 bytes each): a full window at 130,000 multicast packets
@@ -89,7 +90,7 @@ def remulticast_packet(src: str, dst: str, sport: int, dport: int, payload: byte
     """
     udp_len = 8 + len(payload)
     header = bytearray(_IP_UDP.pack(0x45, 0, 20 + udp_len, 0, 0, REMULTICAST_TTL, 17, 0,
-                                    socket.inet_aton(src), socket.inet_aton(dst),
+                                    ipv4_bytes(src), ipv4_bytes(dst),
                                     sport, dport, udp_len, 0))
     header[10:12] = ipv4_checksum(bytes(header[:20])).to_bytes(2, "big")
     return bytes(header) + payload

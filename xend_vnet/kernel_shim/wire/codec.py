@@ -29,12 +29,22 @@ VARP_HEADER_LEN = 43
 ETHERIP_VERSION = 4
 ETH_HEADER_LEN = 14
 # VnetMsgHdr `00 02 00 00` + etherip `00 40`: the x86 legacy layout puts
-# the version in the high nibble of the second byte (protocol.md 4.1).
+# the version in the high nibble of the second byte (protocol.md 4.1).  A data
+# payload is this prefix, the vnet id and the frame as is (no padding).
 DATA_PREFIX = b"\x00\x02\x00\x00\x00\x40"
 ETHERIP_HEADER_LEN = 18   # version/reserved + vnet id (protocol.md 4.1)
 DATA_HEADER_LEN = 4 + ETHERIP_HEADER_LEN
 VFWD_PREFIX = b"\x00\x03\x00\x00"
 INNER_HEADER_LEN = 28   # fixed 20-byte IPv4 + 8-byte UDP header (protocol.md 7)
+
+# Fields read in place on the data path, as slices: of an Ethernet frame, and
+# of a data payload (VnetMsgHdr, etherip header, frame; protocol.md 4.1).
+ETH_DST = slice(0, 6)
+ETH_SRC = slice(6, 12)
+DATA_VNET = slice(6, DATA_HEADER_LEN)
+DATA_HEADER = slice(0, DATA_HEADER_LEN)
+DATA_ETH_SRC = slice(DATA_HEADER_LEN + 6, DATA_HEADER_LEN + 12)
+ETHERIP_VNET = slice(2, ETHERIP_HEADER_LEN)
 
 _VARP = struct.Struct("!HH16s6sB16s")
 _INNER = struct.Struct("!BBHHHBBH4s4sHHHH")
@@ -58,11 +68,6 @@ def msg_id(payload: bytes) -> int:
 
 # -- data (VUDP) ----------------------------------------------------------------
 
-def encode_data(vid_raw: bytes, frame: bytes) -> bytes:
-    """Data payload: VnetMsgHdr, etherip header, the frame as is (no padding)."""
-    return DATA_PREFIX + vid_raw + frame
-
-
 def decode_data(payload: bytes) -> tuple[bytes, bytes]:
     """``(vnet id bytes, ethernet frame)`` of a data payload (protocol.md 4.4)."""
     if len(payload) < DATA_HEADER_LEN:
@@ -72,7 +77,7 @@ def decode_data(payload: bytes) -> tuple[bytes, bytes]:
         raise DecodeError("bad_etherip_version", f"byte 1 = {payload[5]:#04x}")
     if len(payload) < DATA_HEADER_LEN + ETH_HEADER_LEN:
         raise DecodeError("short_frame", f"{len(payload) - DATA_HEADER_LEN} bytes")
-    return payload[6:22], payload[22:]
+    return payload[DATA_VNET], payload[DATA_HEADER_LEN:]
 
 
 def decode_etherip(packet: bytes) -> tuple[bytes, bytes]:
@@ -84,7 +89,7 @@ def decode_etherip(packet: bytes) -> tuple[bytes, bytes]:
         raise DecodeError("bad_etherip_version", f"byte 1 = {packet[1]:#04x}")
     if len(packet) < ETHERIP_HEADER_LEN + ETH_HEADER_LEN:
         raise DecodeError("short_frame", f"{len(packet) - ETHERIP_HEADER_LEN} bytes")
-    return packet[2:18], packet[18:]
+    return packet[ETHERIP_VNET], packet[ETHERIP_HEADER_LEN:]
 
 
 # -- VARP -------------------------------------------------------------------------
@@ -102,12 +107,12 @@ class VarpHeader:
     @property
     def ipv4(self) -> str:
         """The IPv4 in the first 4 address bytes, as legacy uses it (protocol.md 3.7)."""
-        return socket.inet_ntoa(self.addr[:4])
+        return ipv4_text(self.addr[:4])
 
     @classmethod
     def announce(cls, vnet: bytes, vmac: bytes, ipv4: str) -> VarpHeader:
         """An announce of (vnet, vmac) at ``ipv4``; the 12 spare bytes zero."""
-        return cls(VARP_ANNOUNCE, vnet, vmac, AF_INET_WIRE, socket.inet_aton(ipv4) + _ZERO12)
+        return cls(VARP_ANNOUNCE, vnet, vmac, AF_INET_WIRE, ipv4_bytes(ipv4) + _ZERO12)
 
     def encode(self) -> bytes:
         return _VARP.pack(MSG_VARP, self.opcode, self.vnet, self.vmac, self.family, self.addr)
@@ -149,7 +154,7 @@ def inner_udp_packet(payload: bytes, dst: str, port: int = VARP_PORT,
     vfwd-own-multicast)."""
     udp_len = 8 + len(payload)
     return _INNER.pack(0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst),
+                       ipv4_bytes(src), ipv4_bytes(dst),
                        port, port, udp_len, 0) + payload
 
 
@@ -166,11 +171,22 @@ def decode_vfwd(payload: bytes) -> InnerPacket:
         raise DecodeError("vfwd_not_udp", f"inner protocol {payload[4 + 9]}")
     sport = (payload[24] << 8) | payload[25]
     dport = (payload[26] << 8) | payload[27]
-    return InnerPacket(socket.inet_ntoa(payload[16:20]), socket.inet_ntoa(payload[20:24]),
+    return InnerPacket(ipv4_text(payload[16:20]), ipv4_text(payload[20:24]),
                        17, sport, dport, payload[32:])
 
 
 # -- MAC and IPv4 text -------------------------------------------------------------------
+
+def ipv4_bytes(text: str) -> bytes:
+    """The 4 wire bytes of a dotted quad (the engine's one conversion: pure,
+    no I/O, and C-fast where ``ipaddress`` is not)."""
+    return socket.inet_aton(text)
+
+
+def ipv4_text(raw: bytes) -> str:
+    """The dotted quad of 4 wire bytes."""
+    return socket.inet_ntoa(raw)
+
 
 def mac_text(b: bytes) -> str:
     """``aa:bb:cc:dd:ee:ff``, lower case."""

@@ -26,6 +26,7 @@ GSO_TCPV6 = 4
 GSO_ECN = 0x80
 MAX_PACKET = 65536 + VNET_HDR_LEN
 MIN_SEGMENT = 536                # RFC 879's default MSS: never cut plain frames smaller
+PACKET_ETH_SRC = slice(VNET_HDR_LEN + 6, VNET_HDR_LEN + 12)   # the frame's source MAC
 
 _VNET_HDR = struct.Struct("=BBHHHH")
 _TCP_FRONT = struct.Struct("!4sI4sBBH")          # ports, seq, ack, offset, flags, window
@@ -45,11 +46,6 @@ def check_packet(packet: bytes) -> bytes:
             GSO_NONE, GSO_TCPV4, GSO_TCPV6):
         raise DecodeError("fast_bad_vnet_hdr", f"flags {flags:#x} gso {gso_type:#x}")
     return packet
-
-
-def decode_vnet_hdr(hdr: bytes) -> tuple[int, int, int, int, int, int]:
-    """``(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)``."""
-    return _VNET_HDR.unpack_from(hdr)
 
 
 def encode_vnet_hdr(flags: int, gso_type: int, hdr_len: int, gso_size: int,
@@ -130,15 +126,10 @@ def _l3_offset(frame: bytes) -> int:
     return off + 2
 
 
-def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
-    """Software TSO: what the NIC would have sent for this super-frame (one VLAN
-    tag or more kept, IPv4 id incremented, checksums computed), in segments
-    of ``mss`` or fewer bytes so that frames stay within ``max_frame``.
-
-    A smaller segment than the domain's MSS is a valid TCP segment; it spares
-    every datagram its two IP fragments (design.md 11: legacy vnetd fragments
-    every full frame), and a train of equal datagrams that fit the MTU can
-    leave in one UDP_SEGMENT send."""
+def _tcp_offsets(frame: bytes) -> tuple[int, int, int]:
+    """``(l3, l4, body)``: where the IP header, the TCP header and the TCP
+    payload of ``frame`` start; DecodeError unless it is TCP over IPv4, or
+    over IPv6 without extension headers."""
     l3 = _l3_offset(frame)
     if l3 + 20 > len(frame):
         raise DecodeError("gso_bad_frame", "no IP header")
@@ -156,17 +147,31 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
         raise DecodeError("gso_bad_frame", f"IP version {version}")
     if l4 + 20 > len(frame):
         raise DecodeError("gso_bad_frame", "no TCP header")
-    thl = (frame[l4 + 12] >> 4) * 4
-    body = l4 + thl
-    if thl < 20 or body > len(frame):
+    body = l4 + (frame[l4 + 12] >> 4) * 4
+    if body - l4 < 20 or body > len(frame):
         raise DecodeError("gso_bad_frame", "bad TCP header length")
+    return l3, l4, body
+
+
+def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
+    """Software TSO: what the NIC would have sent for this super-frame (one VLAN
+    tag or more kept, IPv4 id incremented, checksums computed), in segments
+    of ``mss`` or fewer bytes so that frames stay within ``max_frame``.
+
+    A smaller segment than the domain's MSS is a valid TCP segment; it spares
+    every datagram its two IP fragments (design.md 11: legacy vnetd fragments
+    every full frame), and a train of equal datagrams that fit the MTU can
+    leave in one UDP_SEGMENT send."""
+    l3, l4, body = _tcp_offsets(frame)
+    v4 = frame[l3] >> 4 == 4
+    ihl, thl = l4 - l3, body - l4
     if max_frame and MIN_SEGMENT <= max_frame - body < mss:
         mss = max_frame - body
     eth = frame[:l3]
     ports, seq, ack, doff, tcp_flags, window = _TCP_FRONT.unpack_from(frame, l4)
     after_sum = frame[l4 + 18:body]                     # urgent pointer and options
     ip = bytearray(frame[l3:l4])
-    if version == 4:
+    if v4:
         ip_id = int.from_bytes(ip[4:6], "big")
         ip[2:6] = bytes(4)                              # total length, id
         ip[10:12] = bytes(2)                            # checksum
@@ -174,12 +179,11 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
     # RFC 8200 8.1) but its length, and the TCP header but its first 16 bytes
     # (in little-endian "swapped" words, as residue reads them); the IPv4
     # header with length, id and checksum zero (big-endian words).
-    addresses = ip[12:20] if version == 4 else ip[8:40]
+    addresses = ip[12:20] if v4 else ip[8:40]
     fixed = int.from_bytes(addresses, "little") + 0x0600 + int.from_bytes(after_sum, "little")
-    ip_fixed = int.from_bytes(ip, "big") if version == 4 else 0
+    ip_fixed = int.from_bytes(ip, "big") if v4 else 0
     out = []
-    size = len(frame) - body
-    n = -(-size // mss) or 1
+    n = -(-(len(frame) - body) // mss) or 1
     view = memoryview(frame)
     for i in range(n):
         data = view[body + i * mss:body + (i + 1) * mss]
@@ -187,7 +191,7 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
         flags = tcp_flags & ~(0x09 if i != n - 1 else 0) & ~(0x80 if i else 0)
         front = _TCP_FRONT.pack(ports, (seq + i * mss) & 0xFFFFFFFF, ack, doff, flags, window)
         tcp_len = thl + len(data)
-        if version == 4:
+        if v4:
             ident = (ip_id + i) & 0xFFFF
             ip_sum = (ip_fixed + ihl + tcp_len + ident) % 0xFFFF or 0xFFFF
             _IPV4_VARIABLE.pack_into(ip, 2, ihl + tcp_len, ident)

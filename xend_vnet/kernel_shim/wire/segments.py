@@ -77,6 +77,8 @@ BYTES_PER_SEND = 65507
 
 _SEGMENT = struct.Struct("!HH16sIHH")
 _SEALED_PREFIX = struct.pack("!HH", MSG_FAST, FAST_SEALED)
+# The VnetMsgHdr a segment starts with, of either opcode.
+SEGMENT_PREFIXES = (struct.pack("!HH", MSG_FAST, FAST_SEGMENT), _SEALED_PREFIX)
 
 
 # -- capability trailer of VARP announces ----------------------------------------------
