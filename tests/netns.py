@@ -174,7 +174,7 @@ def _control_request(path: str, text: str, timeout: float) -> str:
 
 class EngineProcess:
     """A vnetd process the lab started in a host namespace (not the engine's
-    own class, xend_vnet.kernel_shim.daemon.Vnetd)."""
+    own class, xend_vnet.kernel_shim.engine.Engine)."""
 
     def __init__(self, lab: Lab, ns: str, control: str, log_path: str,
                  proc: subprocess.Popen, args: list[str]):

@@ -15,8 +15,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from xend_vnet import sxp
 from xend_vnet.kernel_shim import daemon
+from xend_vnet.kernel_shim.engine import Engine
 from xend_vnet.kernel_shim.datapath.vxlan import device as vxlan_mod
-from xend_vnet.kernel_shim.control.commands import CommandError
+from xend_vnet.kernel_shim.datapath.interface import DataPathError
 from xend_vnet.kernel_shim.datapath.vxlan.device import (
     ALL_ZEROS,
     VxlanError,
@@ -335,7 +336,7 @@ def host(kernel):
 def create(vnets, kernel, *ids):
     for n in ids:
         vid = VnetId.parse(n)
-        vnets.create(vid, vid.default_vnetif)
+        vnets.attach(vid, vid.default_vnetif)
     kernel.calls.clear()
     kernel.opened = 0
 
@@ -344,9 +345,9 @@ def create(vnets, kernel, *ids):
 def engine(kernel, tmp_path):
     opts = daemon.parse_args(["--epoch-file", str(tmp_path / "epoch"), "--no-default-vnets",
                               "-f", str(tmp_path / "vnetd.conf")])
-    d = daemon.Vnetd(opts)
-    d.udp = SimpleNamespace(mcast_ttl=1)
-    d.device = "eth0"
+    d = Engine(opts)
+    d.userspace.udp = SimpleNamespace(mcast_ttl=1)
+    d.addresses.device = "eth0"
     return d
 
 
@@ -388,13 +389,13 @@ def test_a_file_peer_is_tracked_even_when_the_flood_sync_fails(engine, kernel):
         f.write("(vnet.add (id 9c) (data-path vxlan))\n(peer.add (addr 198.51.100.3))\n")
     kernel.fail_fdb = errno.ENOBUFS
     engine.load_file(initial=True)
-    assert engine.vxlan.get(V9C) is not None
-    assert engine.file_peers == {"198.51.100.3"} and engine.vxlan_vnets.flood_sync_pending
+    assert engine.host.vxlan.get(V9C) is not None
+    assert engine.startup_file.peers == {"198.51.100.3"} and engine.vxlan_vnets.flood_sync_pending
     kernel.fail_fdb = None
     with open(engine.opts.file, "w") as f:
         f.write("(vnet.add (id 9c) (data-path vxlan))\n")
     engine.load_file(initial=False)
-    assert engine.file_peers == set() and engine.core.peers.get("198.51.100.3") is None
+    assert engine.startup_file.peers == set() and engine.core.peers.get("198.51.100.3") is None
 
 
 def test_refresh_costs_one_netlink_socket_and_one_link_dump(host, kernel):
@@ -417,19 +418,19 @@ def test_refresh_costs_one_netlink_socket_and_one_link_dump(host, kernel):
 
 
 def test_mcast_ttl_0_refuses_vxlan_vnets(engine, kernel):
-    engine.udp.mcast_ttl = 0
+    engine.userspace.udp.mcast_ttl = 0
     form = sxp.parse_one(request(engine, "(vnet.add (id 9c) (data-path vxlan))"))
     assert form[0] == "err" and sxp.child_value(form, "errno") == str(errno.EINVAL)
     message = sxp.child_value(form, "message")
     assert "multicast TTL is 0" in message and "--mcast-ttl 1" in message
-    assert "vnif009c" not in kernel.links and not len(engine.vxlan)
+    assert "vnif009c" not in kernel.links and not len(engine.host.vxlan)
 
 
 def test_vnet_del_keeps_a_device_that_is_not_ours(engine, kernel):
     add_vnets(engine, kernel, "9c")
     kernel.links["vnif009c"]["alias"] = "my own tunnel"    # replaced behind our back
     assert request(engine, "(vnet.del (id 9c))") == ""
-    assert "vnif009c" in kernel.links and engine.vxlan.get(V9C) is None
+    assert "vnif009c" in kernel.links and engine.host.vxlan.get(V9C) is None
 
 
 # -- second review ------------------------------------------------------------------
@@ -504,7 +505,7 @@ def refuse_group_changes(monkeypatch, code=errno.EBUSY, up_code=None):
 
 def test_a_failed_group_move_is_retried_at_refresh(engine, kernel, monkeypatch):
     """Finding 2, the reviewer's reproduction: the core moved, the device did not."""
-    engine.udp = SimpleNamespace(mcast_ttl=1, joined=True, join_error=None,
+    engine.userspace.udp = SimpleNamespace(mcast_ttl=1, joined=True, join_error=None,
                                  set_group=lambda addr, ttl: True)
     add_vnets(engine, kernel, "9c")
     with monkeypatch.context() as m:
@@ -533,12 +534,12 @@ def test_group_moves_left_pending_are_retried_for_the_remaining_vnets(host, kern
     host.group = "224.10.0.7"                        # the engine moved
     with monkeypatch.context() as m:
         refuse_group_changes(m)
-        with pytest.raises(CommandError) as info:
+        with pytest.raises(DataPathError) as info:
             vnets.move_group("224.10.0.7")
     assert info.value.errno == errno.EIO
-    assert info.value.message.startswith("varp.mcaddr: the engine moved to 224.10.0.7, but ")
+    assert info.value.message.startswith("the engine moved to 224.10.0.7, but ")
     assert vnets.group_move_pending == {V9C, VnetId.parse("9d")}
-    vnets.delete(VnetId.parse("9d"))
+    vnets.detach(VnetId.parse("9d"))
     vnets.refresh()
     assert kernel.links["vnif009c"]["vxlan"]["vxlan_group"] == "224.10.0.7"
     assert not vnets.group_move_pending and "vnif009d" not in kernel.links
@@ -579,7 +580,7 @@ def test_an_ipv6_flood_entry_is_left_alone(kernel):
 def test_an_unexpected_failure_never_stops_the_refresh(engine, kernel, monkeypatch, caplog):
     """Finding 3: OSError (EMFILE) from IPRoute() is logged, rate-limited."""
     add_vnets(engine, kernel, "9c")
-    engine.udp = SimpleNamespace(mcast_ttl=1, joined=True, mcaddr=GROUP,
+    engine.userspace.udp = SimpleNamespace(mcast_ttl=1, joined=True, mcaddr=GROUP,
                                  check_membership=lambda: True)
     monkeypatch.setattr(engine, "_refresh_addresses", lambda: None)
 

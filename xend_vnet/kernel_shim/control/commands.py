@@ -97,14 +97,23 @@ def execute(host: EngineHost, request: str) -> str:
     out: list[str] = []
     for form in forms:
         try:
-            out.append(_evaluate(host, form))
+            out.append(evaluate(host, form))
         except CommandError as e:
             return error_reply(e.errno, e.message)
-        except OSError as e:
-            return error_reply(e.errno or EIO, f"{_name(form)}: {e.strerror or e}")
-        except Exception as e:  # noqa: BLE001 -- a host failure must still answer the caller
-            return error_reply(EIO, f"{_name(form)}: internal error: {e!r}")
     return "".join(out)
+
+
+def evaluate(host: EngineHost, form: sxp.Sxpr) -> str:
+    """Evaluate one form: its reply text; CommandError for any failure, a
+    host's OSError or bug included, as ``execute`` would answer it."""
+    try:
+        return _evaluate(host, form)
+    except CommandError:
+        raise
+    except OSError as e:
+        raise CommandError(e.errno or EIO, f"{_name(form)}: {e.strerror or e}") from e
+    except Exception as e:  # noqa: BLE001 -- a host failure must still answer the caller
+        raise CommandError(EIO, f"{_name(form)}: internal error: {e!r}") from e
 
 
 def _name(form: sxp.Sxpr) -> str:

@@ -11,7 +11,8 @@ again within the duplicate window is dropped as ``duplicate`` and also
 counted in ``vfwd_duplicates`` (protocol.md 7, loop safety).  Proto-97 packets
 (``EngineCore.receive_etherip``) count the same way, and in ``rx_etherip``.  Frames
 read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
-``dropped`` when the vnet is known).
+``dropped`` when the vnet is known).  Sends and writes the I/O adapters
+could not make count in ``io_dropped`` (engine.status), by reason.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class EngineCounters:
     """Counters of the engine as a whole."""
 
     __slots__ = (
+        "io_dropped",
         "rx_bytes",
         "rx_data",
         "rx_datagrams",
@@ -94,6 +96,7 @@ class EngineCounters:
         self.tx_fast = 0
         self.rx_dropped: dict[str, int] = {}
         self.tap_dropped: dict[str, int] = {}
+        self.io_dropped: dict[str, int] = {}    # by the I/O adapters (engine.status)
 
     FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
               "tx_bytes", "vfwd_rx", "vfwd_tx", "vfwd_resent", "vfwd_duplicates",

@@ -6,18 +6,19 @@ what is left to retry about them (a flood-entry sync, group moves, device
 problems already logged).  It drives ``vxlan.py`` (pyroute2) by the rules
 of ``vxlan_table.py``; what it needs of the engine (group, multicast TTL,
 underlay device and MTU, peers) it reads through small callables given at
-construction, at the moment it is needed.  The daemon calls it from its
-``EngineHost`` methods and from the periodic refresh.
+construction, at the moment it is needed.  It is a data path
+(``interface.DataPath``): the control layer attaches and detaches vnets
+through it and the engine's refresh calls ``refresh``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ....vnet_id import VnetId
-from ...control.commands import CommandError
+from ..interface import DataPathError, PathStatus, TableChange
 from .device import (
     VxlanError,
     VxlanSpec,
@@ -46,13 +47,15 @@ log = logging.getLogger("vnetd")     # the daemon's log: these are its messages
 
 
 class VxlanVnets:
-    """The engine's vnets on the kernel VXLAN data path: their devices, flood
-    entries and pending retries.
+    """The engine's vnets on the kernel VXLAN data path (a DataPath): their
+    devices, flood entries and pending retries.
 
     ``port`` is ``--vxlan-port``, ``mtu`` is ``--mtu``; the callables give the
     engine's current group, multicast TTL, underlay device and MTU, and the
     addresses of its peers.
     """
+
+    name = "vxlan"
 
     def __init__(self, port: int, mtu: int, *, group: Callable[[], str],
                  mcast_ttl: Callable[[], int], device: Callable[[], str],
@@ -73,22 +76,22 @@ class VxlanVnets:
                          kernel_ttl(self._mcast_ttl()), self._device(), vnet.mtu,
                          device_alias(vnet.vid))
 
-    def create(self, vid: VnetId, ifname: str) -> None:
+    def attach(self, vid: VnetId, ifname: str) -> None:
         """Create (or take over) the vnet's kernel VXLAN device with a flood
         entry per peer; the core never sees this vnet's frames."""
         problem = ttl_problem(self._mcast_ttl())
         if problem:
-            raise CommandError(errno.EINVAL, f"vnet.add: vnet {vid.canonical}: {problem}")
+            raise DataPathError(errno.EINVAL, f"vnet {vid.canonical}: {problem}")
         underlay_mtu = self._underlay_mtu()
         mtu = vxlan_mtu(self.mtu, underlay_mtu)
         if mtu < MIN_MTU:
-            raise CommandError(errno.EINVAL, f"vnet.add: the underlay MTU {underlay_mtu} "
-                               "leaves no room for VXLAN")
+            raise DataPathError(errno.EINVAL, f"the underlay MTU {underlay_mtu} "
+                                "leaves no room for VXLAN")
         vnet = VxlanVnet(vid, ifname, vni_of(vid), mtu)
         try:
             self.table.add(vnet)
         except (KeyError, ValueError) as e:
-            raise CommandError(errno.EEXIST, f"vnet.add: {e}") from None
+            raise DataPathError(errno.EEXIST, str(e)) from None
         spec = self._spec(vnet)
         try:
             created = open_vxlan(spec)
@@ -100,14 +103,14 @@ class VxlanVnets:
                 raise
         except VxlanError as e:
             self.table.remove(vid)
-            raise CommandError(e.errno, f"vnet.add: {e.message}") from None
+            raise DataPathError(e.errno, e.message) from None
         log.info("vnet %s up on %s: kernel VXLAN, VNI %d, group %s, port %d, device %s, "
                  "MTU %d%s", vid.canonical, ifname, vnet.vni, spec.group, spec.port,
                  spec.device, mtu, "" if mtu == self.mtu else
                  f" (underlay MTU {underlay_mtu} - 50; domains on its bridge need "
                  f"MTU {mtu} or less)")
 
-    def delete(self, vid: VnetId) -> None:
+    def detach(self, vid: VnetId) -> None:
         """Remove the vnet and its device, if the device is still ours."""
         ifname = self.table.get(vid).ifname
         try:
@@ -115,7 +118,7 @@ class VxlanVnets:
                 log.warning("vnet %s: no VXLAN device of ours named %s to delete", vid.canonical,
                             ifname)
         except VxlanError as e:
-            raise CommandError(e.errno, f"vnet.del: {e.message}") from None
+            raise DataPathError(e.errno, e.message) from None
         self.table.remove(vid)
         log.info("vnet %s deleted with its VXLAN device %s", vid.canonical, ifname)
 
@@ -152,8 +155,8 @@ class VxlanVnets:
             else:
                 self.group_move_pending.discard(vnet.vid)
         if failed:
-            raise CommandError(errno.EIO, f"varp.mcaddr: the engine moved to {addr}, but "
-                               + "; ".join(failed) + " (retried at each refresh)")
+            raise DataPathError(errno.EIO, f"the engine moved to {addr}, but "
+                                + "; ".join(failed) + " (retried at each refresh)")
 
     def _retry_group_moves(self, ipr) -> bool:
         """Move the devices a failed set_group left on the old group; True if any moved."""
@@ -226,3 +229,24 @@ class VxlanVnets:
                 present = None    # groups changed: sync_floods dumps the links again
             if sync:
                 self.sync_floods(ipr, present)
+
+    # -- DataPath ------------------------------------------------------------------
+
+    def table_changed(self, changes: Sequence[TableChange]) -> None:
+        """Nothing to mirror: the kernel learns the MACs behind each device."""
+
+    def counters(self) -> dict[str, int]:
+        """None of its own: the kernel's are in ``ip -s link show IFNAME``."""
+        return {}
+
+    def status(self, vid: VnetId) -> PathStatus | None:
+        vnet = self.table.get(vid)
+        if vnet is None:
+            return None
+        reason = (f"kernel VXLAN device {vnet.ifname}, VNI {vnet.vni}: its frames never "
+                  "reach the engine")
+        problem = self.noted.get(vid)
+        return PathStatus(self.name, f"{reason}; {problem}" if problem else reason)
+
+    def close(self) -> None:
+        """The devices stay, with their flood entries, for the next start (design.md 5)."""
