@@ -1,5 +1,5 @@
-"""The kernel VXLAN device adapter (vxlan.py), the engine's VXLAN vnets on it
-(vxlan_vnets.py) and the daemon's use of them, against a fake IPRoute that records
+"""The kernel VXLAN device adapter (datapath/vxlan/device.py), the engine's VXLAN vnets on it
+(datapath/vxlan/vnets.py) and the daemon's use of them, against a fake IPRoute that records
 every netlink call (no root; docs/vxlan.md)."""
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def flood(kernel, name="vnif009c"):
     return sorted(dst for i, _, dst in kernel.fdb if i == index)
 
 
-# -- finding 1: a group change is made while the device is down -----------------------
+# -- a group change is made while the device is down -----------------------
 
 def test_group_change_is_made_down_then_up_keeping_bridge_and_flood_entries(kernel):
     link = ours(kernel)
@@ -244,7 +244,7 @@ def test_take_over_with_another_group_or_device_rejoins(kernel, change):
     assert "198.51.100.3" in flood(kernel) and not kernel.ops("add", "del")
 
 
-# -- finding 3: only a device tagged as ours is taken over ----------------------------
+# -- only a device tagged as ours is taken over ----------------------------
 
 def test_created_devices_are_tagged(kernel):
     assert open_vxlan(spec()) is True
@@ -296,7 +296,7 @@ def test_delete_removes_only_ours(kernel):
     assert delete_vxlan("vnif009c", ALIAS) is False
 
 
-# -- finding 5: one link dump and one FDB dump for every device -----------------------
+# -- one link dump and one FDB dump for every device -----------------------
 
 def test_sync_floods_dumps_once_for_all_devices(kernel):
     for n in ("a", "b", "c"):
@@ -313,7 +313,7 @@ def test_sync_floods_dumps_once_for_all_devices(kernel):
     assert sync_floods({}, []) == ({}, []) and kernel.opened == 1
 
 
-# -- the engine's VXLAN vnets (vxlan_vnets.py) and the daemon: findings 4, 5 and 6 -------
+# -- the engine's VXLAN vnets (datapath/vxlan/vnets.py) and the engine -------
 
 class Host:
     """What VxlanVnets reads of the engine (as the engine fixture has it), for a
@@ -433,7 +433,7 @@ def test_vnet_del_keeps_a_device_that_is_not_ours(engine, kernel):
     assert "vnif009c" in kernel.links and engine.host.vxlan.get(V9C) is None
 
 
-# -- second review ------------------------------------------------------------------
+# -- devices changed under the engine ---------------------------------------------
 
 def foreign(kernel, kind="vxlan", alias="admin tunnel"):
     """Someone else's device under our name, with its own flood entries."""
@@ -457,7 +457,7 @@ def test_sync_floods_changes_nothing_on_a_device_that_is_not_ours(kernel, kind):
 
 
 def test_peer_add_and_refresh_leave_a_foreign_device_of_our_name_alone(engine, kernel, caplog):
-    """Finding 1, the reviewer's reproduction: ours deleted, someone makes theirs."""
+    """Ours deleted, someone makes theirs."""
     add_vnets(engine, kernel, "9c")
     del kernel.links["vnif009c"]
     kernel.fdb = set()
@@ -504,7 +504,7 @@ def refuse_group_changes(monkeypatch, code=errno.EBUSY, up_code=None):
 
 
 def test_a_failed_group_move_is_retried_at_refresh(engine, kernel, monkeypatch):
-    """Finding 2, the reviewer's reproduction: the core moved, the device did not."""
+    """The core moved, the device did not."""
     engine.userspace.udp = SimpleNamespace(mcast_ttl=1, joined=True, join_error=None,
                                  set_group=lambda addr, ttl: True)
     add_vnets(engine, kernel, "9c")

@@ -74,6 +74,6 @@ def test_table_refuses_clashes_and_lists_by_id():
 
 
 def test_flood_changes_tolerate_ipv6_destinations():
-    """Second review, finding 3: an IPv6 entry must not make the sort raise."""
+    """An IPv6 entry must not make the sort raise."""
     assert flood_changes([GROUP, "2001:db8::7", "192.0.2.9"], ["10.0.0.2"], GROUP) == (
         ["10.0.0.2"], ["192.0.2.9", "2001:db8::7"])

@@ -237,7 +237,7 @@ def test_failed_store_undoes_everything(h, monkeypatch):
 
 
 def test_engine_refusal_is_reported(h):
-    # The daemon's answer when the TAP cannot be made (daemon.py create_vnet).
+    # The daemon's answer when the TAP cannot be made (control/host.py).
     h.engine.host.fail_create = CommandError(1, "cannot create TAP vnif97: "
                                              "Operation not permitted")
     f = fault(h.rpc.xend_vnet_create, VNET97)

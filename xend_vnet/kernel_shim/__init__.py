@@ -1,7 +1,8 @@
-"""The tunnel engine vnetd and the vn tool (design.md 2, docs/architecture.md).
+"""The tunnel engine vnetd (design.md 2, docs/architecture.md).
 
-Pure protocol modules (no sockets, no clock): ``codec``, ``varp_cache``,
-``vif_table``, ``peer_table``, ``counters``, ``core``, ``listing``,
-``commands``.  The I/O adapters and the daemon move bytes between the kernel
-and ``core.EngineCore``.
+Subpackages by job, lowest layer first: ``wire`` (codecs), ``security``
+(secured vnets), ``core`` (the sans-IO state machine), ``datapath`` (the
+event loop and everything that moves bytes), ``control`` (the control
+socket and its commands); ``engine.py`` assembles them and ``daemon.py`` is
+the vnetd process around the engine.
 """

@@ -1,7 +1,7 @@
 """Who is calling, and reading a config file the way that caller would.
 
 ``xm vnet-create FILE`` sends the path exactly as typed, possibly relative
-to xm's working directory (protocol.md 10.1, Q1).  On the unix socket
+to xm's working directory (protocol.md 10.1, design.md 4).  On the unix socket
 SO_PEERCRED gives the caller's pid, uid and gid.  The file is opened by a
 forked child that enters the caller's root and working directory
 (``/proc/<pid>/root``, ``/proc/<pid>/cwd``: the caller may live in another

@@ -25,7 +25,7 @@ from hashlib import blake2b
 
 from ..wire.codec import ipv4_bytes
 
-DUPLICATE_WINDOW = 0.5     # seconds; the issue allows at most about 500 ms
+DUPLICATE_WINDOW = 0.5     # seconds: covers a mesh's relay delay, short enough for real repeats
 # Entries (about 100 bytes each): a full window at 130,000 multicast packets
 # a second.  Past that the window does not evict live entries (a flood must
 # not flush it); it stops remembering new ones and counts them.

@@ -1,6 +1,6 @@
 """The kernel VXLAN device of a vnet, through pyroute2 (docs/vxlan.md).
 
-The engine owns the device as it owns TAPs (tap.py): it is created when
+The engine owns the device as it owns TAPs (datapath/tap.py): it is created when
 its name is free and tagged with an interface alias naming the vnet
 (``vxlan_table.device_alias``).  An existing device of that name is taken
 over only if it carries that tag (the one an earlier run of the engine
@@ -11,7 +11,7 @@ included, is refused (design.md 4).  A change of group or underlay is
 made while the device is down, so that every kernel leaves the old group
 and joins the new one when it comes up again.  Flood entries for peers are
 all-zeros FDB entries, one per peer, beside the kernel's own entry for the
-multicast group.  What to set is decided in vxlan_table.py.
+multicast group.  What to set is decided in table.py.
 
 Each public function takes an optional ``ipr``: the daemon's refresh passes
 one IPRoute to the whole pass; without it, the function opens its own.
@@ -168,6 +168,15 @@ def _apply(ipr: IPRoute, link, data, **wanted) -> None:
     ipr.link("set", index=index, state="up")
 
 
+def _underlay_index(ipr: IPRoute, spec: VxlanSpec) -> int:
+    found = ipr.link_lookup(ifname=spec.device) if spec.device else []
+    if not found:
+        raise VxlanError(errno.ENODEV, f"underlay device {spec.device or '(none)'} "
+                         "not found: the VXLAN device needs the interface the group "
+                         "is joined on (vnetd --device)")
+    return found[0]
+
+
 def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
     """Create or take over the device of ``spec``, set its MTU and bring it up;
     True when this call created it (a later failure removes it again)."""
@@ -176,12 +185,7 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
         what = "create"
         replaced = ""   # our device of an earlier run, deleted to be made again
         try:
-            found = ipr.link_lookup(ifname=spec.device) if spec.device else []
-            if not found:
-                raise VxlanError(errno.ENODEV, f"underlay device {spec.device or '(none)'} "
-                                 "not found: the VXLAN device needs the interface the group "
-                                 "is joined on (vnetd --device)")
-            dev_index = found[0]
+            dev_index = _underlay_index(ipr, spec)
             link = _link(ipr, spec.ifname)
             master = None
             if link is not None:

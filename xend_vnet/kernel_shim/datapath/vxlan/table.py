@@ -5,7 +5,7 @@ user space: the kernel's VXLAN device sits on the vnet's bridge, floods to
 the engine's multicast group and, through all-zeros FDB entries, to each
 peer.  This module holds what the engine decides about such vnets (VNI,
 MTU, TTL, which flood entries a device should have) without touching the
-kernel; ``vxlan.py`` is the pyroute2 adapter.
+kernel; ``device.py`` is the pyroute2 adapter.
 """
 
 from __future__ import annotations

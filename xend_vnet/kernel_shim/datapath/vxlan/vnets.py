@@ -3,8 +3,8 @@ devices, flood entries and pending retries.
 
 ``VxlanVnets`` owns the ``VxlanTable`` of ``(data-path vxlan)`` vnets and
 what is left to retry about them (a flood-entry sync, group moves, device
-problems already logged).  It drives ``vxlan.py`` (pyroute2) by the rules
-of ``vxlan_table.py``; what it needs of the engine (group, multicast TTL,
+problems already logged).  It drives ``device.py`` (pyroute2) by the rules
+of ``table.py``; what it needs of the engine (group, multicast TTL,
 underlay device and MTU, peers) it reads through small callables given at
 construction, at the moment it is needed.  It is a data path
 (``interface.DataPath``): the control layer attaches and detaches vnets
