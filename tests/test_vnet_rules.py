@@ -156,3 +156,9 @@ def test_config_and_engine_give_the_same_reason(config, request_text):
         # The config quotes the id as written, the engine its canonical form.
         reason = reason.split(" cannot ", 1)[1]
     assert reason in message, (reason, message)
+
+
+def test_the_secured_levels_are_the_engines_suites():
+    # The rule and the engine's sealing must name the same levels (design.md 7).
+    from xend_vnet.kernel_shim.security import secure_codec
+    assert set(vnet_rules.SECURED_LEVELS) == set(secure_codec.SUITES)

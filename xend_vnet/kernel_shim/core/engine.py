@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...vnet_id import VnetId
-from ...vnet_rules import is_host_address
+from ...vnet_rules import SECURED_LEVELS, is_host_address, name_owner, security_problem
 from ..security import secure_codec
 from ..security.keystore import Generation, SecurityContext, VnetKeys
 from ..wire import codec
@@ -137,14 +137,15 @@ class EngineCore(ReceivePath, SendPath):
         7) or a key given to an unsecured one, and an SPI collision."""
         if vid.raw in self._vnets:
             raise KeyError(f"vnet {vid} already exists")
-        if security not in ("none", *secure_codec.SUITES):
-            raise ValueError(f"invalid security {security!r}")
-        if (security == "none") != (key is None):
+        problem = security_problem(security)
+        if problem:
+            raise ValueError(problem)
+        if (security in SECURED_LEVELS) != (key is not None):
             raise ValueError(f"security {security} vnets take a key" if key is None
                              else "only secured vnets take a key")
-        for other in self._vnets.values():
-            if other.ifname == ifname:
-                raise ValueError(f"interface {ifname} is already used by vnet {other.vid}")
+        other = name_owner(ifname, ((v.ifname, v) for v in self._vnets.values()))
+        if other is not None:
+            raise ValueError(f"interface {ifname} is already used by vnet {other.vid}")
         vnet = Vnet(vid, ifname, security)
         if key is not None:
             vnet.keys = VnetKeys(vid.raw, security, self.security)
