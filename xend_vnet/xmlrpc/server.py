@@ -279,8 +279,9 @@ class _Serving(socketserver.ThreadingMixIn):
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
+                if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
             self.shutdown_request(request)
