@@ -125,7 +125,8 @@ def test_sample_config_keys_are_all_read_by_xend_vnet():
     assert standalone.engine_control == "/var/run/vnetd.sock"
     keys = set(re.findall(r"^#?\((xend-vnet-[a-z-]+) ", text, re.M))
     assert keys == {"xend-vnet-unix-path", "xend-vnet-upstream", "xend-vnet-tcp-server",
-                    "xend-vnet-tcp-address", "xend-vnet-tcp-port", "xend-vnet-logfile",
+                    "xend-vnet-tcp-address", "xend-vnet-tcp-port", "xend-vnet-tcp-ssl-key-file",
+                    "xend-vnet-tcp-ssl-cert-file", "xend-vnet-logfile",
                     "xend-vnet-state-dir", "xend-vnet-engine-control"}
     source = read(os.path.join(os.path.dirname(install.__file__), "xend_config.py"))
     for key in keys:

@@ -4,6 +4,7 @@ import pytest
 
 from xend_vnet.xend_config import (
     XML_RPC_SOCKET,
+    TlsFiles,
     XendConfig,
     XendConfigError,
     config_path,
@@ -99,6 +100,52 @@ def test_beside_xend_reads_only_its_own_keys():
         (xend-vnet-unix-path /run/x.sock)
         (xend-vnet-tcp-server on) (xend-vnet-tcp-port 8100)"""))
     assert s.unix_path == "/run/x.sock" and s.tcp == ("localhost", 8100)
+
+
+def test_tls_keys_standalone_xends_and_ours():
+    s = server_settings(conf("""
+        (xend-tcp-xmlrpc-server yes)
+        (xend-tcp-xmlrpc-server-ssl-key-file /etc/xen/xmlrpc.key)
+        (xend-tcp-xmlrpc-server-ssl-cert-file /etc/xen/xmlrpc.crt)"""))
+    assert s.tls == TlsFiles("/etc/xen/xmlrpc.key", "/etc/xen/xmlrpc.crt")
+    s = server_settings(conf("""
+        (xend-tcp-xmlrpc-server yes)
+        (xend-tcp-xmlrpc-server-ssl-key-file /etc/xen/xmlrpc.key)
+        (xend-tcp-xmlrpc-server-ssl-cert-file /etc/xen/xmlrpc.crt)
+        (xend-vnet-tcp-ssl-key-file /etc/xend-vnet/k.pem)"""))
+    assert (s.tls.key_file, s.tls.key_setting) == ("/etc/xend-vnet/k.pem",
+                                                   "xend-vnet-tcp-ssl-key-file")
+    assert s.tls.cert_file == "/etc/xen/xmlrpc.crt"
+    # No TCP server, no TLS; xend's keys are xend's own beside xend.
+    assert server_settings(conf("(xend-tcp-xmlrpc-server-ssl-key-file /k)")).tls is None
+    s = server_settings(conf("""
+        (xend-vnet-upstream httpu:///run/xend-upstream/xmlrpc.sock)
+        (xend-vnet-tcp-server yes)
+        (xend-tcp-xmlrpc-server-ssl-key-file /etc/xen/xmlrpc.key)
+        (xend-tcp-xmlrpc-server-ssl-cert-file /etc/xen/xmlrpc.crt)"""))
+    assert s.tls is None
+    s = server_settings(conf("""
+        (xend-vnet-upstream httpu:///run/xend-upstream/xmlrpc.sock)
+        (xend-vnet-tcp-server yes)
+        (xend-vnet-tcp-ssl-key-file /k) (xend-vnet-tcp-ssl-cert-file /c)"""))
+    assert (s.tls.key_file, s.tls.cert_file) == ("/k", "/c")
+
+
+def test_tls_key_without_certificate_refused():
+    with pytest.raises(XendConfigError) as info:
+        server_settings(conf("(xend-tcp-xmlrpc-server yes) "
+                             "(xend-tcp-xmlrpc-server-ssl-key-file /etc/xen/xmlrpc.key)"))
+    assert str(info.value) == (
+        "invalid xend config: xend-tcp-xmlrpc-server-ssl-key-file is set but "
+        "xend-tcp-xmlrpc-server-ssl-cert-file is not; set both to serve HTTPS, or neither")
+
+
+def test_empty_tcp_address_is_kept_for_the_server():
+    s = server_settings(conf("(xend-tcp-xmlrpc-server yes) (xend-tcp-xmlrpc-server-address '')"))
+    assert s.tcp == ("", 8006)
+    s = server_settings(conf("(xend-tcp-xmlrpc-server yes) (xend-tcp-xmlrpc-server-address x) "
+                             "(xend-vnet-tcp-address '')"))
+    assert s.tcp == ("", 8006)
 
 
 def test_engine_control_default_from_environment(monkeypatch):

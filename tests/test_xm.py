@@ -11,6 +11,7 @@ import sys
 import threading
 import xml.parsers.expat
 
+import pytest
 from vnet_server_harness import run_xm
 
 from xend_vnet.xm_commands import main as xm
@@ -81,11 +82,83 @@ def test_command_line_errors(server, capsys):
     assert run_xm(capsys, "vnet-create", "/nonexistent/v.sxp") == (
         1, "File not found: /nonexistent/v.sxp\n", "")
     assert run_xm(capsys, "vnet-create") == (
-        1, CREATE_USAGE, "Error: 'xm vnet-create' requires 1 argument.\n\n")
+        1, CREATE_USAGE, "Error: 'xm vnet-create' requires 1 arguments.\n\n")
     code, _, err = run_xm(capsys, "vnet-delete", "1", "2")
-    assert code == 1 and err == "Error: 'xm vnet-delete' requires 1 argument.\n\n"
+    assert code == 1 and err == "Error: 'xm vnet-delete' requires 1 arguments.\n\n"
     assert run_xm(capsys, "vnet-list", "-x") == (1, LIST_USAGE, "Error: option -x not recognized\n")
     assert server.engine.requests == []
+
+
+def test_requires_n_arguments_says_arguments_even_for_one(server, capsys):
+    # Xen 3.0.3 on: "lo == 1 and '' or 's'" is always 's' (protocol.md 10.2).
+    for args in ((), ("a", "b")):
+        code, out, err = run_xm(capsys, "vnet-delete", *args)
+        assert (code, err) == (1, "Error: 'xm vnet-delete' requires 1 arguments.\n\n")
+        assert out == usage_text("vnet-delete")
+    assert run_xm(capsys, "vnet-create", "--") == (
+        1, CREATE_USAGE, "Error: 'xm vnet-create' requires 1 arguments.\n\n")
+    assert server.engine.requests == []
+
+
+@pytest.mark.parametrize("args, usage", [
+    (("vnet-create", "--help"), CREATE_USAGE),
+    (("vnet-create", "-h"), CREATE_USAGE),
+    (("vnet-create", "v.sxp", "--help"), CREATE_USAGE),
+    (("vnet-create", "--", "-h"), CREATE_USAGE),
+    (("vnet-list", "-l", "--help"), LIST_USAGE),
+    (("vnet-list", "-h"), LIST_USAGE),
+    (("vnet-delete", "97", "-h"), usage_text("vnet-delete")),
+    (("vnet-l", "--help"), LIST_USAGE),
+])
+def test_help_option_prints_the_usage_and_exits_1(server, capsys, args, usage):
+    assert run_xm(capsys, *args) == (1, usage, "")
+    assert server.engine.requests == []
+
+
+def test_unique_prefix_runs_its_vnet_subcommand(server, capsys, tmp_path):
+    conf = tmp_path / "v.sxp"
+    conf.write_text(VNET97)
+    assert run_xm(capsys, "vnet-c", str(conf)) == (0, "", "")
+    assert run_xm(capsys, "vnet-l") == (0, "97\n", "")
+    assert run_xm(capsys, "vnet-li", "-l") == (0, VNET97 + "\n", "")
+    assert run_xm(capsys, "vnet-d") == (
+        1, usage_text("vnet-delete"), "Error: 'xm vnet-delete' requires 1 arguments.\n\n")
+    assert run_xm(capsys, "vnet-de", "97") == (0, "", "")
+    assert run_xm(capsys, "vnet-l") == (0, "", "")
+
+
+@pytest.mark.parametrize("prefix", ["vne", "vnet", "vnet-"])
+def test_ambiguous_prefix_is_xens_subcommand_not_found(server, capsys, prefix):
+    code, out, err = run_xm(capsys, prefix, "-l")
+    assert (code, err) == (1, f"Error: Subcommand {prefix} not found!\n")
+    assert out.startswith("Usage: xm <subcommand> [args]\n")
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(" vnet-")] == [
+        "vnet-create", "vnet-delete", "vnet-list"]
+    assert server.engine.requests == []
+
+
+def test_vnet_prefix_resolution():
+    assert xm.vnet_commands_named("vnet-list") == ["vnet-list"]
+    assert xm.vnet_commands_named("vnet-l") == ["vnet-list"]
+    assert xm.vnet_commands_named("vnet-") == list(xm.VNET_COMMANDS)
+    # One character is never a prefix in Xen's xm; "vn" is vncviewer's too (Xen 3.3 on).
+    assert xm.vnet_commands_named("v") == []
+    assert xm.vnet_commands_named("vn") == []
+    assert xm.vnet_commands_named("vnet-list-all") == []
+    assert xm.vnet_commands_named("list") == []
+
+
+def test_other_prefixes_go_to_the_next_real_xm(tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for d in (ours, theirs):
+        d.mkdir()
+    _our_xm(ours / "xm")
+    _script(theirs / "xm", "#!/bin/sh\necho \"real xm $*\"\n")
+    env = dict(os.environ, PATH=f"{ours}:{theirs}")
+    for args in (["vn"], ["v", "-h"], ["vncv", "d1"], ["li", "--help"]):
+        done = subprocess.run(["xm", *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+        assert (done.returncode, done.stdout) == (0, f"real xm {' '.join(args)}\n")
 
 
 def test_no_server(capsys, monkeypatch, tmp_path):

@@ -48,8 +48,15 @@ def legacy_proxy(path):
                                      allow_none=True)
 
 
+def tcp_of(tcp):
+    """Harness(tcp=True) listens on 127.0.0.1; a (host, port) pair is used as given."""
+    if isinstance(tcp, tuple):
+        return tcp
+    return ("127.0.0.1", 0) if tcp else None
+
+
 class Harness:
-    def __init__(self, tcp=False, upstream=None):
+    def __init__(self, tcp=False, upstream=None, tls=None):
         self.dir = tempfile.mkdtemp(prefix="xvm-")
         self.net = FakeNet()
         self.engine = FakeEngine(os.path.join(self.dir, "vnetd.sock"),
@@ -60,7 +67,7 @@ class Harness:
         self.service.load()
         self.sock = os.path.join(self.dir, "xmlrpc.sock")
         self.servers = XMLRPCServers(VnetAPI(self.service, forward_unknown=bool(upstream)),
-                                     self.sock, ("127.0.0.1", 0) if tcp else None, upstream)
+                                     self.sock, tcp_of(tcp), upstream, tls=tls)
         self.servers.start()
         self.rpc = legacy_proxy(self.sock)
 

@@ -100,6 +100,16 @@ class XendConfig:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The TCP server's TLS key and certificate, and the settings that named them."""
+
+    key_file: str
+    cert_file: str
+    key_setting: str = "xend-tcp-xmlrpc-server-ssl-key-file"
+    cert_setting: str = "xend-tcp-xmlrpc-server-ssl-cert-file"
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """Where xend-vnet listens and what it uses, after config and options."""
 
@@ -110,6 +120,7 @@ class ServerSettings:
     log_file: str | None
     state_dir: str
     engine_control: str
+    tls: TlsFiles | None = None          # HTTPS on the TCP server (design.md 9)
 
 
 _THIS_HOST = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
@@ -139,6 +150,31 @@ def check_upstream(upstream: str, unix_path: str | None, tcp: tuple[str, int] | 
         raise XendConfigError(f"{what} is xend-vnet's own TCP server {tcp[0]}:{tcp[1]}")
 
 
+def _first_set(cfg: XendConfig, names: tuple[str, ...]) -> tuple[str, str | None]:
+    """The first of ``names`` the config has, and its value."""
+    for name in names:
+        if cfg.has(name):
+            return name, cfg.get(name)
+    return names[-1], None
+
+
+def tls_files(cfg: XendConfig, own_keys_only: bool) -> TlsFiles | None:
+    """The TLS key and certificate, when both are set (xend: HTTPS only then); one
+    without the other is refused rather than served as plain HTTP (design.md 9)."""
+    own = ("xend-vnet-tcp-ssl-key-file", "xend-vnet-tcp-ssl-cert-file")
+    xend = ("xend-tcp-xmlrpc-server-ssl-key-file", "xend-tcp-xmlrpc-server-ssl-cert-file")
+    pairs = ((own[0],), (own[1],)) if own_keys_only else ((own[0], xend[0]), (own[1], xend[1]))
+    key_setting, key = _first_set(cfg, pairs[0])
+    cert_setting, cert = _first_set(cfg, pairs[1])
+    if not key and not cert:
+        return None
+    if not (key and cert):
+        have, missing = (key_setting, cert_setting) if key else (cert_setting, key_setting)
+        raise XendConfigError(f"invalid xend config: {have} is set but {missing} is not; "
+                              "set both to serve HTTPS, or neither")
+    return TlsFiles(key, cert, key_setting, cert_setting)
+
+
 def server_settings(cfg: XendConfig) -> ServerSettings:
     """Apply the rules of design.md 9 to a parsed config."""
     upstream = cfg.get("xend-vnet-upstream")
@@ -157,15 +193,16 @@ def server_settings(cfg: XendConfig) -> ServerSettings:
             tcp_on = cfg.get_bool("xend-vnet-tcp-server", False)
         else:
             tcp_on = cfg.get_bool("xend-tcp-xmlrpc-server", False)
-        address = cfg.get("xend-vnet-tcp-address") or cfg.get(
-            "xend-tcp-xmlrpc-server-address", DEFAULT_TCP_ADDRESS)
+        _, address = _first_set(cfg, ("xend-vnet-tcp-address",
+                                      "xend-tcp-xmlrpc-server-address"))
         if cfg.has("xend-vnet-tcp-port"):
             port = cfg.get_int("xend-vnet-tcp-port", DEFAULT_TCP_PORT)
         else:
             port = cfg.get_int("xend-tcp-xmlrpc-server-port", DEFAULT_TCP_PORT)
     if not 0 < port < 65536:
         raise XendConfigError(f"invalid xend config tcp port: {port} is not 1 to 65535")
-    tcp = (address or DEFAULT_TCP_ADDRESS, port) if tcp_on else None
+    # An empty address is xend's "every interface"; the server decides (design.md 9).
+    tcp = (DEFAULT_TCP_ADDRESS if address is None else address, port) if tcp_on else None
     if upstream:
         check_upstream(upstream, unix_path, tcp)
     return ServerSettings(
@@ -176,4 +213,5 @@ def server_settings(cfg: XendConfig) -> ServerSettings:
         log_file=cfg.get("xend-vnet-logfile"),
         state_dir=cfg.get("xend-vnet-state-dir", DEFAULT_STATE_DIR),
         engine_control=cfg.get("xend-vnet-engine-control") or default_control_path(),
+        tls=tls_files(cfg, own_keys_only=bool(upstream)) if tcp_on else None,
     )

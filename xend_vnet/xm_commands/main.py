@@ -2,7 +2,9 @@
 
 Outputs, errors and exit codes follow protocol.md 10.2-10.3: a Fault prints
 ``Error: <message>`` on stderr and the subcommand's usage on stdout, exit 1;
-``vnet-list -l`` prints one error line per failing id and carries on.  The
+``vnet-list -l`` prints one error line per failing id and carries on;
+``-h``/``--help`` prints the usage, exit 1; a unique prefix longer than one
+character names its vnet subcommand, as in Xen's xm.  The
 server is ``$XM_SERVER`` (default ``httpu:///var/run/xend/xmlrpc.sock``).
 Every other subcommand is handed to the next real ``xm`` on PATH, never to
 an ``xm`` already run in the same chain (``$XEND_VNET_XM_SEEN``).
@@ -23,6 +25,9 @@ from .. import sxp
 from ..httpu import DEFAULT_URI, server_proxy
 
 VNET_COMMANDS = ("vnet-create", "vnet-delete", "vnet-list")
+# Xen's xm (3.3 on) has vncviewer too: a prefix it shares goes to Xen's xm.
+OTHER_XM_COMMANDS = ("vncviewer",)
+HELP_OPTIONS = ("-h", "--help")
 # Real paths of the xm programs a pass-through chain already ran (os.pathsep-separated).
 SEEN_ENV = "XEND_VNET_XM_SEEN"
 
@@ -58,8 +63,32 @@ def err(message: str) -> None:
 
 
 def arg_check(args: list[str], name: str, count: int) -> None:
+    # Xen 3.0.3 on says "requires 1 arguments." (protocol.md 10.2).
     if len([a for a in args if a != "--"]) != count:
-        raise Usage(f"'xm {name}' requires {count} argument{'' if count == 1 else 's'}.\n")
+        raise Usage(f"'xm {name}' requires {count} arguments.\n")
+
+
+def vnet_commands_named(name: str) -> list[str]:
+    """The vnet subcommands ``name`` stands for: itself, or those it is a prefix of when
+    it is longer than one character and no other xm subcommand starts with it, as
+    Xen's xm matches prefixes (protocol.md 10.3)."""
+    if name in VNET_COMMANDS:
+        return [name]
+    if len(name) < 2 or any(other.startswith(name) for other in OTHER_XM_COMMANDS):
+        return []
+    return [cmd for cmd in VNET_COMMANDS if cmd.startswith(name)]
+
+
+def not_found(name: str, matches: list[str], out) -> int:
+    """An ambiguous prefix: Xen's message, then the subcommands it could mean."""
+    err(f"Subcommand {name} not found!")
+    out.write("Usage: xm <subcommand> [args]\n\nvnet subcommands starting with "
+              f"{name!r}:\n\n")
+    for cmd in matches:
+        out.write(f" {cmd:<20} {HELP[cmd][1]:<50}\n")
+    out.write("\n")
+    out.flush()
+    return 1
 
 
 def vnet_list(server, args: list[str], out) -> None:
@@ -181,8 +210,17 @@ def next_xm(argv0: str, path: str | None = None, seen: set[str] | None = None) -
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     cmd = argv[1] if len(argv) > 1 else None
-    if cmd in VNET_COMMANDS:
-        return run_vnet_command(cmd, argv[2:], os.environ.get("XM_SERVER") or DEFAULT_URI)
+    matches = vnet_commands_named(cmd) if cmd else []
+    if len(matches) > 1:
+        return not_found(cmd, matches, sys.stdout)
+    if matches:
+        if any(h in argv[2:] for h in HELP_OPTIONS):
+            # Xen's xm looks for -h and --help anywhere before parsing (protocol.md 10.3).
+            sys.stdout.write(usage_text(matches[0]))
+            sys.stdout.flush()
+            return 1
+        return run_vnet_command(matches[0], argv[2:],
+                                os.environ.get("XM_SERVER") or DEFAULT_URI)
     seen = seen_xms()
     other = next_xm(argv[0], seen=seen)
     if other is not None:

@@ -89,6 +89,7 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
         log_file=getattr(args, "log_file", None) or s.log_file,
         state_dir=args.state_dir or s.state_dir,
         engine_control=getattr(args, "engine_control", None) or s.engine_control,
+        tls=s.tls,
     ), cfg.warnings
 
 
@@ -136,7 +137,8 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
         return 1
     api = VnetAPI(service, forward_unknown=bool(settings.upstream))
     try:
-        servers = XMLRPCServers(api, settings.unix_path, settings.tcp, settings.upstream)
+        servers = XMLRPCServers(api, settings.unix_path, settings.tcp, settings.upstream,
+                                tls=settings.tls)
     except ServerError as e:
         log.error("%s", e)
         if ready:
@@ -152,9 +154,8 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
                           reason)
         service.reconcile()
         servers.start()
-        log.info("serving %s%s (%s), state in %s, engine %s",
-                 settings.unix_path or "",
-                 f" and {settings.tcp[0]}:{settings.tcp[1]}" if settings.tcp else "",
+        # servers.start() logged each listener: address, port, http or https.
+        log.info("ready (%s), state in %s, engine %s",
                  settings.deployment, settings.state_dir, settings.engine_control)
         if ready:
             ready(None)

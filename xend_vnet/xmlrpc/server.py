@@ -10,7 +10,8 @@ keep-alive requests; a cap on concurrent connections, defusedxml parsing
 never unlinked (design.md 9).  Beside xend, methods this server does not
 serve are forwarded to the upstream xend byte for byte, with no timeout, for
 callers on the unix socket only: TCP callers get Fault 1 (no TCP port gives
-local users control of domains).
+local users control of domains).  TCP is HTTPS when a key and certificate are
+set (tls.py); plain HTTP to every interface is never served (design.md 9).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import logging
 import os
 import socket
 import socketserver
+import ssl
 import stat
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-from ..xend_config import XendConfigError, check_upstream
+from ..xend_config import TlsFiles, XendConfigError, check_upstream
 from ..httpu import UnixHTTPConnection
+from . import tls as tls_mod
 from .api import ERROR_INTERNAL, VnetAPI, fault_reply
 from .caller import Caller, peer_of
 
@@ -102,9 +105,10 @@ class DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def expect_request(self, deadline: float) -> None:
-        """A request must arrive whole within ``deadline`` seconds from now."""
-        self.deadline = self.clock() + deadline
+    def expect_request(self, deadline: float, since: float | None = None) -> None:
+        """A request must arrive whole within ``deadline`` seconds from now, or from
+        ``since`` (a ``clock`` time: when the connection was accepted)."""
+        self.deadline = (self.clock() if since is None else since) + deadline
         self.idle_until_first_byte = None
 
     def expect_next_request(self, idle: float, deadline: float) -> None:
@@ -143,16 +147,29 @@ class RequestHandler(BaseHTTPRequestHandler):
     keepalive_idle = KEEPALIVE_IDLE
 
     def setup(self) -> None:
+        self.started = time.monotonic()
+        context = getattr(self.server, "tls", None)
+        if context is not None:
+            # In this connection's thread, within its first request's deadline.
+            self.request = self.connection = tls_mod.handshake(
+                context, self.request, self.started + self.request_deadline)
         super().setup()
         self.reader = DeadlineReader(self.connection, self.timeout)
         self.rfile = io.BufferedReader(self.reader)
         self.requests_seen = 0
 
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.close()
+
     def handle_one_request(self) -> None:
         if self.requests_seen:
             self.reader.expect_next_request(self.keepalive_idle, self.request_deadline)
         else:
-            self.reader.expect_request(self.request_deadline)
+            self.reader.expect_request(self.request_deadline, since=self.started)
         self.requests_seen += 1
         super().handle_one_request()
 
@@ -262,8 +279,9 @@ class _Serving(socketserver.ThreadingMixIn):
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):
             try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
+                if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -284,17 +302,43 @@ class UnixXMLRPCServer(_Serving, socketserver.UnixStreamServer):
 
 class TCPXMLRPCServer(_Serving, socketserver.TCPServer):
     allow_reuse_address = True
+    tls: ssl.SSLContext | None = None
 
     def caller_of(self, sock: socket.socket) -> Caller:
         return Caller("tcp")
+
+    def finish_request(self, request, client_address) -> None:
+        try:
+            super().finish_request(request, client_address)
+        except tls_mod.HandshakeFailed as e:
+            log.info("refused a connection from %s: %s", client_address[0], e)
+
+    def describe(self, configured_host: str) -> str:
+        host, port = self.server_address[:2]
+        where = f"{host} (every interface)" if configured_host == "" else host
+        return f"{'https' if self.tls else 'http'} on {where}, port {port}"
+
+
+def tcp_address(tcp: tuple[str, int], tls: TlsFiles | None) -> tuple[str, int]:
+    """Where to listen: an empty address (xend: every interface) only with TLS;
+    without it, localhost, and the log says why (design.md 9)."""
+    host, port = tcp
+    if host == "" and tls is None:
+        log.warning("the TCP XML-RPC address is empty (every interface) but no TLS key "
+                    "and certificate are set: serving plain HTTP on localhost only; set "
+                    "the ssl-key-file and ssl-cert-file keys to serve HTTPS everywhere")
+        return "localhost", port
+    return host, port
 
 
 class XMLRPCServers:
     """The listening sockets of one xend-vnet, each served by its own thread."""
 
     def __init__(self, api: VnetAPI, unix_path: str | None, tcp: tuple[str, int] | None,
-                 upstream: str | None = None, max_request: int = MAX_REQUEST):
+                 upstream: str | None = None, max_request: int = MAX_REQUEST,
+                 tls: TlsFiles | None = None):
         self.unix_path = unix_path
+        self.tcp_host: str | None = None
         self.servers: list[socketserver.BaseServer] = []
         self.threads: list[threading.Thread] = []
         if upstream:
@@ -302,6 +346,10 @@ class XMLRPCServers:
                 check_upstream(upstream, unix_path, tcp)
             except XendConfigError as e:
                 raise ServerError(str(e)) from None
+        try:
+            context = tls_mod.server_context(tls) if tcp and tls else None
+        except tls_mod.TlsSetupError as e:
+            raise ServerError(str(e)) from None
         try:
             if unix_path:
                 prepare_unix_path(unix_path)
@@ -312,21 +360,34 @@ class XMLRPCServers:
                 server.setup_serving(api, upstream, max_request)
                 self.servers.append(server)
             if tcp:
-                try:
-                    server = TCPXMLRPCServer(tcp, RequestHandler)
-                except OSError as e:
-                    raise ServerError(f"cannot listen on {tcp[0]}:{tcp[1]}: "
-                                      f"{e.strerror}") from None
-                server.setup_serving(api, upstream, max_request)
-                self.servers.append(server)
+                address = tcp_address(tcp, tls)
+                self.tcp_host = address[0]
+                self.servers.append(self._tcp_server(address, context, api, upstream,
+                                                     max_request))
         except BaseException:
             self.close()
             raise
         if not self.servers:
             raise ServerError("nothing to listen on: no unix socket and no TCP server configured")
 
+    @staticmethod
+    def _tcp_server(address: tuple[str, int], context: ssl.SSLContext | None, api: VnetAPI,
+                    upstream: str | None, max_request: int) -> TCPXMLRPCServer:
+        try:
+            server = TCPXMLRPCServer(address, RequestHandler)
+        except OSError as e:
+            raise ServerError(f"cannot listen on {address[0] or '*'}:{address[1]}: "
+                              f"{e.strerror}") from None
+        server.tls = context
+        server.setup_serving(api, upstream, max_request)
+        return server
+
     def start(self) -> None:
         for server in self.servers:
+            if isinstance(server, TCPXMLRPCServer):
+                log.info("serving XML-RPC over %s", server.describe(self.tcp_host or ""))
+            else:
+                log.info("serving XML-RPC on the unix socket %s", server.server_address)
             t = threading.Thread(target=server.serve_forever, args=(0.1,), name="xmlrpc",
                                  daemon=True)
             t.start()
