@@ -237,6 +237,23 @@ def test_caller_gone_before_the_reply_is_logged_at_debug_only(serve, caplog):
     assert EngineClient(loop.server.path).request("(a)") == "x" * 100000
 
 
+def test_bytes_after_the_expression_do_not_reset_the_reply(serve):
+    written = threading.Event()
+
+    def handler(text):
+        written.wait(5)                             # the newline is there, unread
+        return "reply"
+
+    loop = serve(handler)
+    s = connect(loop.server.path)
+    s.sendall(b"(vnet.list)")
+    time.sleep(0.2)
+    s.sendall(b"\n")
+    time.sleep(0.1)
+    written.set()
+    assert read_to_eof(s) == "reply"               # not ECONNRESET after it
+
+
 @pytest.mark.parametrize("half_close", [False, True])
 def test_second_expression_on_one_connection_refused(engine, half_close):
     s = connect(engine.path)

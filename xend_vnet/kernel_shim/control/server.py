@@ -12,6 +12,7 @@ path.  Callers from another network namespace (found through SO_PEERCRED
 and /proc/<pid>/ns/net) are refused unless the engine allows them: a `vn`
 run in one emulated host must never create TAPs in another (design.md 5).
 """
+
 from __future__ import annotations
 
 import errno
@@ -57,6 +58,18 @@ class _Connection:
         self.refusal = refusal
         self.out: memoryview | None = None
         self.scanner = sxp.FormScanner()
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    """Read what the caller wrote after its expression (a newline, say): a unix
+    socket closed with unread data resets the peer, which may then lose the
+    reply it has not read yet (design.md 6)."""
+    try:
+        for _ in range(16):
+            if not sock.recv(65536):
+                return
+    except OSError:
+        pass
 
 
 class ControlServer:
@@ -245,6 +258,8 @@ class ControlServer:
             # Xen's vn closes without reading the reply to a plain command
             # (protocol.md 13): the command ran, nobody is left to tell.
             log.debug("control caller left before its reply: %s", e.strerror)
+        else:
+            _discard_unread(c.sock)
         self._drop(c.sock.fileno())
 
     def _drop(self, fd: int) -> None:
