@@ -51,6 +51,7 @@ class FakeHost:
         self.core = core or EngineCore(CoreOptions())
         self.device = device
         self.vxlan = VxlanTable()
+        self.owners: dict = {}          # kept by the commands (design.md 6)
         self.on_add = on_add
         self.on_del = on_del
         self.clock = 100.0

@@ -225,3 +225,77 @@ def test_agrees_with_sexpdata(value):
     text = _render(value)
     assert sxp.parse_one(text) == _plain(value)
     assert _from_sexpdata(sexpdata.loads(text)) == _plain(value)
+
+
+# -- framing: where the first expression ends (design.md 6) --------------------------
+
+def scan(*chunks: bytes) -> tuple:
+    scanner = sxp.FormScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    return scanner.end, scanner.more
+
+
+@pytest.mark.parametrize("data,end,more", [
+    (b"(vnet.list)", 11, False),
+    (b"(vnet.li", None, False),
+    (b"# (not yet\n(a (b \"x)\" 'y)' \\\"q\")) ", 33, False),
+    (b"vnet.list", None, False),            # an atom may still grow
+    (b"vnet.list\n", 9, False),
+    (b"abc(", 3, True),
+    (b"(a)(b)", 3, True),
+    (b"(a) # (b)\n ", 3, False),
+    (b"'a\\'b' ", 6, False),
+    (b"(a)\x04(b)", 3, False),              # ctrl-D ends the input
+    (b"(a \x04", 4, False),
+    (b")", 1, False),                       # bound to fail: answered at once
+    (b"(a \x00 b) (c)", 4, False),
+    (b"(" * 101, 101, False),
+    (b"", None, False),
+    (b"  \n# only a comment", None, False),
+])
+def test_first_expression_end(data, end, more):
+    assert scan(data) == (end, more)
+    assert scan(*[data[i:i + 1] for i in range(len(data))]) == (end, more)
+
+
+def _forms(data: bytes):
+    try:
+        return sxp.parse_all(data.decode("utf-8", "replace"))
+    except ParseError:
+        return None
+
+
+PIECES = [b"(", b")", b" ", b"\n", b"#", b'"', b"'", b"\\", b"a", b"x7", b"\x04", b"\xff",
+          b"\xc3\xa9", b"[", b";", b"\x00"]
+framing_bytes = st.one_of(st.binary(max_size=80),
+                          st.lists(st.sampled_from(PIECES), max_size=40).map(b"".join))
+
+
+@settings(max_examples=500)
+@given(framing_bytes, st.lists(st.integers(0, 80), max_size=4))
+def test_scanner_agrees_with_the_parser(data, cuts):
+    end, more = scan(data)
+    bounds = [0, *sorted(min(c, len(data)) for c in cuts), len(data)]
+    assert scan(*[data[a:b] for a, b in zip(bounds, bounds[1:])]) == (end, more)
+    forms = _forms(data)
+    if end is None:
+        # Not complete yet: nothing read, or a lone atom that may still grow.
+        assert not more
+        assert forms is None or forms == [] or (len(forms) == 1 and isinstance(forms[0], str))
+        return
+    assert 0 < end <= len(data)
+    first = _forms(data[:end])
+    assert first is None or len(first) <= 1
+    if forms is not None:
+        assert first == forms[:1]
+        assert more == (len(forms) > 1)
+
+
+@given(sxprs)
+def test_scanner_waits_for_the_whole_expression(value):
+    data = sxp.to_string(value).encode()
+    for j in range(len(data)):
+        assert scan(data[:j]) == (None, False)
+    complete = data if isinstance(value, list) else data + b" "
+    assert scan(complete) == (len(data), False)

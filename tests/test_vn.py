@@ -52,6 +52,12 @@ def test_no_arguments_is_help(engine, capsys):
     assert engine.requests == []
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_option_is_help(engine, capsys, flag):
+    assert run_vn(engine, capsys, flag) == run_vn(engine, capsys, "help")
+    assert engine.requests == []
+
+
 def test_help_lists_every_subcommand_sorted(engine, capsys):
     _, out, _ = run_vn(engine, capsys, "help")
     names = [line.split()[0] for line in out.splitlines()[1:] if line.startswith("  ")]

@@ -1,7 +1,9 @@
 """S-expressions exactly as xend reads and writes them (protocol.md 12.2-12.4).
 
 Values are ``str`` (atoms and quoted strings alike: no number conversion,
-so ``0097`` stays ``"0097"``) and ``list``.
+so ``0097`` stays ``"0097"``) and ``list``.  ``FormScanner`` tells, from the
+bytes read so far, where the first complete expression ends: the control
+socket answers once it knows (design.md 6).
 
 Why a tokenizer of our own instead of sexpdata: sexpdata's parser converts
 atoms (``0097`` -> 97, ``t`` -> True, ``nil`` -> []), reads ``'`` as the
@@ -22,6 +24,7 @@ must not exhaust the recursive printers).
 
 from __future__ import annotations
 
+import re
 import string
 from typing import List, Optional, Union
 
@@ -177,6 +180,109 @@ def parse_one(text: str) -> Sxpr:
     if len(forms) > 1:
         raise ParseError(f"expected one s-expression, found {len(forms)}")
     return forms[0]
+
+
+
+# -- framing: where the first expression ends (design.md 6) -------------------
+
+_TOKEN, _ATOM, _STRING, _COMMENT, _STOP = range(5)
+_SPACE_RUN = re.compile(rb"[ \t\n\v\f\r]*")
+_ATOM_RUN = re.compile(rb"[^{}()<>\[\]!; \t\n\v\f\r#]*")
+_STRING_RUN = {ord('"'): re.compile(rb'[^"\\]*'), ord("'"): re.compile(rb"[^'\\]*")}
+_PRINTABLE_BYTES = frozenset(string.printable.encode("ascii"))
+
+
+class FormScanner:
+    """Where the first complete top-level expression ends, in bytes that arrive
+    in pieces, read as ``parse_all`` reads the text they decode to (every
+    syntax character is ASCII).  Never raises.
+
+    ``end`` is the offset just after that expression once it is known: a list
+    at its closing ``)``, a string at its closing quote, an atom at the
+    delimiter after it (an atom at the end of the bytes so far may still
+    grow).  Where the reader is bound to fail (a stray ``)``, an invalid
+    character, lists nested past MAX_DEPTH) or stops (ctrl-D), ``end`` is set
+    at once and scanning stops.  ``more`` turns true when anything but
+    whitespace and comments follows a complete expression: a second one."""
+
+    def __init__(self) -> None:
+        self.end: Optional[int] = None
+        self.more = False
+        self._fed = 0
+        self._depth = 0
+        self._state = _TOKEN
+        self._quote = 0         # the delimiter of the open string
+        self._escape = False    # the open string's last byte was a backslash
+
+    def feed(self, data: bytes) -> None:
+        base, n, i = self._fed, len(data), 0
+        self._fed += n
+        while i < n and self._state != _STOP:
+            if self._state == _TOKEN:
+                i = self._token(data, i, base)
+            elif self._state == _ATOM:
+                i = _ATOM_RUN.match(data, i).end()
+                if i < n:                   # the delimiter is read as the next token
+                    self._state = _TOKEN
+                    self._value(base + i)
+            elif self._state == _STRING:
+                i = self._string(data, i, base)
+            else:
+                j = data.find(b"\n", i)
+                i = n if j < 0 else j + 1
+                if j >= 0:
+                    self._state = _TOKEN
+
+    def _string(self, data: bytes, i: int, base: int) -> int:
+        if self._escape:                    # the escaped character, whatever it is
+            self._escape = False
+            return i + 1
+        i = _STRING_RUN[self._quote].match(data, i).end()
+        if i == len(data):
+            return i
+        if data[i] == self._quote:
+            self._state = _TOKEN
+            self._value(base + i + 1)
+        else:
+            self._escape = True
+        return i + 1
+
+    def _token(self, data: bytes, i: int, base: int) -> int:
+        i = _SPACE_RUN.match(data, i).end()
+        if i == len(data):
+            return i
+        c = data[i]
+        if c == 0x23:                       # '#': a comment to the end of the line
+            self._state = _COMMENT
+        elif self.end is not None:          # after the first expression
+            self.more = c != 0x04
+            self._state = _STOP
+        elif c == 0x28:                     # '('
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                self._stop(base + i + 1)
+        elif c == 0x29:                     # ')'
+            if self._depth == 0:
+                self._stop(base + i + 1)
+            else:
+                self._depth -= 1
+                self._value(base + i + 1)
+        elif c in _STRING_RUN:
+            self._state, self._quote = _STRING, c
+        elif c in _PRINTABLE_BYTES:
+            self._state = _ATOM
+        else:                               # ctrl-D ends the input; others are invalid
+            self._stop(base + i + 1)
+        return i + 1
+
+    def _value(self, end: int) -> None:
+        if self._depth == 0 and self.end is None:
+            self.end = end
+
+    def _stop(self, end: int) -> None:
+        if self.end is None:
+            self.end = end
+        self._state = _STOP
 
 
 # -- printing ---------------------------------------------------------------

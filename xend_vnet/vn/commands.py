@@ -139,8 +139,10 @@ The vnet interface keeps its own MAC address (the legacy vn copied eth0's).""",
              Option("data-path", "d", "vnetd|vxlan")), ("vnet",)),
     Command("vnet-delete", manage.op_vnet_delete, "Delete a vnet.",
             """Delete a vnet (given by id or interface).
-    -b, --bridge       Delete the bridge the vnet interface is attached to.""",
-            (Option("bridge", "b"),), ("vnet",)),
+    -b, --bridge       Delete the bridge the vnet interface is attached to.
+    -f, --force        Delete it even when xend-vnet stores it (xm vnet-delete
+                       is the way to delete such a vnet for good).""",
+            (Option("bridge", "b"), Option("force", "f")), ("vnet",)),
     Command("vif-add", manage.op_vif_add, "Add a vif to a vnet.",
             """Add a vif to a vnet. Not usually needed as vifs
 are added automatically.

@@ -4,7 +4,8 @@ Subcommands, options and listing layouts follow the legacy tool: getopt
 parsing (options before positionals), ``-`` and ``_`` alike in subcommand
 names, listings pretty-printed as s-expressions, errors as ``vn: <message>``
 with exit status 1, no arguments meaning ``help``.  Differences, all on
-purpose: it talks to the engine's control socket (``$VNETD_SOCKET``, default
+purpose: ``--help`` and ``-h`` are ``help`` too (the legacy tool refused
+them); it talks to the engine's control socket (``$VNETD_SOCKET``, default
 /var/run/vnetd.sock, or ``--control PATH``) and reports the engine's errors;
 ``peer-add -p`` takes a value (the legacy flag sent ``(port True)``);
 ``vnet-create`` keeps the TAP's own MAC (the legacy tool copied eth0's);
@@ -36,14 +37,15 @@ from .session import PROG, UsageError, Vn
 def run(argv: Sequence[str], out: TextIO) -> int:
     """vn with ``argv`` (without the program name); the exit status."""
     try:
-        pairs, rest = getopt.getopt(list(argv), "", ["control="])
+        pairs, rest = getopt.getopt(list(argv), "h", ["control=", "help"])
     except getopt.GetoptError as e:
         raise UsageError(e.msg) from None
     control = default_control_path()
-    for _, value in pairs:
-        control = value
-    if not rest:
-        rest = ["help"]
+    for flag, value in pairs:
+        if flag == "--control":
+            control = value
+    if not rest or any(flag in ("-h", "--help") for flag, _ in pairs):
+        rest = ["help", *rest]      # vn --help is vn help, as no arguments are
     name = rest[0].replace("_", "-")
     command = COMMANDS.get(name)
     if command is None:

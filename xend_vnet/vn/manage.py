@@ -63,7 +63,10 @@ def op_vnet_delete(vn: Vn, opts: Opts, args: list[str]) -> int:
             bridges.release(vnif)
             if opts["bridge"]:
                 bridges.delete_bridge(bridge)
-    vn.call(["vnet.del", ["id", sxp.child_value(v, "id")]])
+    form: list[sxp.Sxpr] = ["vnet.del", ["id", sxp.child_value(v, "id")]]
+    if opts["force"]:
+        form.append(["force"])      # even a vnet xend-vnet stores (design.md 6)
+    vn.call(form)
     return 0
 
 

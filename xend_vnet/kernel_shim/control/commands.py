@@ -39,6 +39,11 @@ EEXIST = _errno.EEXIST   # 17
 EINVAL = _errno.EINVAL   # 22
 EBUSY = _errno.EBUSY     # 16
 
+# Who may manage a vnet besides the operator (design.md 6): xend-vnet stores
+# the vnets it creates and re-adds them, so removing one behind its back only
+# lasts until its next reconcile.
+OWNERS = ("xend-vnet",)
+
 
 class CommandError(Exception):
     """A command refused, with the errno legacy would give and a message
@@ -56,6 +61,7 @@ class EngineHost(Protocol):
     core: EngineCore
     device: str     # the interface whose address is the care-of address (varp listing)
     vxlan: VxlanTable   # vnets on the kernel VXLAN data path (outside the core)
+    owners: dict[VnetId, str]   # (owner ...) of vnet.add, per vnet; kept by the commands
 
     def create_vnet(self, vid: VnetId, ifname: str, security: str,
                     key: bytes | None) -> None:
@@ -218,17 +224,20 @@ def _vnet_add(host: EngineHost, form: list) -> str:
         # Legacy inserts id 1 at load, so adding it fails EEXIST (protocol.md 1.3).
         raise CommandError(EEXIST, f"vnet.add: vnet {text!r} is reserved "
                            "for the physical network")
+    owner = _owner(form)
     core = host.core
     if core.has_vnet(vid) or host.vxlan.get(vid) is not None:
+        if owner is not None and _same_vnet(host, vid, form):
+            host.owners[vid] = owner      # xend-vnet adopting what it stores (design.md 6)
         raise CommandError(EEXIST, f"vnet.add: vnet {vid.canonical} already exists")
     # An empty value is refused as in a config, not taken for the default.
     ifname = _arg(form, "vnetif", required=False)
     ifname = vid.default_vnetif if ifname is None else ifname
     _check(form, ifname_problem(ifname))
-    owner = name_owner(ifname, ((v.ifname, v.vid) for v in [*core.vnets(), *host.vxlan.vnets()]))
-    if owner is not None:
+    user = name_owner(ifname, ((v.ifname, v.vid) for v in [*core.vnets(), *host.vxlan.vnets()]))
+    if user is not None:
         raise CommandError(EEXIST, f"vnet.add: interface {ifname} of vnet "
-                           f"{vid.canonical} is already used by vnet {owner.canonical}")
+                           f"{vid.canonical} is already used by vnet {user.canonical}")
     security = _arg(form, "security", required=False)
     security = "none" if security is None else security
     _check(form, security_problem(security))
@@ -241,11 +250,41 @@ def _vnet_add(host: EngineHost, form: list) -> str:
         _check(form, vxlan_security_problem(security))
         _check(form, key_file_problem(security, key_file))
         host.create_vxlan_vnet(vid, ifname)
-        return ""
-    _check(form, key_file_problem(security, key_file))
-    key = None if key_file is None else _read_key(form, key_file)
-    host.create_vnet(vid, ifname, security, key)
+    else:
+        _check(form, key_file_problem(security, key_file))
+        key = None if key_file is None else _read_key(form, key_file)
+        host.create_vnet(vid, ifname, security, key)
+    _set_owner(host, vid, owner)
     return ""
+
+
+def _owner(form: list) -> str | None:
+    """The ``(owner NAME)`` of vnet.add and vnet.del, checked (design.md 6)."""
+    owner = _arg(form, "owner", required=False)
+    if owner is not None and owner not in OWNERS:
+        raise CommandError(EINVAL, f"{form[0]}: invalid owner {owner!r}: expected "
+                           + " or ".join(OWNERS))
+    return owner
+
+
+def _set_owner(host: EngineHost, vid: VnetId, owner: str | None) -> None:
+    if owner is None:
+        host.owners.pop(vid, None)
+    else:
+        host.owners[vid] = owner
+
+
+def _same_vnet(host: EngineHost, vid: VnetId, form: list) -> bool:
+    """Whether the existing vnet has the vnetif, security and data path asked
+    for (design.md 5: such a re-add counts as success)."""
+    ifname = sxp.child_value(form, "vnetif", vid.default_vnetif)
+    security = sxp.child_value(form, "security", "none")
+    data_path = sxp.child_value(form, "data-path", DEFAULT_DATA_PATH)
+    vnet = host.core.vnet(vid)
+    if vnet is not None:
+        return (vnet.ifname, vnet.security, "vnetd") == (ifname, security, data_path)
+    vx = host.vxlan.get(vid)
+    return vx is not None and (vx.ifname, "none", "vxlan") == (ifname, security, data_path)
 
 
 def _read_key(form: list, path: str) -> bytes:
@@ -298,12 +337,24 @@ def _vnet_del(host: EngineHost, form: list) -> str:
     vid = _vid(form, bare_ok=True)
     if not host.core.has_vnet(vid) and host.vxlan.get(vid) is None:
         raise CommandError(ENOENT, f"vnet.del: no such vnet {vid.canonical}")
+    asked = _owner(form)
+    owner = host.owners.get(vid)
+    if owner is not None and asked != owner and sxp.child(form, "force") is None:
+        # EBUSY, "resource busy", as rmmod of a module in use: held by another
+        # party.  EPERM would say the caller lacks a privilege (design.md 6).
+        shown = f"{vid.last_field:x}" if vid.short else vid.canonical
+        raise CommandError(EBUSY, f"vnet.del: vnet {vid.canonical} is stored by {owner}: "
+                           f"delete it with 'xm vnet-delete {shown}' (its bridge and stored "
+                           "config go too), or add (force) to delete it from the engine "
+                           f"only (vn vnet-delete --force), which {owner} re-adds at its "
+                           "next reconcile")
     host.delete_vnet(vid)
+    host.owners.pop(vid, None)
     return ""
 
 
 def _vnet_list(host: EngineHost, form: list) -> str:
-    return listing.vnet_list(host.core, host.vxlan)
+    return listing.vnet_list(host.core, host.vxlan, host.owners)
 
 
 def _vnet_stats(host: EngineHost, form: list) -> str:
@@ -368,7 +419,8 @@ def _varp_list(host: EngineHost, form: list) -> str:
 
 
 def _varp_print(host: EngineHost, form: list) -> str:
-    return listing.varp_print(host.core, host.now(), host.device, host.vxlan)
+    return listing.varp_print(host.core, host.now(), host.device, host.vxlan,
+                              host.owners)
 
 
 def _varp_mcaddr(host: EngineHost, form: list) -> str:

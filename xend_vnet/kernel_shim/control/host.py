@@ -52,6 +52,7 @@ class DataPathHost:
         self.control = control      # the control socket's path (engine.status)
         self.mtu = mtu
         self.varp_ttl = varp_ttl
+        self.owners: dict[VnetId, str] = {}     # who manages a vnet (design.md 6)
         self.started_wall = time.time()
         self.started = time.monotonic()
 

@@ -9,7 +9,7 @@ ours, in the same one-child-per-line style.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ... import sxp
 from ...vnet_id import VnetId
@@ -34,14 +34,22 @@ def _block(head: str, lines: Iterable[str], indent: str = " ") -> str:
     return head + "\n" + "".join(f"{indent}{line}\n" for line in lines) + ")\n"
 
 
-def vnet_list(core: EngineCore, vxlan: VxlanTable | None = None) -> str:
+def vnet_list(core: EngineCore, vxlan: VxlanTable | None = None,
+              owners: Mapping[VnetId, str] | None = None) -> str:
     """``(vnet.list)``: one line per vnet of either data path, sorted by id.
     A secured vnet also lists its key generations and states, never key
-    material; a VXLAN vnet its VNI, group, port and MTU (docs/vxlan.md)."""
+    material; a VXLAN vnet its VNI, group, port and MTU (docs/vxlan.md).  A
+    vnet with an owner ends in ``(owner NAME)``, after every legacy field
+    (design.md 6)."""
     lines = [(v.vid, _vnet_line(v)) for v in core.vnets()]
     if vxlan is not None:
         lines += [(v.vid, _vxlan_line(v, core.mcaddr, vxlan.port)) for v in vxlan.vnets()]
-    return "".join(line for _, line in sorted(lines))
+    owners = owners or {}
+    return "".join(_owned(line, owners.get(vid)) for vid, line in sorted(lines))
+
+
+def _owned(line: str, owner: str | None) -> str:
+    return line if owner is None else f"{line[:-2]} (owner {owner}))\n"
 
 
 def _vxlan_line(v: VxlanVnet, group: str, port: int) -> str:
@@ -122,9 +130,11 @@ def peer_list(core: EngineCore) -> str:
 
 
 def varp_print(core: EngineCore, now: float, device: str,
-               vxlan: VxlanTable | None = None) -> str:
+               vxlan: VxlanTable | None = None,
+               owners: Mapping[VnetId, str] | None = None) -> str:
     """``(varp.print)``: vnets, vifs and varp together."""
-    return vnet_list(core, vxlan) + vif_list(core, now) + varp_list(core, now, device)
+    return (vnet_list(core, vxlan, owners) + vif_list(core, now)
+            + varp_list(core, now, device))
 
 
 def _with_reasons(name: str, table: dict[str, int]) -> str:

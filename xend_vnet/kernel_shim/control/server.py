@@ -1,13 +1,16 @@
 """The engine's control socket server (design.md 5-6, protocol.md 8.1).
 
 An AF_UNIX stream socket, mode 0600, one request per connection: the
-client writes one s-expression, half-closes, and reads the reply until EOF.
-Everything runs non-blocking inside the engine's event loop: a request is
-collected until EOF, a size cap or a deadline, so a slow or stuck client
-never blocks the data path.  Callers from another network namespace (found
-through SO_PEERCRED and /proc/<pid>/ns/net) are refused unless the engine
-allows them: a `vn` run in one emulated host must never create TAPs in
-another (design.md 5).
+client writes one s-expression and reads the reply until EOF.  The request
+is answered as soon as the bytes read hold one complete expression, as the
+legacy vnetd did, so Xen's own ``vn`` (which never half-closes) works; a
+half-close ends the request as well.  A second expression on the same
+connection is refused (design.md 6).  Everything runs non-blocking inside
+the engine's event loop: a request is collected until it is complete, EOF,
+a size cap or a deadline, so a slow or stuck client never blocks the data
+path.  Callers from another network namespace (found through SO_PEERCRED
+and /proc/<pid>/ns/net) are refused unless the engine allows them: a `vn`
+run in one emulated host must never create TAPs in another (design.md 5).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _netns_of(pid: str) -> tuple[int, int]:
 
 
 class _Connection:
-    __slots__ = ("chunks", "deadline", "out", "refusal", "size", "sock")
+    __slots__ = ("chunks", "deadline", "out", "refusal", "scanner", "size", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float, refusal: str | None):
         self.sock = sock
@@ -54,6 +57,19 @@ class _Connection:
         self.size = 0
         self.refusal = refusal
         self.out: memoryview | None = None
+        self.scanner = sxp.FormScanner()
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    """Read what the caller wrote after its expression (a newline, say): a unix
+    socket closed with unread data resets the peer, which may then lose the
+    reply it has not read yet (design.md 6)."""
+    try:
+        for _ in range(16):
+            if not sock.recv(65536):
+                return
+    except OSError:
+        pass
 
 
 class ControlServer:
@@ -174,32 +190,55 @@ class ControlServer:
         if c.out is not None:
             self._send(c)
             return
-        while True:
-            try:
-                data = c.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._drop(c.sock.fileno())
-                return
-            if not data:
-                break
-            c.size += len(data)
-            if c.size > self.max_request:
-                self._reply(c, error_reply(errno.E2BIG,
-                                           f"request larger than {self.max_request} bytes"))
-                return
-            c.chunks.append(data)
+        eof = self._read(c)
+        if eof is None:
+            return
+        scan = c.scanner
+        if not eof and scan.end is None:
+            return      # not one complete expression yet: wait for more or the deadline
         if c.refusal is not None:
             self._reply(c, c.refusal)
             return
-        text = b"".join(c.chunks).decode("utf-8", "replace")
+        data = b"".join(c.chunks)
+        first = data[:scan.end].decode("utf-8", "replace")
+        if scan.more:
+            # Legacy vnetd evaluated every expression of its first read; we
+            # answer one, whatever the chunking (design.md 6).
+            self._reply(c, error_reply(errno.EINVAL,
+                                       "one s-expression per connection: more follows "
+                                       f"{first.strip()[:80]}; send each command on a "
+                                       "connection of its own"))
+            return
+        text = data.decode("utf-8", "replace") if scan.end is None else first
         try:
             reply = self.handler(text)
         except Exception as e:  # the engine must keep serving whatever a command does
             log.exception("control request %r failed", text[:200])
             reply = error_reply(errno.EIO, f"internal error: {e}")
         self._reply(c, reply)
+
+    def _read(self, c: _Connection) -> bool | None:
+        """Read what has arrived: True at EOF, False while more may come, None
+        when the connection is gone or already answered (too large)."""
+        while True:
+            try:
+                data = c.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                self._drop(c.sock.fileno())
+                return None
+            if not data:
+                return True
+            c.size += len(data)
+            if c.size > self.max_request:
+                self._reply(c, error_reply(errno.E2BIG,
+                                           f"request larger than {self.max_request} bytes"))
+                return None
+            c.chunks.append(data)
+            c.scanner.feed(data)
+            if c.scanner.more:
+                return False
 
     def _reply(self, c: _Connection, text: str) -> None:
         c.chunks = []
@@ -215,8 +254,12 @@ class ControlServer:
                 c.out = c.out[n:]
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            pass  # the caller went away; nothing more to tell it
+        except OSError as e:
+            # Xen's vn closes without reading the reply to a plain command
+            # (protocol.md 13): the command ran, nobody is left to tell.
+            log.debug("control caller left before its reply: %s", e.strerror)
+        else:
+            _discard_unread(c.sock)
         self._drop(c.sock.fileno())
 
     def _drop(self, fd: int) -> None:
@@ -240,6 +283,6 @@ class ControlServer:
                 c.deadline = now + self.timeout
                 self._reply(c, error_reply(errno.ETIMEDOUT,
                                            f"request not completed within {self.timeout:g} s "
-                                           "(write one s-expression, then half-close)"))
+                                           "(write one complete s-expression)"))
             else:
                 self._drop(fd)
