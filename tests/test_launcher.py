@@ -221,7 +221,8 @@ def test_stop_with_purge_deletes_every_vnet_first(tmp_path, sleeper):
     control = str(tmp_path / "c.sock")
     engine = FakeEngine(control).start()
     try:
-        engine.execute("(vnet.add (id 97)) (vnet.add (id 2))")
+        engine.execute("(vnet.add (id 97) (owner xend-vnet))")   # one xend-vnet stores
+        engine.execute("(vnet.add (id 2))")
         p = sleeper()
         with open(launcher.pid_file_of(control), "w") as f:
             f.write(f"{p.pid}\n")

@@ -384,12 +384,13 @@ def _systemd_managed(pid: int) -> bool:
 
 
 def purge_vnets(control_path: str) -> None:
-    """Delete every vnet, so the engine removes their persistent TAPs (design.md 5)."""
+    """Delete every vnet, so the engine removes their persistent TAPs (design.md 5);
+    those xend-vnet stores too (force: the operator asked for all of them)."""
     client = EngineClient(control_path)
     for form in client.call(["vnet.list"]):
         vid = sxp.child_value(form, "id")
         if isinstance(form, list) and form[:1] == ["vnet"] and isinstance(vid, str):
-            client.call(["vnet.del", ["id", vid]])
+            client.call(["vnet.del", ["id", vid], ["force"]])
 
 
 def stop_engine(control_path: str, purge: bool, timeout: float = STOP_TIMEOUT) -> bool:
