@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from xend_vnet.bridges import BridgeError
+from xend_vnet.bridges import BridgeError, NotOurs
 
 
 class FakeNet:
@@ -10,6 +10,7 @@ class FakeNet:
         # name -> {"kind": str, "master": str | None, "up": bool}
         self.links: dict[str, dict] = {}
         self.fail: dict[str, str] = {}   # function name -> reason, raised once
+        self.vxlan_deleted: list = []    # (name, vid) of delete_vxlan_device
 
     def _maybe_fail(self, what: str, name: str) -> None:
         if what in self.fail:
@@ -62,6 +63,22 @@ class FakeNet:
         if not self.is_bridge(name):
             raise BridgeError(name, "is not a bridge")
         self.remove_link(name)
+
+    def delete_tap(self, name: str) -> bool:
+        self._maybe_fail("delete_tap", name)
+        if name not in self.links:
+            return False
+        if self.links[name]["kind"] != "tap":
+            raise NotOurs(name, f"is a {self.links[name]['kind']}, not a TAP; left in place")
+        self.remove_link(name)
+        return True
+
+    def delete_vxlan_device(self, name: str, vid) -> bool:
+        self.vxlan_deleted.append((name, vid))
+        if name not in self.links:
+            return False
+        self.remove_link(name)
+        return True
 
     def bridge_ports(self, name: str) -> list[str]:
         self._get(name)

@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from vnet_server_harness import legacy_proxy
+from vnet_server_harness import Harness, legacy_proxy
+
+from xend_vnet import sxp
+from xend_vnet.xmlrpc import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,3 +143,95 @@ def test_start_failure_names_the_log_destination(tmp_path):
     pid_file = tmp_path / "x.sock.pid"
     if pid_file.exists():
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+# -- xend-vnet delete (design.md 4) -----------------------------------------------------
+
+VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
+FAULT97 = (
+    "vnet 97 has domain interfaces attached to bridge vnet97: vif1.0; detach them first "
+    "(xm network-detach DOMAIN DEVID, or shut their domains down), or delete it anyway "
+    "with xend-vnet delete --force 97 on this host (or xend-vnet's xm vnet-delete --force 97)")
+
+
+def with_vif_attached(service, net) -> None:
+    service.create(sxp.parse_one(VNET97))
+    net.add_link("vif1.0", "vif")
+    net.enslave("vnet97", "vif1.0")
+
+
+def test_delete_asks_the_running_server(tmp_path, capsys):
+    h = Harness()
+    try:
+        with_vif_attached(h.service, h.net)
+        common = ["--config", str(tmp_path / "none.sxp"), "--socket", h.sock]
+        assert cli.main(["delete", *common, "97"]) == 1
+        assert capsys.readouterr().err == f"xend-vnet delete: {FAULT97}\n"
+        assert h.service.ids() == ["97"]
+        assert cli.main(["delete", "--force", *common, "97"]) == 0
+        assert h.service.ids() == [] and "vnet97" not in h.net.links
+        assert h.engine.vnets == {}
+        assert cli.main(["delete", *common, "97"]) == 1
+        assert capsys.readouterr().err == "xend-vnet delete: No such vnet 97\n"
+    finally:
+        h.close()
+
+
+def test_delete_without_a_server_works_on_the_store(tmp_path, capsys):
+    h = Harness()
+    try:
+        with_vif_attached(h.service, h.net)
+        h.engine.close()
+        h.servers.close()
+        args = cli.parse_args(["delete", "--config", str(tmp_path / "none.sxp"),
+                               "--socket", h.sock, "--state-dir", h.store.state_dir,
+                               "--engine-control", h.engine.path, "97"])
+        settings, _ = cli.settings_of(args)
+        pid_file = cli.pid_file_of(args, settings)
+        assert cli.cmd_delete(args, settings, pid_file, net=h.net) == 1
+        assert capsys.readouterr().err == f"xend-vnet delete: {FAULT97}\n"
+        args.force = True
+        assert cli.cmd_delete(args, settings, pid_file, net=h.net) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("deleted vnet 97; vnetd is not running (control socket ")
+        assert out.endswith("; xend-vnet removes its TAP vnif97 when it next finds vnetd "
+                            "answering\n")
+        assert h.store.load_all() == ([], []) and "vnet97" not in h.net.links
+        assert [r.vnetif for r in h.store.pending_removals()[0]] == ["vnif97"]
+    finally:
+        h.close()
+
+
+def test_delete_bad_input_gets_a_clear_error(env):
+    def delete(*argv):
+        return subprocess.run(
+            [sys.executable, "-m", "xend_vnet.xmlrpc.cli", "delete", "--socket", env["sock"],
+             "--state-dir", env["state"], "--engine-control",
+             os.path.join(env["dir"], "vnetd.sock"), *argv],
+            env=env["env"], capture_output=True, text=True, timeout=60, check=False)
+
+    done = delete("98")
+    assert (done.returncode, done.stderr) == (1, "xend-vnet delete: No such vnet 98\n")
+    done = delete("not-an-id")
+    assert (done.returncode, done.stderr) == (1, "xend-vnet delete: No such vnet not-an-id\n")
+    done = delete()
+    assert done.returncode == 2 and "the following arguments are required: ID" in done.stderr
+
+
+def test_delete_through_a_server_with_the_engine_down_is_shown_pending(env):
+    os.makedirs(os.path.join(env["state"], "vnet"))
+    with open(os.path.join(env["state"], "vnet",
+                           "0000-0000-0000-0000-0000-0000-0000-0097.sxp"), "w") as f:
+        f.write("(vnet (id 97) (bridge xvmdel97) (vnetif xvmdeltap97))\n")
+    assert xend_vnet(env, "start").returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "xend_vnet.xmlrpc.cli", "delete", "--force", "--socket",
+         env["sock"], "97"], env=env["env"], capture_output=True, text=True, timeout=60,
+        check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    status = xend_vnet(env, "status")
+    assert "vnets: (none)" in status.stdout
+    assert ("removal pending until vnetd answers: vnet "
+            "0000:0000:0000:0000:0000:0000:0000:0097: TAP xvmdeltap97") in status.stdout
+    assert "xend-vnet removes its TAP xvmdeltap97 when it next finds vnetd" in Path(
+        env["log"]).read_text()

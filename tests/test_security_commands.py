@@ -140,7 +140,8 @@ def test_secured_config_goes_to_the_engine_with_its_key_file():
     config = VnetConfig.from_text(
         "(vnet (id 97) (bridge vnet97) (security conf) (key-file /etc/xen/vnet97.key))")
     assert add_form(config) == ["vnet.add", ["id", ID97], ["vnetif", "vnif0097"],
-                                ["security", "conf"], ["key-file", "/etc/xen/vnet97.key"]]
+                                ["security", "conf"], ["key-file", "/etc/xen/vnet97.key"],
+                                ["owner", "xend-vnet"]]
 
 
 def test_a_fifo_named_as_key_file_is_refused_without_blocking(tmp_path):

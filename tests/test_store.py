@@ -7,7 +7,7 @@ import pytest
 
 from xend_vnet import store as store_mod
 from xend_vnet.config import VnetConfig
-from xend_vnet.store import StoreError, VnetStore
+from xend_vnet.store import PendingRemoval, StoreError, VnetStore
 from xend_vnet.vnet_id import VnetId
 
 D97 = "0000-0000-0000-0000-0000-0000-0000-0097"
@@ -124,3 +124,50 @@ def test_garbage_in_the_store_is_a_problem_not_a_traceback(tmp_path):
     Path(store.path_of(vid)).write_text("(" * 500)
     configs, problems = store.load_all()
     assert configs == [] and len(problems) == 1 and problems[0].moved_to
+
+
+# -- pending removals (design.md 5) ---------------------------------------------------
+
+def test_removal_record_format_and_round_trip(store):
+    removal = PendingRemoval(VnetId.parse("97"), "vnif97", "vnetd")
+    store.record_removal(removal)
+    path = Path(store.dir) / f"{D97}.deleted"
+    assert path.read_text() == ("(vnet.deleted (id 0000:0000:0000:0000:0000:0000:0000:0097) "
+                                "(vnetif vnif97) (data-path vnetd))\n")
+    assert store.pending_removals() == ([removal], [])
+    assert store.load_all() == ([], [])                  # not a stored vnet
+    store.drop_removal(removal.vid)
+    store.drop_removal(removal.vid)                      # already gone: fine
+    assert store.pending_removals() == ([], []) and not path.exists()
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("(vnet.deleted (id 97) (vnetif vnif97)", "unexpected EOF"),
+    ("", "no s-expression"),
+    ("(vnet (id 97) (vnetif vnif97) (data-path vnetd))", "not a (vnet.deleted ...) record"),
+    ("(vnet.deleted (id 97) (data-path vnetd))", "must each be given as text"),
+    ("(vnet.deleted (id zz) (vnetif vnif97) (data-path vnetd))", "id: "),
+    ("(vnet.deleted (id 97) (vnetif eth0/x) (data-path vnetd))", "interface name 'eth0/x'"),
+    ("(vnet.deleted (id 97) (vnetif vnif97) (data-path kernel))", "'kernel' is not a data path"),
+    ("(vnet.deleted (id 98) (vnetif vnif98) (data-path vnetd))", "does not match the id"),
+    (b"(vnet.deleted (id \xff))", "not UTF-8"),
+    ("(" * 500, "nested deeper"),
+])
+def test_corrupt_removal_record_moved_aside_and_reported(store, content, reason):
+    store.record_removal(PendingRemoval(VnetId.parse("99"), "vnif99", "vxlan"))
+    path = os.path.join(store.dir, f"{D97}.deleted")
+    with open(path, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+    removals, problems = store.pending_removals()
+    assert [r.vnetif for r in removals] == ["vnif99"]
+    assert len(problems) == 1 and reason in problems[0].reason
+    assert problems[0].moved_to == path + ".corrupt" and not os.path.exists(path)
+    assert store.pending_removals()[1] == []             # not read again
+
+
+def test_unwritable_removal_record_raises_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot record the removal of vnet"):
+        VnetStore(str(blocker)).record_removal(
+            PendingRemoval(VnetId.parse("97"), "vnif97", "vnetd"))

@@ -43,6 +43,7 @@ from xend_vnet.xmlrpc.service import ReconcileLoop, VnetFault, VnetService, engi
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
 C97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 C98 = "0000:0000:0000:0000:0000:0000:0000:0098"
+OWNER = ["owner", "xend-vnet"]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
@@ -78,14 +79,14 @@ def test_create_list_get_delete(h):
     assert h.rpc.xend_vnet("0097") == h.rpc.xend_vnet("0:0:0:0:0:0:0:97")
     assert h.engine.vnets == {C97: ("vnif97", "none")}
     assert h.engine.sent("vnet.add") == [
-        ["vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]]
+        ["vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"], OWNER]]
     assert h.net.links["vnet97"] == {"kind": "bridge", "master": None, "up": True}
     assert h.net.links["vnif97"] == {"kind": "tap", "master": "vnet97", "up": True}
     assert os.path.exists(h.store.path_of(h.service.configs[next(iter(h.service.configs))].vid))
     assert h.rpc.xend_vnet_delete("0097") is None
     assert h.rpc.xend_vnets() == []
     assert h.engine.vnets == {}
-    assert ["vnet.del", ["id", C97]] in h.engine.requests
+    assert ["vnet.del", ["id", C97], OWNER] in h.engine.requests
     assert "vnet97" not in h.net.links
     assert h.store.load_all() == ([], [])
 
@@ -150,16 +151,23 @@ def test_tcp_accepts_text_but_never_paths(h, tmp_path):
     assert tcp.xend_vnets() == ["97"]
 
 
-def test_delete_refuses_attached_vifs_unless_forced(h):
+VIFS_ATTACHED = (
+    "vnet 97 has domain interfaces attached to bridge vnet97: vif1.0, vif2.1; detach them "
+    "first (xm network-detach DOMAIN DEVID, or shut their domains down), or delete it anyway "
+    "with xend-vnet delete --force 97 on this host (or xend-vnet's xm vnet-delete --force 97)")
+
+
+def test_delete_with_vifs_attached_names_them_and_the_ways_through(h):
     h.rpc.xend_vnet_create(VNET97)
-    h.net.add_link("vif1.0", "vif")
-    h.net.enslave("vnet97", "vif1.0")
+    for vif in ("vif1.0", "vif2.1"):
+        h.net.add_link(vif, "vif")
+        h.net.enslave("vnet97", vif)
     f = fault(h.rpc.xend_vnet_delete, "97")
-    assert f.faultCode == 2 and "vif1.0" in f.faultString and "--force" in f.faultString
+    assert (f.faultCode, f.faultString) == (2, VIFS_ATTACHED)
     assert h.rpc.xend_vnets() == ["97"] and "vnet97" in h.net.links
     h.rpc.vnet_delete("97", True)
     assert h.rpc.xend_vnets() == [] and "vnet97" not in h.net.links
-    assert h.net.links["vif1.0"]["master"] is None
+    assert h.net.links["vif1.0"]["master"] is None and h.net.links["vif2.1"]["master"] is None
 
 
 def test_wrong_argument_types_and_counts(h):
@@ -223,7 +231,7 @@ def test_failed_enslave_undoes_engine_and_bridge(h):
     assert f.faultCode == 2 and "cannot create vnet 97" in f.faultString
     assert "Operation not permitted" in f.faultString
     _nothing_left(h)
-    assert ["vnet.del", ["id", C97]] in h.engine.requests
+    assert ["vnet.del", ["id", C97], OWNER] in h.engine.requests
 
 
 def test_failed_store_undoes_everything(h, monkeypatch):
@@ -278,14 +286,16 @@ def test_vxlan_config_passed_to_the_engine_and_kept_verbatim(h):
     h.rpc.xend_vnet_create(config)
     c9c = "0000:0000:0000:0000:0000:0000:0000:009c"
     assert h.engine.sent("vnet.add") == [["vnet.add", ["id", c9c], ["vnetif", "vnif009c"],
-                                          ["security", "none"], ["data-path", "vxlan"]]]
+                                          ["security", "none"], ["data-path", "vxlan"],
+                                          OWNER]]
     assert h.rpc.xend_vnet("9c") == ["vnet", ["id", "9c"], ["data-path", "vxlan"],
                                      ["bridge", "vnet9c"]]
     assert h.net.links["vnif009c"]["master"] == "vnet9c"
-    # A vnetd vnet's vnet.add stays as it was (an older engine takes it).
+    # A vnetd vnet's vnet.add has no data-path (an older engine takes it; it
+    # ignores the owner too, protocol.md 8.2).
     h.rpc.xend_vnet_create(VNET97)
     assert h.engine.sent("vnet.add")[-1] == [
-        "vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"]]
+        "vnet.add", ["id", C97], ["vnetif", "vnif97"], ["security", "none"], OWNER]
     f = fault(h.rpc.xend_vnet_create, "(vnet (id 9d) (security conf) (key-file /k) "
                                       "(data-path vxlan))")
     assert f.faultCode == 2 and "data-path" in f.faultString
@@ -877,7 +887,8 @@ def test_caller_file_in_another_mount_namespace(open_dir):
 
 def test_status_method(h):
     h.rpc.xend_vnet_create(VNET97)
-    assert h.rpc.vnet_status() == {"vnets": ["97"], "problems": [], "store_problems": []}
+    assert h.rpc.vnet_status() == {"vnets": ["97"], "problems": [], "store_problems": [],
+                                   "pending_removals": []}
 
 
 def test_server_close_is_quick(h):

@@ -1,5 +1,9 @@
 """Linux bridges for vnets, through netlink (pyroute2); never brctl/ip.
 
+Also the removal of a deleted vnet's device left behind while the engine
+was down (design.md 5): a TUN/TAP, or a VXLAN device carrying the vnet's
+alias, of that exact name, never anything else.
+
 Everything acts in the caller's current network namespace.  The legacy
 sequence was ``brctl addbr``, hello 0, forward delay 0, STP off, up, addif
 (protocol.md 11.2); hello time cannot be 0 on Linux and does not matter
@@ -11,6 +15,10 @@ from __future__ import annotations
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .kernel_shim.datapath.vxlan.device import VxlanError, delete_vxlan
+from .kernel_shim.datapath.vxlan.table import device_alias
+from .vnet_id import VnetId
+
 
 class BridgeError(Exception):
     """A bridge or link operation failed; names the interface and the reason."""
@@ -19,6 +27,10 @@ class BridgeError(Exception):
         self.ifname = ifname
         self.reason = reason
         super().__init__(f"{ifname}: {reason}")
+
+
+class NotOurs(BridgeError):
+    """The name belongs to a device of another kind: it is left in place."""
 
 
 def _reason(e: NetlinkError) -> str:
@@ -135,6 +147,33 @@ def _delete_quietly(ipr: IPRoute, index: int) -> None:
         ipr.link("del", index=index)
     except NetlinkError:
         pass
+
+
+def delete_tap(name: str) -> bool:
+    """Delete the TUN/TAP device of exactly this name; False when there is none.
+    A device of another kind raises NotOurs and is left in place."""
+    with IPRoute() as ipr:
+        link = _link(ipr, name)
+        if link is None:
+            return False
+        if _kind(link) != "tun":
+            raise NotOurs(name, f"is a {_kind(link) or 'device'}, not a TAP; left in place")
+        try:
+            ipr.link("del", index=link["index"])
+        except NetlinkError as e:
+            if e.code == 19:  # ENODEV: gone meanwhile
+                return False
+            raise BridgeError(name, f"cannot delete TAP: {_reason(e)}") from None
+        return True
+
+
+def delete_vxlan_device(name: str, vid: VnetId) -> bool:
+    """Delete the VXLAN device of this name if it carries the vnet's alias
+    (docs/vxlan.md); False when there is none or it is not the vnet's."""
+    try:
+        return delete_vxlan(name, device_alias(vid))
+    except VxlanError as e:
+        raise BridgeError(name, str(e)) from None
 
 
 def bridge_ports(name: str) -> list[str]:

@@ -5,8 +5,11 @@ atomically (temp file, fsync, rename, fsync of the directory) so a crash
 leaves either the old or the new file.  A file that cannot be read back is
 moved aside to ``<name>.corrupt`` and reported, never deleted.  Beside it,
 ``<dbid>.bridge`` names the bridge when xend-vnet created it (so delete
-removes only bridges it made, never one it adopted).  Key files for vnets
-created over TCP live under ``<state-dir>/keys`` (design.md 7).
+removes only bridges it made, never one it adopted), and ``<dbid>.deleted``
+a removal still owed to the engine: the vnet was deleted while vnetd was
+down, so its persistent TAP must go when the engine answers (design.md 5).
+Key files for vnets created over TCP live under ``<state-dir>/keys``
+(design.md 7).
 """
 
 from __future__ import annotations
@@ -14,12 +17,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from . import sxp
 from .config import ConfigError, VnetConfig
-from .vnet_id import VnetId
+from .ifnames import ifname_problem
+from .vnet_id import VnetId, VnetIdError
+from .vnet_rules import data_path_problem
 
 DEFAULT_STATE_DIR = "/var/lib/xend"
 SUFFIX = ".sxp"
 BRIDGE_SUFFIX = ".bridge"
+DELETED_SUFFIX = ".deleted"
 TEMP_MARK = ".tmp-"
 CORRUPT = ".corrupt"
 MAX_FILE = 1024 * 1024
@@ -42,6 +49,38 @@ class StoreError(OSError):
     """The store could not be written."""
 
 
+@dataclass(frozen=True)
+class PendingRemoval:
+    """A vnet deleted while the engine was down: what finds its device later."""
+
+    vid: VnetId
+    vnetif: str
+    data_path: str
+
+    def to_string(self) -> str:
+        return sxp.to_string(["vnet.deleted", ["id", self.vid.canonical],
+                              ["vnetif", self.vnetif], ["data-path", self.data_path]])
+
+    @classmethod
+    def from_text(cls, text: str) -> PendingRemoval:
+        """Parse a ``<dbid>.deleted`` record; ValueError says what is wrong."""
+        form = sxp.parse_one(text)
+        if not (isinstance(form, list) and form[:1] == ["vnet.deleted"]):
+            raise ValueError("not a (vnet.deleted ...) record")
+        values = [sxp.child_value(form, k) for k in ("id", "vnetif", "data-path")]
+        if not all(isinstance(v, str) for v in values):
+            raise ValueError("id, vnetif and data-path must each be given as text")
+        id_text, vnetif, data_path = values
+        try:
+            vid = VnetId.parse(id_text)
+        except VnetIdError as e:
+            raise ValueError(f"id: {e}") from None
+        problem = ifname_problem(vnetif) or data_path_problem(data_path)
+        if problem:
+            raise ValueError(problem)
+        return cls(vid, vnetif, data_path)
+
+
 class VnetStore:
     """The vnet configs of one state directory."""
 
@@ -55,6 +94,9 @@ class VnetStore:
 
     def bridge_record_of(self, vid: VnetId) -> str:
         return os.path.join(self.dir, vid.dbid + BRIDGE_SUFFIX)
+
+    def removal_record_of(self, vid: VnetId) -> str:
+        return os.path.join(self.dir, vid.dbid + DELETED_SUFFIX)
 
     def exists(self, vid: VnetId) -> bool:
         return os.path.exists(self.path_of(vid))
@@ -90,6 +132,51 @@ class VnetStore:
                 return f.read(64).strip() or None
         except (OSError, UnicodeDecodeError):
             return None
+
+    def record_removal(self, removal: PendingRemoval) -> None:
+        """Write the ``<dbid>.deleted`` record atomically (design.md 5)."""
+        path = self.removal_record_of(removal.vid)
+        try:
+            self._write(path, removal.to_string() + "\n")
+        except OSError as e:
+            raise StoreError(e.errno, f"cannot record the removal of vnet {removal.vid} in "
+                             f"{path}: {e.strerror or e}") from None
+
+    def drop_removal(self, vid: VnetId) -> None:
+        """Forget a pending removal: done, or cancelled by a new create."""
+        path = self.removal_record_of(vid)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise StoreError(e.errno, f"cannot remove {path}: {e.strerror or e}") from None
+        self._sync_dir()
+
+    def pending_removals(self) -> tuple[list[PendingRemoval], list[StoreProblem]]:
+        """Every readable ``.deleted`` record; unreadable ones are moved aside."""
+        try:
+            names = sorted(n for n in os.listdir(self.dir) if n.endswith(DELETED_SUFFIX))
+        except FileNotFoundError:
+            return [], []
+        except OSError as e:
+            raise StoreError(e.errno, f"cannot read the store {self.dir}: "
+                             f"{e.strerror or e}") from None
+        removals: list[PendingRemoval] = []
+        problems: list[StoreProblem] = []
+        for name in names:
+            path = os.path.join(self.dir, name)
+            try:
+                with open(path, "rb") as f:
+                    removal = PendingRemoval.from_text(f.read(MAX_FILE).decode("utf-8"))
+                if name != removal.vid.dbid + DELETED_SUFFIX:
+                    raise ValueError(f"the file name does not match the id "
+                                     f"(expected {removal.vid.dbid + DELETED_SUFFIX})")
+            except (ValueError, OSError) as e:
+                problems.append(StoreProblem(path, _reason(e), self._move_aside(path)))
+                continue
+            removals.append(removal)
+        return removals, problems
 
     def _write(self, final: str, text: str) -> None:
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
@@ -188,6 +275,8 @@ def _reason(e: Exception) -> str:
         return e.strerror or str(e)
     if isinstance(e, UnicodeDecodeError):
         return "not UTF-8 text"
+    if isinstance(e, sxp.ParseError):
+        return f"cannot parse: {e}"
     return str(e)
 
 

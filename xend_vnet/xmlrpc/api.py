@@ -163,7 +163,7 @@ class VnetAPI:
         return self.service.list_all()
 
     def vnet_status(self, caller: Caller) -> dict:
-        """vnet_status() -> {vnets, problems, store_problems}."""
+        """vnet_status() -> {vnets, problems, store_problems, pending_removals}."""
         return self.service.status()
 
     def list_methods(self, caller: Caller) -> list:

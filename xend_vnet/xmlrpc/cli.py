@@ -1,16 +1,21 @@
-"""The ``xend-vnet`` command: start|stop|status|restart the server, import, install.
+"""The ``xend-vnet`` command: start|stop|status|restart the server, delete, import,
+install.
 
 ``start`` daemonizes unless ``--foreground`` and returns once the server
 listens (or with its error).  ``stop`` and ``status`` work from another
 process through the pid file beside the socket (``<socket>.pid``), so one
 server per network namespace can run on a machine.  Status exit codes
 follow LSB: 0 running, 3 not running.  Under systemd (``Type=notify``)
-the server says READY=1 once its sockets are served (sdnotify).
+the server says READY=1 once its sockets are served (sdnotify).  ``delete
+[--force] ID`` asks the running server, or works on the store itself when
+none runs: the way through for an admin whose xm has no ``--force``
+(design.md 4).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import logging
 import os
@@ -22,8 +27,8 @@ import xmlrpc.client
 
 import psutil
 
+from .. import bridges, install, process, sdnotify
 from .. import engine_launcher as launcher
-from .. import install, process, sdnotify
 from ..engine_client import EngineClient, EngineError
 from ..store import StoreError, VnetStore
 from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
@@ -31,7 +36,7 @@ from ..httpu import server_proxy
 from . import importer
 from .api import VnetAPI
 from .server import ServerError, XMLRPCServers
-from .service import ReconcileLoop, VnetService
+from .service import ReconcileLoop, VnetFault, VnetService
 
 log = logging.getLogger("xend-vnet")
 
@@ -59,6 +64,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         s.add_argument("--log-file", metavar="PATH", help="default: stderr in the foreground")
         s.add_argument("--reconcile-interval", metavar="SECONDS", type=float, default=2.0,
                        help="how often to check the engine (default 2)")
+    s = sub.add_parser("delete", help="delete a vnet, through the server if one runs")
+    s.add_argument("--force", action="store_true",
+                   help="even with domain interfaces attached to its bridge")
+    s.add_argument("--config", metavar="FILE", help="xend config")
+    s.add_argument("--socket", metavar="PATH", help="the server's unix socket")
+    s.add_argument("--state-dir", metavar="DIR", help="state directory (when no server runs)")
+    s.add_argument("--engine-control", metavar="PATH", help="vnetd control socket (likewise)")
+    s.add_argument("--pid-file", metavar="PATH", help="default <socket>.pid")
+    s.add_argument("id", metavar="ID", help="the vnet id, such as 97")
     s = sub.add_parser("import", help="import the vnets of a legacy xend")
     src = s.add_mutually_exclusive_group()
     src.add_argument("--xenstore", action="store_true", help="from xenstore /vnet (default)")
@@ -243,9 +257,64 @@ def cmd_status(settings: ServerSettings, pid_file: str) -> int:
     print(f"  vnets: {' '.join(status.get('vnets', [])) or '(none)'}")
     for line in status.get("problems", []):
         print(f"  not up: {line}")
+    for line in status.get("pending_removals", []):
+        print(f"  removal pending until vnetd answers: {line}")
     for line in status.get("store_problems", []):
         print(f"  store: {line}")
     return STATUS_RUNNING
+
+
+def server_uri(settings: ServerSettings) -> str | None:
+    if settings.unix_path:
+        return f"httpu://{settings.unix_path}"
+    return f"http://{settings.tcp[0]}:{settings.tcp[1]}/RPC2" if settings.tcp else None
+
+
+def cmd_delete(args: argparse.Namespace, settings: ServerSettings, pid_file: str,
+               net=bridges) -> int:
+    """``xend-vnet delete [--force] ID``: ``vnet_delete(ID, force)`` on the running
+    server; with none, the same delete on the store and engine directly."""
+    uri = server_uri(settings)
+    try:
+        if uri is not None:
+            server_proxy(uri, timeout=60).vnet_delete(args.id, args.force)
+            return 0
+    except xmlrpc.client.Fault as e:
+        print(f"xend-vnet delete: {e.faultString}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+            print(f"xend-vnet delete: cannot ask the server at {uri}: {e}", file=sys.stderr)
+            return 1
+    except (xmlrpc.client.Error, http.client.HTTPException) as e:
+        print(f"xend-vnet delete: cannot ask the server at {uri}: {e}", file=sys.stderr)
+        return 1
+    pid = running_pid(pid_file)
+    if pid is not None:
+        # Starting, or not serving: two writers of one store never.
+        print(f"xend-vnet delete: xend-vnet (pid {pid}) runs but does not answer on {uri}; "
+              "try again", file=sys.stderr)
+        return 1
+    return delete_in_store(args, settings, net)
+
+
+def delete_in_store(args: argparse.Namespace, settings: ServerSettings, net) -> int:
+    """The delete with no server: the service over the store, run here."""
+    logger = logging.getLogger("xend-vnet")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())    # what matters is printed below
+    service = VnetService(VnetStore(settings.state_dir), EngineClient(settings.engine_control),
+                          net=net)
+    try:
+        for problem in service.load():
+            print(f"xend-vnet delete: store: {problem}", file=sys.stderr)
+        later = service.delete(args.id, args.force)
+    except (StoreError, VnetFault) as e:
+        print(f"xend-vnet delete: {e}", file=sys.stderr)
+        return 1
+    if later:
+        print(f"deleted vnet {args.id}; {later}")
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -294,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_stop(pid_file)
     if args.command == "status":
         return cmd_status(settings, pid_file)
+    if args.command == "delete":
+        return cmd_delete(args, settings, pid_file)
     code = cmd_stop(pid_file)
     if code:
         return code

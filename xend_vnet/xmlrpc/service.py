@@ -6,8 +6,10 @@ the vnetif, persist; a failing step undoes the steps this call made.  Delete
 undoes all of it and refuses while domain vifs are on the bridge unless
 forced; a bridge that existed before (adopted, and only brought up) is left
 in place, so the store records which bridges xend-vnet created.
-``reconcile`` brings every stored vnet up again after an engine restart and
-never deletes anything.
+With vnetd down, delete still forgets the vnet and records that the engine
+owes its removal (cleanup.py).  ``reconcile`` brings every stored vnet up
+again after an engine restart and never deletes a stored vnet; it removes
+what a crash or an outage left in the engine (cleanup.py).
 
 The network and the engine are injected (``net`` is the bridges module or a
 test double with the same functions), so the semantics are tested without
@@ -25,45 +27,14 @@ from ..config import ConfigError, VnetConfig, check_collisions
 from ..engine_client import EngineClient, EngineError, EngineUnavailable
 from ..store import StoreError, VnetStore
 from ..vnet_id import VnetId, VnetIdError
+from .cleanup import EngineCleanup
+from .engine_forms import EEXIST, ENOENT, add_form, del_form, engine_vnets
 
 log = logging.getLogger("xend-vnet")
-
-EEXIST = 17
-ENOENT = 2
 
 
 class VnetFault(Exception):
     """An error the caller gets as XML-RPC Fault 2 (ERROR_GENERIC, protocol.md 10.2)."""
-
-
-def engine_vnets(reply: list[object]) -> dict[str, tuple[str, str, str]]:
-    """``(vnet.list)`` reply forms -> {canonical id: (vnetif, security, data path)};
-    an engine that lists no data path runs every vnet itself (vnetd)."""
-    out: dict[str, tuple[str, str, str]] = {}
-    for form in reply:
-        if not (isinstance(form, list) and form[:1] == ["vnet"]):
-            continue
-        fields = {c[0]: c[1] if len(c) > 1 else "" for c in form[1:]
-                  if isinstance(c, list) and c and isinstance(c[0], str)}
-        try:
-            vid = VnetId.parse(str(fields.get("id", "")))
-        except VnetIdError:
-            continue
-        out[vid.canonical] = (str(fields.get("vnetif", "")), str(fields.get("security", "none")),
-                              str(fields.get("data-path", "vnetd")))
-    return out
-
-
-def add_form(config: VnetConfig) -> list:
-    """The ``vnet.add`` command for a config (design.md 6; explicit vnetif, protocol.md 16)."""
-    form = ["vnet.add", ["id", config.canonical], ["vnetif", config.vnetif],
-            ["security", config.security]]
-    if config.key_file:
-        form.append(["key-file", config.key_file])
-    if config.data_path != "vnetd":
-        # Only when asked: an engine without the option still takes every other config.
-        form.append(["data-path", config.data_path])
-    return form
 
 
 class VnetService:
@@ -79,6 +50,7 @@ class VnetService:
         self.store_problems: list[str] = []
         self.reconciled = False
         self.lock = threading.RLock()
+        self.cleanup = EngineCleanup(store, engine, net)
 
     # -- start-up -------------------------------------------------------------
 
@@ -87,7 +59,7 @@ class VnetService:
         configs, problems = self.store.load_all()
         with self.lock:
             self.configs = {}
-            reports = [str(p) for p in problems]
+            reports = [str(p) for p in problems] + self.cleanup.load()
             for config in configs:
                 try:
                     check_collisions(config, self.configs.values())
@@ -147,6 +119,11 @@ class VnetService:
             except ConfigError as e:
                 log.error("create of vnet %s refused: %s", config.id_text, e)
                 raise VnetFault(str(e)) from None
+            pending = self.cleanup.pending.get(config.vid)
+            if pending and (pending.vnetif, pending.data_path) != (config.vnetif,
+                                                                   config.data_path):
+                # The old device goes first: the new vnet does not reuse it.
+                self.cleanup.finish_now(config.vid)
             undo: list[tuple[str, Callable[[], None]]] = []
             try:
                 self._bring_up(config, undo, creating=True)
@@ -158,6 +135,7 @@ class VnetService:
                 raise VnetFault(f"cannot create vnet {config.id_text}: {reason}") from None
             self.configs[config.vid] = config
             self.problems.pop(config.canonical, None)
+            self.cleanup.cancel(config.vid)
         for w in config.warnings():
             log.warning("%s", w)
         log.info("created vnet %s (bridge %s, vnetif %s, security %s, data-path %s)",
@@ -214,8 +192,7 @@ class VnetService:
                                 f"{present[2]}") from None
             return False
         if undo is not None:
-            undo.append(("engine", lambda: self.engine.call(
-                ["vnet.del", ["id", config.canonical]])))
+            undo.append(("engine", lambda: self.engine.call(del_form(config.canonical))))
         return True
 
     def _undo(self, config: VnetConfig, undo: list) -> None:
@@ -227,41 +204,30 @@ class VnetService:
 
     # -- delete ---------------------------------------------------------------
 
-    def delete(self, id_text: object, force: bool = False) -> None:
-        """Take the vnet down and forget it (design.md 4)."""
+    def delete(self, id_text: object, force: bool = False) -> str | None:
+        """Take the vnet down and forget it (design.md 4); with vnetd down, return
+        what is left for the engine's next answer (design.md 5)."""
         if not isinstance(force, bool):
             raise VnetFault(f"force must be a boolean, not {type(force).__name__}")
         with self.lock:
             config = self._find(id_text)
-            try:
-                bridge_there = self.net.link_exists(config.bridge) and self.net.is_bridge(
-                    config.bridge)
-                attached = [p for p in self.net.bridge_ports(config.bridge)
-                            if p != config.vnetif] if bridge_there else []
-            except bridges.BridgeError as e:
-                raise VnetFault(f"cannot delete vnet {config.id_text}: {e}") from None
+            bridge_there, attached = self._bridge_ports(config)
             if attached and not force:
                 log.error("delete of vnet %s refused: %s attached", config.id_text,
                           ", ".join(attached))
-                raise VnetFault(
-                    f"vnet {config.id_text} has domain interfaces attached to bridge "
-                    f"{config.bridge}: {', '.join(attached)}; use xm vnet-delete --force "
-                    "to delete it anyway")
-            try:
-                self.engine.call(["vnet.del", ["id", config.canonical]])
-            except EngineError as e:
-                if e.errno != ENOENT:
-                    log.error("delete of vnet %s failed: %s", config.id_text, e.message)
-                    raise VnetFault(f"cannot delete vnet {config.id_text}: {e.message}") from None
+                raise VnetFault(attached_message(config, attached))
+            engine_down = self._engine_delete(config)
             # Only a bridge xend-vnet created goes; an adopted one stays.
             ours = bridge_there and self.store.created_bridge(config.vid) == config.bridge
             try:
+                if engine_down:
+                    # Written first: a vnet forgotten always leaves its record.
+                    self.cleanup.record(config)
                 if ours:
                     self.net.delete_bridge(config.bridge)
                 self.store.delete(config.vid)
             except (bridges.BridgeError, StoreError) as e:
-                # The engine vnet is gone; the stored config stays, so a
-                # retry (or reconcile) finds it.
+                # The stored config stays, so a retry (or reconcile) finds it.
                 log.error("delete of vnet %s failed: %s", config.id_text, e)
                 raise VnetFault(f"cannot delete vnet {config.id_text}: {e}") from None
             del self.configs[config.vid]
@@ -269,20 +235,50 @@ class VnetService:
         log.info("deleted vnet %s%s%s", config.id_text, " (forced)" if force else "",
                  "" if ours or not bridge_there else
                  f"; bridge {config.bridge} kept: it existed before the vnet")
+        if not engine_down:
+            return None
+        later = (f"{engine_down}; xend-vnet removes its {device_kind(config.data_path)} "
+                 f"{config.vnetif} when it next finds vnetd answering")
+        log.warning("vnet %s: %s", config.id_text, later)
+        return later
+
+    def _bridge_ports(self, config: VnetConfig) -> tuple[bool, list[str]]:
+        """Whether the vnet's bridge is there, and the ports on it but the vnetif."""
+        try:
+            there = self.net.link_exists(config.bridge) and self.net.is_bridge(config.bridge)
+            ports = self.net.bridge_ports(config.bridge) if there else []
+        except bridges.BridgeError as e:
+            raise VnetFault(f"cannot delete vnet {config.id_text}: {e}") from None
+        return there, [p for p in ports if p != config.vnetif]
+
+    def _engine_delete(self, config: VnetConfig) -> str | None:
+        """``vnet.del``; the reason when vnetd does not answer, else None."""
+        try:
+            self.engine.call(del_form(config.canonical))
+        except EngineUnavailable as e:
+            return e.message
+        except EngineError as e:
+            if e.errno != ENOENT:
+                log.error("delete of vnet %s failed: %s", config.id_text, e.message)
+                raise VnetFault(f"cannot delete vnet {config.id_text}: {e.message}") from None
+        return None
 
     # -- reconcile ------------------------------------------------------------
 
     def needs_reconcile(self) -> bool:
         """True when a stored vnet is missing from the engine, off its bridge, or was
-        reported down; raises EngineError when the engine does not answer."""
+        reported down, or the engine has something to clean up (cleanup.py); raises
+        EngineError when the engine does not answer."""
         with self.lock:
             configs = list(self.configs.values())
             reported = bool(self.problems)
-        if not configs:
-            return False
-        present = engine_vnets(self.engine.call(["vnet.list"]))
+        listing = self.engine.call(["vnet.list"])
         if reported:
             return True
+        with self.lock:
+            if self.cleanup.needed(self.configs, listing):
+                return True
+        present = engine_vnets(listing)
         for c in configs:
             if c.canonical not in present:
                 return True
@@ -291,27 +287,23 @@ class VnetService:
         return False
 
     def reconcile(self) -> dict[str, str]:
-        """Bring every stored vnet up; return {canonical id: reason} for those that stay
-        down.  Never deletes anything (design.md 5)."""
+        """Remove what the engine should not have (cleanup.py), then bring every
+        stored vnet up; return {canonical id: reason} for those that stay down.
+        Never deletes a stored vnet (design.md 5)."""
         with self.lock:
+            try:
+                listing = self.engine.call(["vnet.list"])
+            except EngineError:
+                listing = None      # each vnet below reports the engine's state
+            if listing is not None:
+                self.cleanup.run(self.configs, listing)
             problems: dict[str, str] = {}
             for vid in sorted(self.configs):
                 config = self.configs[vid]
                 try:
                     done = self._bring_up(config, [], creating=False)
                 except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
-                    reason = e.message if isinstance(e, EngineError) else str(e)
-                    problems[config.canonical] = reason
-                    if isinstance(e, EngineUnavailable):
-                        # Domains started before the engine still find their
-                        # bridge; the engine's interface joins it later.
-                        try:
-                            self._ensure_bridge(config, [], creating=False)
-                        except (bridges.BridgeError, StoreError) as be:
-                            reason = f"{reason}; bridge: {be}"
-                            problems[config.canonical] = reason
-                    if self.problems.get(config.canonical) != reason:
-                        log.error("restore of vnet %s failed: %s", config.id_text, reason)
+                    problems[config.canonical] = self._restore_failed(config, e)
                     continue
                 if done or not self.reconciled:
                     log.info("restored vnet %s (bridge %s, vnetif %s)%s", config.id_text,
@@ -319,6 +311,20 @@ class VnetService:
             self.problems = problems
             self.reconciled = True
             return dict(problems)
+
+    def _restore_failed(self, config: VnetConfig, e: Exception) -> str:
+        """Why a stored vnet stays down, logged when it changed."""
+        reason = e.message if isinstance(e, EngineError) else str(e)
+        if isinstance(e, EngineUnavailable):
+            # Domains started before the engine still find their
+            # bridge; the engine's interface joins it later.
+            try:
+                self._ensure_bridge(config, [], creating=False)
+            except (bridges.BridgeError, StoreError) as be:
+                reason = f"{reason}; bridge: {be}"
+        if self.problems.get(config.canonical) != reason:
+            log.error("restore of vnet %s failed: %s", config.id_text, reason)
+        return reason
 
     def status(self) -> dict:
         """What ``xend-vnet status`` shows."""
@@ -328,9 +334,24 @@ class VnetService:
                 "problems": [f"vnet {self.configs[v].id_text}: {self.problems[v.canonical]}"
                              for v in sorted(self.configs) if v.canonical in self.problems],
                 "store_problems": list(self.store_problems),
+                "pending_removals": [f"vnet {r.vid}: {device_kind(r.data_path)} {r.vnetif}"
+                                     for _, r in sorted(self.cleanup.pending.items())],
             }
 
 
+def device_kind(data_path: str) -> str:
+    """What a vnet's device is on its data path (docs/vxlan.md)."""
+    return "VXLAN device" if data_path == "vxlan" else "TAP"
+
+
+def attached_message(config: VnetConfig, attached: list[str]) -> str:
+    """Fault 2 of a delete refused for attached vifs, with ways through that work
+    from any xm (Xen's own has no --force; design.md 4)."""
+    return (f"vnet {config.id_text} has domain interfaces attached to bridge "
+            f"{config.bridge}: {', '.join(attached)}; detach them first "
+            "(xm network-detach DOMAIN DEVID, or shut their domains down), or delete it "
+            f"anyway with xend-vnet delete --force {config.id_text} on this host (or "
+            f"xend-vnet's xm vnet-delete --force {config.id_text})")
 
 
 class ReconcileLoop(threading.Thread):
