@@ -83,12 +83,13 @@ class SecurityContext:
 class Generation:
     """One key generation of a vnet; ``group`` is derived key material, never listed."""
 
-    __slots__ = ("gen", "group", "peers", "spi", "state")
+    __slots__ = ("gen", "group", "peers", "prk", "spi", "state")
 
     def __init__(self, gen: int, spi: int, group: bytes):
         self.gen = gen
         self.spi = spi
         self.group = group
+        self.prk = keys.traffic_prk(group)     # the traffic keys' HKDF-Extract, once
         self.state = STATE_ADDED
         self.peers: dict[int, _Peer] = {}
 
@@ -173,6 +174,7 @@ class VnetKeys:
             raise ValueError(f"key generation {gen} is active: activate another one first")
         g.state = STATE_RETIRED
         g.group = b""
+        g.prk = None
         g.peers.clear()
         return g
 
@@ -200,7 +202,7 @@ class VnetKeys:
         g = self.active()
         epoch = self.ctx.epochs.next()
         sender = self.ctx.sender_id
-        aead = AESGCM(keys.traffic_key(g.group, self.suite, sender, epoch))
+        aead = AESGCM(keys.traffic_key_with(g.prk, self.suite, sender, epoch))
         prefix = header_prefix(self.suite, g.spi, sender, epoch)
         self._sending = s = _Sending(g, epoch, aead, prefix, now)
         self.epochs_started += 1
@@ -232,7 +234,8 @@ class VnetKeys:
             raise DecodeError("epoch_old")
         if seq == 0:
             raise DecodeError("replay_zero_seq")
-        aead = AESGCM(keys.traffic_key(g.group, self.suite, sender, epoch))
+        # One HMAC block and a key set-up, as for a sender's first genuine packet.
+        aead = AESGCM(keys.traffic_key_with(g.prk, self.suite, sender, epoch))
         inner = open_(aead, self.suite, payload)
         window = ReplayWindow()
         window.update(seq)
