@@ -19,7 +19,7 @@ from xend_vnet.kernel_shim.control import listing
 from xend_vnet.kernel_shim.core import bounds, peer_caps, reassembly, vfwd
 from xend_vnet.kernel_shim.core.bounds import LIMITS, BoundedTable, Entry, Limits
 from xend_vnet.kernel_shim.core.engine import EngineCore, SendUdp
-from xend_vnet.kernel_shim.security import keys
+from xend_vnet.kernel_shim.security import keys, keystore
 from xend_vnet.kernel_shim.wire import offload
 from xend_vnet.kernel_shim.wire.codec import encode_announce
 from xend_vnet.kernel_shim.wire.segments import CAP_TRAILER, PROBE_TRAILER, segment_sends
@@ -356,9 +356,10 @@ def test_one_sender_fills_only_its_share_of_the_duplicate_window():
 
 def test_forged_secured_packets_cost_no_more_than_a_genuine_one(monkeypatch):
     """A forged packet naming a new sender costs one HMAC block and one key
-    set-up, as a genuine sender's first packet does: no HKDF extract per
-    packet; it changes no state; a genuine packet of a known sender derives
-    nothing."""
+    set-up, as a genuine sender's first packet does, no HKDF extract; past
+    the vnet's budget of such derivations, none (``new_sender_limited``), so
+    a flood costs less per packet than genuine traffic.  It changes no
+    state; a genuine packet of a known sender derives nothing."""
     clock = Clock()
     r = secured_core(ME, 1, clock)
     s = secured_core(PEER, 2, clock)
@@ -377,18 +378,20 @@ def test_forged_secured_packets_cost_no_more_than_a_genuine_one(monkeypatch):
     monkeypatch.setattr(keys, "traffic_key_with", spy_expand, raising=False)
     [genuine, second] = [sent(s.receive_tap(V97, frame(b"\xff" * 6, MAC_A), 1.0))[-1].payload
                          for _ in range(2)]
-    for n in range(100):        # random sender ids, each a key derivation at most
+    burst = int(keystore.NEW_SENDER_BURST)
+    for n in range(burst + 1000):       # random sender ids, each a key derivation at most
         forged = bytearray(genuine)
         forged[8:16] = (1000 + n).to_bytes(8, "big")
         assert r.receive_udp(bytes(forged), PEER, GROUP, 1.0) == []
-    assert r.counters.rx_dropped == {"bad_icv": 100}
     assert calls["hkdf"] == 0
-    assert calls == {"hkdf": 0, "expand": 1 + 100}        # the sender's epoch, 100 forged
+    assert r.counters.rx_dropped == {"bad_icv": burst, "new_sender_limited": 1000}
+    assert calls == {"hkdf": 0, "expand": 1 + burst}      # the sender's epoch, the budget
     gen = next(iter(r.vnet(V97).keys.generations.values()))
     assert gen.peers == {} and len(r.varp) == 0
-    r.receive_udp(genuine, PEER, GROUP, 1.0)
-    r.receive_udp(second, PEER, GROUP, 1.0)
-    assert calls["expand"] == 1 + 100 + 1 and calls["hkdf"] == 0   # one per (sender, epoch)
+    assert r.receive_udp(genuine, PEER, GROUP, 1.0) == []       # waits for the budget
+    assert r.receive_udp(genuine, PEER, GROUP, 1.1)             # refilled: accepted
+    r.receive_udp(second, PEER, GROUP, 1.1)
+    assert calls["expand"] == 1 + burst + 1 and calls["hkdf"] == 0   # one per (sender, epoch)
 
 
 def test_traffic_keys_are_still_hkdf():
@@ -459,7 +462,9 @@ def test_resource_limits_in_security_md_match_the_code():
                         ("cap-ttl", peer_caps.CAP_TTL),
                         ("probe-interval", peer_caps.PROBE_INTERVAL),
                         ("reassembly-timeout", reassembly.REASSEMBLY_TIMEOUT),
-                        ("duplicate-window", vfwd.DUPLICATE_WINDOW)):
+                        ("duplicate-window", vfwd.DUPLICATE_WINDOW),
+                        ("new-senders", keystore.NEW_SENDERS_PER_SECOND),
+                        ("new-sender-burst", keystore.NEW_SENDER_BURST)):
         assert re.search(rf"<!-- {name} -->\s*{value:g}\b", section), name
     assert bounds.__doc__ and "Resource limits" in bounds.__doc__
 

@@ -131,8 +131,9 @@ class BoundedTable(OrderedDict):
             self._sources.setdefault((entry.part, entry.source), {})[key] = None
 
     def refresh(self, key: Hashable, entry: Entry, now: float) -> None:
-        entry.stamp = now
-        self.move_to_end(key)
+        if entry.stamp != now:
+            entry.stamp = now
+            self.move_to_end(key)
 
     def remove(self, key: Hashable) -> Entry | None:
         entry = self.pop(key, None)

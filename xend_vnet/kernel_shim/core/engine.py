@@ -408,7 +408,7 @@ class EngineCore(ReceivePath, SendPath):
         keys = vnet.keys
         if suite != keys.suite:
             raise DecodeError("secure_bad_suite", f"suite {suite}")
-        inner = keys.open(g, sender, epoch, seq, payload)
+        inner = keys.open(g, sender, epoch, seq, payload, now)
         care_of = codec.ipv4_text(care_of_raw)
         if care_of in self.own_addresses:
             raise DecodeError("own_packet")

@@ -59,8 +59,9 @@ class VarpCache:
         key = (vnet, mac)
         entry = table.get(key)
         if entry is not None:
-            entry.stamp = now
-            table.move_to_end(key)
+            if entry.stamp != now:      # one move per receive batch (its one ``now``)
+                entry.stamp = now
+                table.move_to_end(key)
             if entry.addr == addr and entry.state == REACHABLE:
                 return False
             if entry.source == source:

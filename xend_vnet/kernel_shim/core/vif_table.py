@@ -37,8 +37,9 @@ class VifTable:
         table = self.table
         entry = table.get(key)
         if entry is not None:
-            entry.stamp = now
-            table.move_to_end(key)
+            if entry.stamp != now:      # one move per read batch (its one ``now``)
+                entry.stamp = now
+                table.move_to_end(key)
             return False
         if not table.room(vnet, None, now, counts):
             return False
