@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from xend_vnet.kernel_shim.wire import offload as wire_offload
 from xend_vnet.kernel_shim.wire import segments as wire_segments
-from xend_vnet.kernel_shim.core import peer_caps, reassembly
+from xend_vnet.kernel_shim.core import peer_caps
+from xend_vnet.kernel_shim.core.bounds import LIMITS
 from xend_vnet.kernel_shim.wire.codec import (
     DATA_PREFIX,
     VARP_REQUEST,
@@ -257,9 +258,9 @@ def test_reassembly_memory_is_bounded():
     packet = bytes(10) + eth() + bytes(3000)
     for i in range(500):
         r.add(PEER, segments(packet, 1000, frame_id=i)[0], i * 0.001)
-        assert len(r) <= reassembly.REASSEMBLY_LIMIT
+        assert len(r) <= LIMITS["reassembly"].per_source     # one sender's share
     r.sweep(10.0)
-    assert len(r) == 0 and r.expired >= 500 - reassembly.REASSEMBLY_LIMIT
+    assert len(r) == 0 and r.expired == 500
 
 
 @settings(max_examples=500)
@@ -643,7 +644,7 @@ def reference_segments(frame: bytes, l3: int, mss: int) -> list[bytes]:
        seq=st.sampled_from((0, 1000, 2**32 - 1, 2**32 - 3000)),
        flags=st.sampled_from((0x10, 0x18, 0x19, 0x98, 0x99, 0xD8, 0x30)),
        urgent=st.integers(0, 0xFFFF), size=st.integers(0, 20_000),
-       mss=st.integers(64, 1500), cap=st.sampled_from((0, 700, 1450, 1500)),
+       mss=st.integers(160, 1500), cap=st.sampled_from((0, 700, 1450, 1500)),
        seed=st.integers(0, 255))
 def test_software_segmentation_matches_a_plain_reference(v6, vlans, ip_options, tcp_options,
                                                          ident, seq, flags, urgent, size,

@@ -106,4 +106,4 @@ def test_vnet_stats_forms():
     assert sxp.child(forms[1], "dropped") == ["dropped", ["short_frame", "1"]]
     only = listing.vnet_stats(core, [core.vnet(VnetId.parse("97"))])
     assert only.startswith("(vnet_stats\n (vnet " + ID97 + ")\n (vnetif vnif97)\n (rx_packets 0)")
-    assert only.endswith(" (announced 0)\n (dropped)\n)\n")
+    assert only.endswith(" (announced 0)\n (dropped)\n (refused)\n)\n")

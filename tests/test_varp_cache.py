@@ -1,5 +1,6 @@
 """VarpCache: learning, INCOMPLETE on lookup miss, ageing (protocol.md 3.5)."""
 
+from xend_vnet.kernel_shim.core.bounds import LIMITS
 from xend_vnet.kernel_shim.core.varp_cache import INCOMPLETE, REACHABLE, VarpCache
 
 V1 = bytes(15) + b"\x97"
@@ -31,9 +32,9 @@ def test_miss_creates_incomplete_without_refreshing():
 
 def test_incomplete_entries_are_bounded():
     c = VarpCache()
-    for i in range(VarpCache.MAX_INCOMPLETE + 10):
+    for i in range(LIMITS["varp"].per_source + 10):
         c.resolve(V1, i.to_bytes(6, "big"), 0.0)
-    assert len(c) == VarpCache.MAX_INCOMPLETE
+    assert len(c) == LIMITS["varp"].per_source      # a domain's lookups: one source
     c.flush()
     c.resolve(V1, M1, 0.0)
     assert len(c) == 1
@@ -62,9 +63,9 @@ def test_forget_flush_remove_vnet_and_listing_order():
     assert len(c) == 0
 
 
-def test_total_entries_bounded(monkeypatch):
-    monkeypatch.setattr(VarpCache, "MAX_ENTRIES", 3)
+def test_total_entries_bounded():
     c = VarpCache()
+    c.table.set_limit(V1, 3)
     for i in range(3):
         assert c.learn(V1, i.to_bytes(6, "big"), "192.0.2.2", 0.0)
     assert c.learn(V1, M1, "192.0.2.2", 0.0) is False and c.get(V1, M1) is None

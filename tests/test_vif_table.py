@@ -48,9 +48,9 @@ def test_peer_table():
     assert p.get("192.0.2.10") is None and len(p) == 1
 
 
-def test_full_table_records_nothing_new(monkeypatch):
-    monkeypatch.setattr(VifTable, "MAX_ENTRIES", 1)
+def test_full_table_records_nothing_new():
     t = VifTable()
+    t.table.set_limit(V1, 1)
     assert t.update(V1, M1, 0.0) is True
     assert t.update(V1, M2, 0.0) is False and (V1, M2) not in t
     assert t.update(V1, M1, 5.0) is False and list(t.entries()) == [(V1, M1, 5.0)]

@@ -21,6 +21,7 @@ from ..process import DEFAULT_CONTROL, default_control_path
 from .datapath.tap import DEFAULT_MTU
 from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE
 from .wire.codec import VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
+from .wire.offload import MIN_GSO_SIZE
 from .datapath.vxlan.table import DEFAULT_VXLAN_PORT
 from .engine import VERSION_TEXT, Engine, StartupError
 
@@ -70,6 +71,9 @@ def _engine_options(g) -> None:
     g.add_argument("--no-tap-offload", action="store_true",
                    help="TAPs without offloads: one frame per read and per write, no "
                         "receive coalescing (implies --no-offload)")
+    g.add_argument("--min-gso-size", type=int, default=MIN_GSO_SIZE, metavar="BYTES",
+                   help="drop TCP super-frames cut smaller than this, from a TAP or "
+                        f"another engine (default {MIN_GSO_SIZE}; docs/security.md)")
     g.add_argument("--no-default-vnets", action="store_true",
                    help="do not create vnets 2, 3 and 4 at start")
     g.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
@@ -129,6 +133,8 @@ def _number_problems(opts: argparse.Namespace) -> Iterator[str]:
         yield f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255"
     if not 68 <= opts.mtu <= MAX_MTU:
         yield f"invalid --mtu {opts.mtu}: expected 68 to {MAX_MTU}"
+    if not 64 <= opts.min_gso_size <= 65535:
+        yield f"invalid --min-gso-size {opts.min_gso_size}: expected 64 to 65535"
     if not opts.varp_ttl > 0:
         yield f"invalid --varp-ttl {opts.varp_ttl}: expected a positive number of seconds"
     if not 0 < opts.epoch_lifetime < opts.epoch_max_age:

@@ -54,7 +54,8 @@ class Engine:
         offload = not (opts.no_offload or opts.no_tap_offload)
         self.core = EngineCore(CoreOptions(mcaddr=opts.mcaddr, port=opts.port,
                                            varp_ttl=opts.varp_ttl, vif_ttl=opts.varp_ttl,
-                                           offload=offload),
+                                           offload=offload,
+                                           min_gso_size=opts.min_gso_size),
                                self._security_context())
         self.loop = EventLoop()
         self.addresses = HostAddresses(self.core, opts.device, opts.address)

@@ -18,8 +18,12 @@ def drop_counts(core: EngineCore) -> dict[str, int]:
         current["rx " + reason] = n
     for reason, n in counters.tap_dropped.items():
         current["tap " + reason] = n
+    for reason, n in core.refused().items():
+        current["refused " + reason] = n
     for v in core.vnets():
         for reason, n in v.counters.dropped.items():
+            current[f"vnet {v.vid.canonical} {reason}"] = n
+        for reason, n in v.counters.refused.items():
             current[f"vnet {v.vid.canonical} {reason}"] = n
     for reason, n in counters.io_dropped.items():
         current["io " + reason] = n

@@ -149,6 +149,7 @@ def vnet_stats_block(vnet: Vnet) -> str:
         f"(vnetif {vnet.ifname})",
         *(f"({name} {value})" for name, value in c.fields()),
         _with_reasons("dropped", c.dropped),
+        _with_reasons("refused", c.refused),
     ])
 
 
@@ -159,6 +160,7 @@ def engine_stats_block(core: EngineCore) -> str:
         f"(vfwd_window_full {core.duplicates.overflows})",
         _with_reasons("rx_dropped", c.rx_dropped),
         _with_reasons("tap_dropped", c.tap_dropped),
+        _with_reasons("refused", core.refused()),
     ])
 
 

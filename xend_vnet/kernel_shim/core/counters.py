@@ -13,6 +13,12 @@ counted in ``vfwd_duplicates`` (protocol.md 7, loop safety).  Proto-97 packets
 read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
 ``dropped`` when the vnet is known).  Sends and writes the I/O adapters
 could not make count in ``io_dropped`` (engine.status), by reason.
+
+Entries a bounded table refused (core/bounds.py, docs/security.md "Resource
+limits") count in the vnet's ``refused``, or in the table's own when no vnet
+is known, by table and bound; they are not outcomes of a datagram (one whose
+frame is still delivered is not dropped).  A datagram dropped because a
+table is full (reassembly) counts in ``rx_dropped`` under the same reason.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class VnetCounters:
         "dropped",
         "flooded",
         "learned",
+        "refused",
         "rx_bytes",
         "rx_packets",
         "tx_bytes",
@@ -45,6 +52,7 @@ class VnetCounters:
         self.learned = 0        # cache entries made or moved by frames and announces
         self.announced = 0      # gratuitous announces for MACs new on the TAP
         self.dropped: dict[str, int] = {}
+        self.refused: dict[str, int] = {}   # table entries not made (core/bounds.py)
 
     FIELDS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes",
               "flooded", "learned", "announced")

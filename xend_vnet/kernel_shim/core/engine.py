@@ -37,6 +37,7 @@ from ..security import secure_codec
 from ..security.keystore import Generation, SecurityContext, VnetKeys
 from ..wire import codec
 from ..wire.codec import MSG_VFWD, DecodeError
+from ..wire.offload import MIN_GSO_SIZE, check_vnet_hdr
 from ..wire.segments import CAP_TRAILER, SEGMENT_PREFIXES
 from .actions import (
     Action,
@@ -47,6 +48,7 @@ from .actions import (
     SendTrain,
     SendUdp,
 )
+from .bounds import LIMITS, BoundedTable
 from .counters import EngineCounters, VnetCounters, count
 from .peer_caps import PeerCapabilities
 from .peer_table import PeerTable
@@ -70,6 +72,7 @@ class CoreOptions:
     vif_ttl: float = 60.0           # protocol.md 3.6
     sweep_interval: float | None = None   # None: the shorter TTL, like legacy
     offload: bool = False           # fast framing toward engines that take it
+    min_gso_size: int = MIN_GSO_SIZE  # smaller super-frames are dropped (docs/security.md)
 
     @property
     def sweep_every(self) -> float:
@@ -111,8 +114,8 @@ class EngineCore(ReceivePath, SendPath):
         # MTU of the device toward the other hosts (set by the daemon): plain
         # frames cut from super-frames fit one datagram of it.
         self.underlay_mtu = 1500
-        self.varp = VarpCache()
-        self.vifs = VifTable()
+        self.varp = VarpCache(self.options.varp_ttl)
+        self.vifs = VifTable(self.options.vif_ttl)
         self.peers = PeerTable()
         self.duplicates = DuplicateWindow()
         self.counters = EngineCounters()
@@ -125,8 +128,13 @@ class EngineCore(ReceivePath, SendPath):
         self.sealed_caps = PeerCapabilities()   # proven by verified secured traffic
         # Appended to our clear announces: we take segments (wire/segments.py).
         self._trailer = CAP_TRAILER if self.options.offload else b""
-        self.reassembler = Reassembler()
+        self.reassembler = Reassembler(self.options.min_gso_size)
         self._frame_id = 0
+        # Every table packets or domains fill (bounds.py, docs/security.md
+        # "Resource limits"): each reserves room for every vnet.
+        self.bounded: list[BoundedTable] = [
+            self.varp.table, self.vifs.table, *self.caps.tables(), *self.sealed_caps.tables(),
+            self.reassembler.table, self.duplicates.table]
 
     # -- configuration ---------------------------------------------------------
 
@@ -151,6 +159,28 @@ class EngineCore(ReceivePath, SendPath):
             vnet.keys = VnetKeys(vid.raw, security, self.security)
             self._add_generation(vnet, key)
         self._vnets[vid.raw] = vnet
+        self._count_vnets()
+
+    def _count_vnets(self) -> None:
+        for table in self.bounded:
+            table.vnets = max(1, len(self._vnets))
+
+    def refused(self) -> dict[str, int]:
+        """Entries refused where no vnet was known (the tables' own counts)."""
+        out: dict[str, int] = {}
+        for table in self.bounded:
+            for reason, n in table.refused.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    def set_limit(self, vid: VnetId, kind: str, per_vnet: int | None) -> None:
+        """Override the bound of the ``kind`` tables (a ``bounds.LIMITS`` key) for
+        vnet ``vid``; None restores the default.  KeyError for an unknown kind."""
+        if kind not in LIMITS:
+            raise KeyError(f"no table {kind!r}: one of {', '.join(LIMITS)}")
+        for table in self.bounded:
+            if table.kind == kind:
+                table.set_limit(vid.raw, per_vnet)
 
     def _add_generation(self, vnet: Vnet, key: bytes) -> int:
         g = vnet.keys.prepare(key)
@@ -194,6 +224,10 @@ class EngineCore(ReceivePath, SendPath):
                     del self._spis[g.spi]
         self.varp.remove_vnet(vid.raw)
         self.vifs.remove_vnet(vid.raw)
+        self.caps.remove_vnet(vid.raw)
+        self.sealed_caps.remove_vnet(vid.raw)
+        self.reassembler.remove_vnet(vid.raw)
+        self._count_vnets()
 
     def has_vnet(self, vid: VnetId) -> bool:
         return vid.raw in self._vnets
@@ -209,7 +243,7 @@ class EngineCore(ReceivePath, SendPath):
         """KeyError when the vnet does not exist (protocol.md 8.3)."""
         if vid.raw not in self._vnets:
             raise KeyError(f"no such vnet {vid}")
-        self.vifs.update(vid.raw, mac, now)
+        self.vifs.update(vid.raw, mac, now, self._vnets[vid.raw].counters.refused)
         self._arm(now)
 
     def vif_del(self, vid: VnetId, mac: bytes) -> None:
@@ -321,6 +355,12 @@ class EngineCore(ReceivePath, SendPath):
         if vnet.keys is not None and self.self_address is None:
             count(vnet.counters.dropped, "no_self_address")  # the header needs a care-of address
             return []
+        if packet is not None:
+            try:    # offsets inside the frame, no tiny GSO (docs/security.md)
+                check_vnet_hdr(packet, self.options.min_gso_size)
+            except DecodeError as e:
+                count(vnet.counters.dropped, e.reason)
+                return []
         return self._send_frame(vnet, frame, packet, now)
 
     def _admit(self, size: int, src_ip: str, dst_ip: str, now: float) -> bool:
@@ -368,7 +408,7 @@ class EngineCore(ReceivePath, SendPath):
         keys = vnet.keys
         if suite != keys.suite:
             raise DecodeError("secure_bad_suite", f"suite {suite}")
-        inner = keys.open(g, sender, epoch, seq, payload)
+        inner = keys.open(g, sender, epoch, seq, payload, now)
         care_of = codec.ipv4_text(care_of_raw)
         if care_of in self.own_addresses:
             raise DecodeError("own_packet")

@@ -1,35 +1,46 @@
-"""Reassembly of id-5 segments into whole packets, bounded, sans-IO (docs/performance.md)."""
+"""Reassembly of id-5 segments into whole packets, bounded, sans-IO (docs/performance.md).
+
+Frames in flight are a bounded table (bounds.py, docs/security.md "Resource
+limits") per vnet and per sender: a sender at its bound gives up its own
+oldest frame; a vnet at its bound keeps the frames it is putting together
+and refuses new ones (counted), so a spoofer fills only the shares of the
+vnets and addresses it names, never evicts other senders' frames.  A
+planted segment can at worst lose a frame: a secured vnet's super-frame is
+verified whole before anything is learned or delivered (design.md 7).
+"""
 
 from __future__ import annotations
 
 from ..wire.codec import DecodeError
-from ..wire.offload import MAX_PACKET, check_packet
+from ..wire.offload import MAX_PACKET, MIN_SEGMENT, check_packet
 from ..wire.segments import FAST_SEGMENT, MSG_FAST, SEGMENT_HEADER_LEN, _SEGMENT, decode_segment
+from .bounds import BoundedTable, Entry
 
 REASSEMBLY_TIMEOUT = 1.0
-REASSEMBLY_LIMIT = 64            # frames in flight at once, all senders together
+
+Key = tuple[str, bytes, int]     # (sender, vnet id, frame id)
 
 
-class _Partial:
-    __slots__ = ("count", "got", "opcode", "parts", "size", "started", "vid_raw")
+class _Partial(Entry):
+    __slots__ = ("count", "got", "opcode", "parts", "size")
 
-    def __init__(self, opcode: int, vid_raw: bytes, count: int, now: float):
+    def __init__(self, src_ip: str, opcode: int, vid_raw: bytes, count: int, now: float):
+        super().__init__(vid_raw, src_ip, now)
         self.opcode = opcode
-        self.vid_raw = vid_raw
         self.count = count
         self.got = 0
         self.size = 0
         self.parts: list = [None] * count
-        self.started = now
 
 
 class Reassembler:
-    """Segments in, whole packets out, with bounded memory: at most
-    ``REASSEMBLY_LIMIT`` frames in flight, each given ``REASSEMBLY_TIMEOUT``
+    """Segments in, whole packets out, with bounded memory: the frames in
+    flight bounded per vnet and per sender, each given ``REASSEMBLY_TIMEOUT``
     seconds (a lost segment loses its frame only; TCP resends it)."""
 
-    def __init__(self) -> None:
-        self._partial: dict[tuple[str, int], _Partial] = {}
+    def __init__(self, min_gso: int = MIN_SEGMENT) -> None:
+        self.table = self._partial = BoundedTable("reassembly", REASSEMBLY_TIMEOUT)
+        self.min_gso = min_gso
         self.expired = 0
 
     def __len__(self) -> int:
@@ -44,8 +55,8 @@ class Reassembler:
         DecodeError for a malformed or inconsistent segment (its frame is dropped)."""
         opcode, vid_raw, frame_id, index, count = decode_segment(payload)
         if count == 1:
-            return opcode, vid_raw, _complete(opcode, payload[SEGMENT_HEADER_LEN:])
-        key = (src_ip, frame_id)
+            return opcode, vid_raw, self._complete(opcode, payload[SEGMENT_HEADER_LEN:])
+        key = (src_ip, vid_raw, frame_id)
         p = self._partial_for(key, opcode, vid_raw, count, now)
         if p.parts[index] is not None:
             raise DecodeError("fast_duplicate", f"segment {index} of frame {frame_id}")
@@ -78,8 +89,8 @@ class Reassembler:
                 raise DecodeError("fast_train_mixed")
             parts.append(view[at + SEGMENT_HEADER_LEN:at + gso])
         if n == count:
-            return opcode, vid_raw, _complete(opcode, b"".join(parts))
-        key = (src_ip, frame_id)
+            return opcode, vid_raw, self._complete(opcode, b"".join(parts))
+        key = (src_ip, vid_raw, frame_id)
         p = self._partial_for(key, opcode, vid_raw, count, now)
         if any(p.parts[index + k] is not None for k in range(n)):
             raise DecodeError("fast_duplicate", f"segments of frame {frame_id}")
@@ -88,48 +99,57 @@ class Reassembler:
         p.got += n
         return self._done(key, p)
 
-    def _partial_for(self, key: tuple[str, int], opcode: int, vid_raw: bytes, count: int,
+    def _partial_for(self, key: Key, opcode: int, vid_raw: bytes, count: int,
                      now: float) -> _Partial:
         """The frame being put together under ``key``, made on its first segment."""
         p = self._partial.get(key)
         if p is None:
-            if len(self._partial) >= REASSEMBLY_LIMIT:
-                self._expire(now)
-            p = self._partial[key] = _Partial(opcode, vid_raw, count, now)
-        elif p.count != count or p.vid_raw != vid_raw or p.opcode != opcode:
+            self._make_room(key[0], vid_raw, now)
+            p = _Partial(key[0], opcode, vid_raw, count, now)
+            self._partial.insert(key, p)
+        elif p.count != count or p.opcode != opcode:
             # Drop the newcomer, keep the frame: a spoofed segment must not
             # destroy a legitimate one being put together.
-            raise DecodeError("fast_inconsistent", f"frame {key[1]} from {key[0]}")
+            raise DecodeError("fast_inconsistent", f"frame {key[2]} from {key[0]}")
         return p
 
-    def _grow(self, key: tuple[str, int], p: _Partial, size: int) -> None:
+    def _make_room(self, src_ip: str, vid_raw: bytes, now: float) -> None:
+        """Room for one more frame of ``src_ip`` in ``vid_raw``: frames past their
+        time go, then the sender's own oldest; DecodeError when the vnet (or
+        the table) is full of frames still being put together."""
+        t = self._partial
+        why = t.full(vid_raw, src_ip)
+        if why is None:
+            return
+        self.expired += len(t.expire(now))
+        why = t.full(vid_raw, src_ip)
+        if why == t.kind + "_source_full":
+            t.remove(t.oldest_of(vid_raw, src_ip))
+            self.expired += 1
+            why = t.full(vid_raw, src_ip)
+        if why is not None:
+            raise DecodeError(why, f"frame from {src_ip}")
+
+    def _grow(self, key: Key, p: _Partial, size: int) -> None:
         p.size += size
         if p.size > MAX_PACKET:
-            del self._partial[key]
-            raise DecodeError("fast_too_big", f"frame {key[1]} from {key[0]}")
+            self._partial.remove(key)
+            raise DecodeError("fast_too_big", f"frame {key[2]} from {key[0]}")
 
-    def _done(self, key: tuple[str, int], p: _Partial) -> tuple[int, bytes, bytes] | None:
+    def _done(self, key: Key, p: _Partial) -> tuple[int, bytes, bytes] | None:
         if p.got < p.count:
             return None
-        del self._partial[key]
-        return p.opcode, p.vid_raw, _complete(p.opcode, b"".join(p.parts))
-
-    def _expire(self, now: float) -> None:
-        """Drop frames past their time; when none is, the oldest (the table is full)."""
-        old = [k for k, p in self._partial.items() if now - p.started > REASSEMBLY_TIMEOUT]
-        if not old:
-            old = [min(self._partial, key=lambda k: self._partial[k].started)]
-        for k in old:
-            del self._partial[k]
-        self.expired += len(old)
+        self._partial.remove(key)
+        return p.opcode, p.part, self._complete(p.opcode, b"".join(p.parts))
 
     def sweep(self, now: float) -> None:
         if self._partial:
-            old = [k for k, p in self._partial.items() if now - p.started > REASSEMBLY_TIMEOUT]
-            for k in old:
-                del self._partial[k]
-            self.expired += len(old)
+            self.expired += len(self._partial.expire(now))
 
+    def remove_vnet(self, vid_raw: bytes) -> None:
+        self._partial.remove_part(vid_raw)
 
-def _complete(opcode: int, data: bytes) -> bytes:
-    return check_packet(data) if opcode == FAST_SEGMENT else data
+    def _complete(self, opcode: int, data: bytes) -> bytes:
+        """Opcode 1 data are a packet for the TAP: its virtio_net_hdr is checked
+        against its frame (wire/offload.py); opcode 2 data are verified later."""
+        return check_packet(data, self.min_gso) if opcode == FAST_SEGMENT else data

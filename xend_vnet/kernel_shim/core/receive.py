@@ -38,7 +38,14 @@ from ..wire.codec import (
     VarpHeader,
 )
 from ..wire.offload import PACKET_ETH_SRC, VNET_HDR_LEN
-from ..wire.segments import FAST_SEALED, MSG_FAST, asks_answer, decode_sealed_inner, has_capability
+from ..wire.segments import (
+    FAST_SEALED,
+    MSG_FAST,
+    SEGMENT_VNET,
+    asks_answer,
+    decode_sealed_inner,
+    has_capability,
+)
 from .actions import DeliverFrame, DeliverOffload
 from .counters import EngineCounters, VnetCounters, count
 from .peer_caps import PeerCapabilities
@@ -121,8 +128,10 @@ class ReceivePath:
         actions.append(DeliverOffload(vnet.vid, packet))
 
     def _learn(self, vid_raw: bytes, mac: bytes, addr: str, now: float,
-               vc: VnetCounters) -> None:
-        if self.varp.learn(vid_raw, mac, addr, now):
+               vc: VnetCounters, source: str | None = None) -> None:
+        """(vnet, mac) at ``addr``, as ``source`` (default ``addr``) said: each
+        source within its vnet's and its own bound (core/bounds.py)."""
+        if self.varp.learn(vid_raw, mac, addr, now, source or addr, vc.refused):
             vc.learned += 1
             # The MAC lives elsewhere now (a domain migrated away, design.md
             # 8): stop answering for it, and announce it again if it returns.
@@ -152,27 +161,29 @@ class ReceivePath:
                 raise DecodeError("varp_own_address", addr)
             if not is_host_address(addr):
                 raise DecodeError("varp_bad_address", addr)
-            self._learn(h.vnet, h.vmac, addr, now, vnet.counters)
-            self._heard_announce(vnet, payload, addr, self.caps, now, actions)
+            self._learn(h.vnet, h.vmac, addr, now, vnet.counters, src_ip)
+            self._heard_announce(vnet, payload, addr, self.caps, now, actions, src_ip)
         else:
             raise DecodeError("varp_bad_opcode", f"opcode {h.opcode}")
         self.counters.rx_varp += 1
 
     def _heard_announce(self, vnet: Vnet, announce: bytes, addr: str, caps: PeerCapabilities,
-                        now: float, actions: list) -> None:
-        """The trailer of an announce learned at ``addr``: it takes segments,
-        and a probe asks for our capability back (wire/segments.py)."""
+                        now: float, actions: list, source: str) -> None:
+        """The trailer of an announce learned at ``addr`` from ``source``: it
+        takes segments, and a probe asks for our capability back
+        (wire/segments.py); both within the vnet's and the source's bounds."""
         if self._trailer and has_capability(announce):
-            caps.heard(addr, now)
+            caps.heard(addr, now, vnet.vid.raw, source, vnet.counters.refused)
             if asks_answer(announce):
-                self._answer_probe(vnet, addr, caps, now, actions)
+                self._answer_probe(vnet, addr, caps, now, actions, source)
 
     def _answer_probe(self, vnet: Vnet, addr: str, caps: PeerCapabilities, now: float,
-                      actions: list) -> None:
+                      actions: list, source: str) -> None:
         """Tell an engine that probed us that we take segments too: a unicast
         announce of one of our domains in that vnet, with our trailer (no
         probe bit, so the exchange ends there), sealed on a secured vnet."""
-        if self.self_address is None or not caps.answer_due(addr, now):
+        if self.self_address is None or not caps.answer_due(
+                addr, now, vnet.vid.raw, source, vnet.counters.refused):
             return
         mac = self.vifs.any_mac(vnet.vid.raw)
         if mac is None:
@@ -190,11 +201,12 @@ class ReceivePath:
         vraw = vnet.vid.raw
         ident = codec.msg_id(inner)
         if ident == MSG_FAST and self._trailer:
-            vid_raw, packet = decode_sealed_inner(inner)
+            vid_raw, packet = decode_sealed_inner(inner, self.options.min_gso_size)
             if vid_raw != vraw:
                 raise DecodeError("secure_vnet_mismatch")
             self._deliver_packet(vnet, packet, care_of, now, actions)
-            self.sealed_caps.heard(care_of, now)     # verified: it takes segments
+            # Verified: it takes segments.
+            self.sealed_caps.heard(care_of, now, vraw, care_of, vnet.counters.refused)
         elif ident == MSG_DATA:
             vid_raw, frame = codec.decode_data(inner)
             if vid_raw != vraw:
@@ -205,7 +217,7 @@ class ReceivePath:
             if a.opcode != VARP_ANNOUNCE or a.vnet != vraw:
                 raise DecodeError("secure_bad_inner", f"VARP opcode {a.opcode}")
             self._learn(vraw, a.vmac, care_of, now, vnet.counters)
-            self._heard_announce(vnet, inner, care_of, self.sealed_caps, now, actions)
+            self._heard_announce(vnet, inner, care_of, self.sealed_caps, now, actions, care_of)
             self.counters.rx_varp += 1
         else:
             raise DecodeError("secure_bad_inner", f"id {ident}")
@@ -214,13 +226,22 @@ class ReceivePath:
 
     def _receive_fast(self, payload: bytes, src_ip: str, now: float, actions: list) -> None:
         """A segment from another engine (which therefore takes segments), kept
-        until its frame is complete."""
+        until its frame is complete; only for a vnet we have, so that a flood
+        of segments fills the bounds of a vnet it names (core/bounds.py)."""
+        vnet = self._fast_vnet(payload)
         done = self.reassembler.add(src_ip, payload, now)
-        self.caps.heard(src_ip, now)
+        self.caps.heard(src_ip, now, vnet.vid.raw, src_ip, vnet.counters.refused)
         if done is None:
             self.counters.rx_fast += 1
             return
         self._fast_done(done, src_ip, now, actions)
+
+    def _fast_vnet(self, segment: bytes) -> Vnet:
+        """The vnet a segment names (its header: ``wire/segments.py``)."""
+        vnet = self._vnets.get(segment[SEGMENT_VNET])
+        if vnet is None:
+            raise DecodeError("unknown_vnet")
+        return vnet
 
     def _fast_done(self, done: tuple[int, bytes, bytes], src_ip: str, now: float,
                    actions: list) -> None:
@@ -241,6 +262,7 @@ class ReceivePath:
         n = -(-len(data) // gso)
         c = self.counters
         try:
+            vnet = self._fast_vnet(data)
             done = self.reassembler.add_train(src_ip, data, gso, now)
         except DecodeError as e:
             if e.reason == "fast_train_mixed":
@@ -251,7 +273,7 @@ class ReceivePath:
             return []
         c.rx_datagrams += n
         c.rx_bytes += len(data)
-        self.caps.heard(src_ip, now)
+        self.caps.heard(src_ip, now, vnet.vid.raw, src_ip, vnet.counters.refused)
         if done is None:
             c.rx_fast += n
             return []

@@ -81,7 +81,7 @@ class SendPath:
         vc = vnet.counters
         src = frame[ETH_SRC]
         # A unicast source (group bit clear) is a domain of ours.
-        if not frame[6] & 1 and self.vifs.update(vraw, src, now):
+        if not frame[6] & 1 and self.vifs.update(vraw, src, now, vc.refused):
             # A domain arrived (design.md 8): whatever we had learned about
             # this MAC is stale, and the others learn its new place.
             self.varp.forget(vraw, src)
@@ -95,7 +95,7 @@ class SendPath:
         vc.tx_packets += 1
         vc.tx_bytes += len(frame)
         if not frame[0] & 1:                                 # a unicast destination
-            addr = self.varp.resolve(vraw, frame[ETH_DST], now)
+            addr = self.varp.resolve(vraw, frame[ETH_DST], now, vc.refused)
             if addr is not None:
                 self._send(addr, payload, actions)
                 return actions
@@ -129,7 +129,7 @@ class SendPath:
         vc.tx_bytes += len(frame)
         addr = None
         if not frame[0] & 1:                                 # a unicast destination
-            addr = self.varp.resolve(vnet.vid.raw, frame[ETH_DST], now)
+            addr = self.varp.resolve(vnet.vid.raw, frame[ETH_DST], now, vc.refused)
             if (addr is not None and self._trailer
                     and self._send_whole(vnet, addr, frame, packet, now, actions)):
                 return
@@ -152,7 +152,8 @@ class SendPath:
                 opcode = FAST_SEALED
             actions.append(SendFast(addr, vraw, self._frame_id, whole, opcode))
             return True
-        if caps.probe_due(addr, now) and self.self_address is not None:
+        if (caps.probe_due(addr, now, vnet.vid.raw, vnet.counters.refused)
+                and self.self_address is not None):
             # A true announce of the sending domain, asking for an answer;
             # never a VARP request (design.md 8).  Sealed on secured vnets.
             self._send(addr, self._announce(vnet, frame[ETH_SRC], PROBE_TRAILER, now), actions)

@@ -5,98 +5,107 @@ does not know; it never resolves actively.  A lookup miss for a unicast
 frame leaves an INCOMPLETE entry (listed like legacy) that does not refresh
 its timestamp.  Entries age out when older than the TTL at a sweep, so a
 MAC lives TTL to TTL + sweep interval after its last frame.
+
+Bounded per vnet and per source (bounds.py, docs/security.md "Resource
+limits"): past its bound a vnet learns nothing new (such traffic floods);
+INCOMPLETE entries, made by a domain's lookups, count as one source and are
+the first to give way to a learned entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .bounds import BoundedTable, Entry
+
 INCOMPLETE = 1
 REACHABLE = 2
 FAILED = 3
 STATE_NAMES = {INCOMPLETE: "incomplete", REACHABLE: "reachable", FAILED: "failed"}
+LOOKUP = "lookup"           # the source of INCOMPLETE entries: a domain's lookups
 
 Key = tuple[bytes, bytes]   # (16-byte vnet id, 6-byte MAC)
 
 
-class VarpEntry:
+class VarpEntry(Entry):
     """One cache entry; mutable so a refresh is an attribute store."""
 
-    __slots__ = ("addr", "state", "timestamp")
+    __slots__ = ("addr", "state")
 
-    def __init__(self, addr: str | None, state: int, timestamp: float):
+    def __init__(self, vnet: bytes, source: str | None, addr: str | None, state: int,
+                 timestamp: float):
+        super().__init__(vnet, source, timestamp)
         self.addr = addr
         self.state = state
-        self.timestamp = timestamp
+
+    @property
+    def timestamp(self) -> float:
+        return self.stamp
 
 
 class VarpCache:
-    # Bounds between sweeps: INCOMPLETE entries made by lookups (a local
-    # domain sending to random MACs) and all entries (frames from random
-    # source MACs).  Past them nothing new is cached: such traffic floods.
-    MAX_INCOMPLETE = 4096
-    MAX_ENTRIES = 65536
-
-    def __init__(self) -> None:
-        self._entries: dict[Key, VarpEntry] = {}
-        self._incomplete = 0
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.table = BoundedTable("varp", ttl)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.table)
 
-    def learn(self, vnet: bytes, mac: bytes, addr: str, now: float) -> bool:
-        """Set (vnet, mac) REACHABLE at ``addr``; True when new or moved."""
-        entry = self._entries.get((vnet, mac))
-        if entry is None:
-            if len(self._entries) >= self.MAX_ENTRIES:
+    def learn(self, vnet: bytes, mac: bytes, addr: str, now: float,
+              source: str | None = None, counts: dict[str, int] | None = None) -> bool:
+        """Set (vnet, mac) REACHABLE at ``addr``, taught by ``source`` (the
+        outer or authenticated address); True when new or moved.  A refusal
+        (the vnet or the source at its bound) is counted in ``counts``."""
+        table = self.table
+        key = (vnet, mac)
+        entry = table.get(key)
+        if entry is not None:
+            if entry.stamp != now:      # one move per receive batch (its one ``now``)
+                entry.stamp = now
+                table.move_to_end(key)
+            if entry.addr == addr and entry.state == REACHABLE:
                 return False
-            self._entries[(vnet, mac)] = VarpEntry(addr, REACHABLE, now)
-            return True
-        entry.timestamp = now
-        if entry.addr == addr and entry.state == REACHABLE:
+            if entry.source == source:
+                entry.addr = addr
+                entry.state = REACHABLE
+                return True
+            table.remove(key)           # taught by another source now
+        if source != LOOKUP and table.full(vnet, source) is not None:
+            oldest = table.oldest_of(vnet, LOOKUP)
+            if oldest is not None:
+                table.remove(oldest)    # a guess gives way to what a host said
+        if not table.room(vnet, source, now, counts):
             return False
-        if entry.state == INCOMPLETE:
-            self._incomplete -= 1
-        entry.addr = addr
-        entry.state = REACHABLE
+        table.insert(key, VarpEntry(vnet, source, addr, REACHABLE, now))
         return True
 
-    def resolve(self, vnet: bytes, mac: bytes, now: float) -> str | None:
+    def resolve(self, vnet: bytes, mac: bytes, now: float,
+                counts: dict[str, int] | None = None) -> str | None:
         """The address to tunnel a unicast frame to, None to flood it."""
-        entry = self._entries.get((vnet, mac))
+        entry = self.table.get((vnet, mac))
         if entry is None:
-            if self._incomplete < self.MAX_INCOMPLETE and len(self._entries) < self.MAX_ENTRIES:
-                self._entries[(vnet, mac)] = VarpEntry(None, INCOMPLETE, now)
-                self._incomplete += 1
+            if self.table.room(vnet, LOOKUP, now, counts):
+                self.table.insert((vnet, mac), VarpEntry(vnet, LOOKUP, None, INCOMPLETE, now))
             return None
         return entry.addr if entry.state == REACHABLE else None
 
     def get(self, vnet: bytes, mac: bytes) -> VarpEntry | None:
-        return self._entries.get((vnet, mac))
+        return self.table.get((vnet, mac))
 
     def forget(self, vnet: bytes, mac: bytes) -> bool:
-        entry = self._entries.pop((vnet, mac), None)
-        if entry is not None and entry.state == INCOMPLETE:
-            self._incomplete -= 1
-        return entry is not None
+        return self.table.remove((vnet, mac)) is not None
 
     def sweep(self, now: float, ttl: float) -> int:
         """Remove entries older than ``ttl`` (strictly); the count removed."""
-        old = [k for k, e in self._entries.items() if now - e.timestamp > ttl]
-        for k in old:
-            self.forget(*k)
-        return len(old)
+        return len(self.table.expire(now, ttl))
 
     def flush(self) -> None:
         """varp.flush: every entry goes (none is probing or permanent in era C)."""
-        self._entries.clear()
-        self._incomplete = 0
+        self.table.flush()
 
     def remove_vnet(self, vnet: bytes) -> None:
-        for k in [k for k in self._entries if k[0] == vnet]:
-            self.forget(*k)
+        self.table.remove_part(vnet)
 
     def entries(self) -> Iterator[tuple[bytes, bytes, VarpEntry]]:
         """(vnet, mac, entry) sorted by vnet then MAC, for listings."""
-        for (vnet, mac), entry in sorted(self._entries.items(), key=lambda kv: kv[0]):
+        for (vnet, mac), entry in self.table.items_sorted():
             yield vnet, mac, entry

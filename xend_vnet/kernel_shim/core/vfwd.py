@@ -20,16 +20,18 @@ so the header is rebuilt with the original source kept.
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from hashlib import blake2b
 
 from ..wire.codec import ipv4_bytes
+from .bounds import LIMITS, BoundedTable, Entry, Limits
 
 DUPLICATE_WINDOW = 0.5     # seconds: covers a mesh's relay delay, short enough for real repeats
-# Entries (about 100 bytes each): a full window at 130,000 multicast packets
-# a second.  Past that the window does not evict live entries (a flood must
+# Entries (about 150 bytes each): a full window at 130,000 multicast packets
+# a second, and a share per sender (bounds.py, docs/security.md "Resource
+# limits").  Past that the window does not evict live entries (a flood must
 # not flush it); it stops remembering new ones and counts them.
-DUPLICATE_LIMIT = 65536
+DUPLICATE_LIMIT = LIMITS["duplicates"].total
+_ENGINE = b""               # the window is the engine's, not a vnet's
 REMULTICAST_TTL = 1        # link-local, like legacy vnetd's multicast TTL (protocol.md 3.1)
 
 _IP_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
@@ -39,13 +41,21 @@ class DuplicateWindow:
     """(original sender, payload digest) -> first seen, for ``window`` seconds."""
 
     def __init__(self, window: float = DUPLICATE_WINDOW, limit: int = DUPLICATE_LIMIT):
-        self.window = window
-        self.limit = limit
-        self._seen: OrderedDict[tuple[str, bytes], float] = OrderedDict()
+        lim = LIMITS["duplicates"]
+        self.table = BoundedTable("duplicates", window, Limits(
+            limit, 0, limit, min(lim.per_source, limit)), inclusive=True)
         self.overflows = 0      # packets not remembered because the window was full
 
+    @property
+    def window(self) -> float:
+        return self.table.ttl
+
+    @window.setter
+    def window(self, seconds: float) -> None:
+        self.table.ttl = seconds
+
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self.table)
 
     def seen(self, sender: str, payload: bytes, now: float) -> bool:
         """True if this (sender, payload) was handled within the window; else remember it.
@@ -53,24 +63,16 @@ class DuplicateWindow:
         The first copy opens the window and later copies do not extend it, so a
         payload repeated on purpose (an ARP retry a second later) still passes.
         """
-        self._expire(now)
+        table = self.table
+        table.expire(now)
         key = (sender, blake2b(payload, digest_size=16).digest())
-        if key in self._seen:
+        if key in table:
             return True
-        if len(self._seen) >= self.limit:
+        if not table.room(_ENGINE, sender, now):
             self.overflows += 1
             return False
-        self._seen[key] = now
+        table.insert(key, Entry(_ENGINE, sender, now))
         return False
-
-    def _expire(self, now: float) -> None:
-        seen = self._seen
-        horizon = now - self.window
-        while seen:
-            key, first = next(iter(seen.items()))
-            if first > horizon:
-                break
-            del seen[key]
 
 
 def ipv4_checksum(header: bytes) -> int:

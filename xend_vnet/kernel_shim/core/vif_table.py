@@ -3,66 +3,66 @@
 Filled from frames read off a vnet's TAP and by ``vif.add``.  Its protocol
 role is answering VARP requests, and in this engine also spotting a MAC
 that appears for the first time (a domain arrived: one gratuitous announce).
-Entries expire when older than the TTL at a sweep.
+Entries expire when older than the TTL at a sweep.  Bounded per vnet
+(bounds.py, docs/security.md "Resource limits"): a domain sending from
+random MACs fills its own vnet's share only, and past it records (and
+announces) nothing new.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .bounds import BoundedTable, Entry
+
 Key = tuple[bytes, bytes]   # (16-byte vnet id, 6-byte MAC)
 
 
 class VifTable:
-    # A domain sending from random source MACs must not grow the table (nor
-    # trigger an announce per MAC) without limit between sweeps.
-    MAX_ENTRIES = 65536
-
-    def __init__(self) -> None:
-        self._seen: dict[Key, float] = {}
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.table = BoundedTable("vif", ttl)
         self.sweeps = 0
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self.table)
 
     def __contains__(self, key: Key) -> bool:
-        return key in self._seen
+        return key in self.table
 
-    def update(self, vnet: bytes, mac: bytes, now: float) -> bool:
+    def update(self, vnet: bytes, mac: bytes, now: float,
+               counts: dict[str, int] | None = None) -> bool:
         """Record a frame from (vnet, mac); True when the MAC is new (and
-        recorded: a full table records nothing new)."""
+        recorded: a vnet at its bound records nothing new, counted in ``counts``)."""
         key = (vnet, mac)
-        if key in self._seen:
-            self._seen[key] = now
+        table = self.table
+        entry = table.get(key)
+        if entry is not None:
+            if entry.stamp != now:      # one move per read batch (its one ``now``)
+                entry.stamp = now
+                table.move_to_end(key)
             return False
-        if len(self._seen) >= self.MAX_ENTRIES:
+        if not table.room(vnet, None, now, counts):
             return False
-        self._seen[key] = now
+        table.insert(key, Entry(vnet, None, now))
         return True
 
     def remove(self, vnet: bytes, mac: bytes) -> bool:
-        return self._seen.pop((vnet, mac), None) is not None
+        return self.table.remove((vnet, mac)) is not None
 
     def sweep(self, now: float, ttl: float) -> list[Key]:
         """Remove entries older than ``ttl`` (strictly); the keys removed."""
         self.sweeps += 1
-        old = [k for k, seen in self._seen.items() if now - seen > ttl]
-        for k in old:
-            del self._seen[k]
-        return old
+        return [k for k, _ in self.table.expire(now, ttl)]
 
     def any_mac(self, vnet: bytes) -> bytes | None:
         """One local MAC of ``vnet`` (to announce as a capability answer), or None."""
-        for v, mac in self._seen:
-            if v == vnet:
-                return mac
-        return None
+        key = self.table.any_key(vnet)
+        return None if key is None else key[1]
 
     def remove_vnet(self, vnet: bytes) -> None:
-        for k in [k for k in self._seen if k[0] == vnet]:
-            del self._seen[k]
+        self.table.remove_part(vnet)
 
     def entries(self) -> Iterator[tuple[bytes, bytes, float]]:
         """(vnet, mac, last seen) sorted by vnet then MAC, for listings."""
-        for (vnet, mac), seen in sorted(self._seen.items()):
-            yield vnet, mac, seen
+        for (vnet, mac), entry in self.table.items_sorted():
+            yield vnet, mac, entry.stamp

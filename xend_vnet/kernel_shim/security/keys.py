@@ -17,6 +17,7 @@ Errors name the file, never its content.
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 
@@ -96,7 +97,24 @@ def group_key(file_key: bytes, vid_raw: bytes, gen: int) -> bytes:
     return _hkdf(file_key, b"group" + vid_raw + gen.to_bytes(2, "big"), KEY_BYTES)
 
 
+def traffic_prk(group: bytes) -> hmac.HMAC:
+    """HKDF-Extract of a group key (RFC 5869 2.2), done once per generation, as
+    an HMAC ready to copy: a traffic key is then one HMAC block, so a forged
+    packet naming a new sender costs no more than a sender's first genuine one
+    (docs/security.md "Resource limits")."""
+    return hmac.new(hmac.digest(_SALT, group, "sha256"), digestmod="sha256")
+
+
+def traffic_key_with(prk: hmac.HMAC, suite: int, sender_id: int, epoch: int) -> bytes:
+    """``traffic_key`` from ``traffic_prk(group)``: HKDF-Expand of one block
+    (RFC 5869 2.3, T(1) = HMAC(PRK, info || 0x01))."""
+    h = prk.copy()
+    h.update(b"traffic" + bytes([suite]) + sender_id.to_bytes(8, "big")
+             + epoch.to_bytes(8, "big") + b"\x01")
+    return h.digest()[:TRAFFIC_KEY_BYTES]
+
+
 def traffic_key(group: bytes, suite: int, sender_id: int, epoch: int) -> bytes:
-    """The AES-128 key of one sender in one epoch (design.md 7, RFC 6054's idea)."""
-    info = b"traffic" + bytes([suite]) + sender_id.to_bytes(8, "big") + epoch.to_bytes(8, "big")
-    return _hkdf(group, info, TRAFFIC_KEY_BYTES)
+    """The AES-128 key of one sender in one epoch (design.md 7, RFC 6054's idea):
+    HKDF-SHA256 of the group key, info ``traffic || suite || sender id || epoch``."""
+    return traffic_key_with(traffic_prk(group), suite, sender_id, epoch)

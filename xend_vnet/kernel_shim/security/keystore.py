@@ -27,6 +27,13 @@ EPOCH_MAX_AGE = 900.0       # receivers reject older epochs (s, design.md 7)
 # A new epoch long before the 64-bit space ends, and within AES-GCM's
 # per-key invocation limit.
 REKEY_SEQ = 1 << 32
+# Traffic keys derived for packets of a sender or epoch not verified yet, per
+# vnet: a forged flood pays no key set-up past them, so it costs less per
+# packet than genuine traffic (docs/security.md "Resource limits").  Legit
+# need: one per sender every --epoch-lifetime, and every sender at once
+# after a restart of ours.
+NEW_SENDERS_PER_SECOND = 256.0
+NEW_SENDER_BURST = 1024.0
 STATE_ADDED = "added"
 STATE_ACTIVE = "active"
 STATE_RETIRED = "retired"
@@ -83,12 +90,13 @@ class SecurityContext:
 class Generation:
     """One key generation of a vnet; ``group`` is derived key material, never listed."""
 
-    __slots__ = ("gen", "group", "peers", "spi", "state")
+    __slots__ = ("gen", "group", "peers", "prk", "spi", "state")
 
     def __init__(self, gen: int, spi: int, group: bytes):
         self.gen = gen
         self.spi = spi
         self.group = group
+        self.prk = keys.traffic_prk(group)     # the traffic keys' HKDF-Extract, once
         self.state = STATE_ADDED
         self.peers: dict[int, _Peer] = {}
 
@@ -128,6 +136,8 @@ class VnetKeys:
         self.generations: dict[int, Generation] = {}
         self._sending: _Sending | None = None
         self.epochs_started = 0
+        self._tokens = NEW_SENDER_BURST     # derivations for new senders, refilled per second
+        self._tokens_at: float | None = None
 
     # -- generations -----------------------------------------------------------
 
@@ -173,6 +183,7 @@ class VnetKeys:
             raise ValueError(f"key generation {gen} is active: activate another one first")
         g.state = STATE_RETIRED
         g.group = b""
+        g.prk = None
         g.peers.clear()
         return g
 
@@ -200,16 +211,18 @@ class VnetKeys:
         g = self.active()
         epoch = self.ctx.epochs.next()
         sender = self.ctx.sender_id
-        aead = AESGCM(keys.traffic_key(g.group, self.suite, sender, epoch))
+        aead = AESGCM(keys.traffic_key_with(g.prk, self.suite, sender, epoch))
         prefix = header_prefix(self.suite, g.spi, sender, epoch)
         self._sending = s = _Sending(g, epoch, aead, prefix, now)
         self.epochs_started += 1
         return s
 
-    def open(self, g: Generation, sender: int, epoch: int, seq: int, payload: bytes) -> bytes:
+    def open(self, g: Generation, sender: int, epoch: int, seq: int, payload: bytes,
+             now: float = 0.0) -> bytes:
         """The clear-mode message of a secured one for generation ``g`` whose
         header carries ``sender``, ``epoch`` and ``seq``.  State changes only
-        after the ICV verified (RFC 4303 3.4.3)."""
+        after the ICV verified (RFC 4303 3.4.3); a new sender or epoch waits
+        when the vnet's derivations for such are used up (``new_sender_limited``)."""
         ctx = self.ctx
         wall = ctx.wall_ns()
         if epoch + ctx.max_age_ns < wall:
@@ -232,12 +245,27 @@ class VnetKeys:
             raise DecodeError("epoch_old")
         if seq == 0:
             raise DecodeError("replay_zero_seq")
-        aead = AESGCM(keys.traffic_key(g.group, self.suite, sender, epoch))
+        if not self._may_derive(now):
+            raise DecodeError("new_sender_limited")
+        # One HMAC block and a key set-up, as for a sender's first genuine packet.
+        aead = AESGCM(keys.traffic_key_with(g.prk, self.suite, sender, epoch))
         inner = open_(aead, self.suite, payload)
         window = ReplayWindow()
         window.update(seq)
         g.peers[sender] = _Peer(epoch, aead, window)
         return inner
+
+    def _may_derive(self, now: float) -> bool:
+        """A token of the new-sender budget (NEW_SENDERS_PER_SECOND), if one is left."""
+        last = self._tokens_at
+        tokens = self._tokens if last is None else min(
+            NEW_SENDER_BURST, self._tokens + max(0.0, now - last) * NEW_SENDERS_PER_SECOND)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
 
     def sweep(self) -> None:
         """Forget senders whose epoch is past the age limit (they are refused anyway)."""

@@ -26,6 +26,11 @@ GSO_TCPV6 = 4
 GSO_ECN = 0x80
 MAX_PACKET = 65536 + VNET_HDR_LEN
 MIN_SEGMENT = 536                # RFC 879's default MSS: never cut plain frames smaller
+# The GSO size below which a super-frame is refused (vnetd --min-gso-size),
+# and the most plain frames one super-frame becomes: 65,536 / 536 is 123
+# (docs/security.md "Resource limits").
+MIN_GSO_SIZE = MIN_SEGMENT
+MAX_PLAIN_FRAMES = 128
 PACKET_ETH_SRC = slice(VNET_HDR_LEN + 6, VNET_HDR_LEN + 12)   # the frame's source MAC
 
 _VNET_HDR = struct.Struct("=BBHHHH")
@@ -36,15 +41,31 @@ _ETH_VLAN = (0x8100, 0x88A8)
 _UDP_CSUM_OFFSET = 6              # offsetof(struct udphdr, check); TCP's is 16
 
 
-def check_packet(packet: bytes) -> bytes:
-    """A reassembled packet must hold a header we let through and an Ethernet frame;
-    the kernel checks the rest when the TAP takes it (tun's virtio_net_hdr_to_skb)."""
-    if len(packet) < VNET_HDR_LEN + ETH_HEADER_LEN:
+def check_vnet_hdr(packet: bytes, min_gso: int = MIN_GSO_SIZE,
+                   bad: str = "bad_vnet_hdr") -> None:
+    """DecodeError unless the virtio_net_hdr in front of ``packet`` fits its
+    frame: known flags and GSO type, ``hdr_len`` and the checksum span inside
+    the frame, checksum offsets only with NEEDS_CSUM (reason ``bad``), and a
+    super-frame's ``gso_size`` at least ``min_gso`` ("gso_too_small"), so one
+    frame never becomes thousands (docs/security.md "Resource limits")."""
+    size = len(packet) - VNET_HDR_LEN
+    if size < ETH_HEADER_LEN:
         raise DecodeError("short_frame", f"{len(packet)} bytes")
-    flags, gso_type = packet[0], packet[1]
-    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID) or gso_type & ~GSO_ECN not in (
-            GSO_NONE, GSO_TCPV4, GSO_TCPV6):
-        raise DecodeError("fast_bad_vnet_hdr", f"flags {flags:#x} gso {gso_type:#x}")
+    flags, gso_type, hdr_len, gso_size, start, offset = _VNET_HDR.unpack_from(packet)
+    kind = gso_type & ~GSO_ECN
+    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID) or kind not in (GSO_NONE, GSO_TCPV4, GSO_TCPV6):
+        raise DecodeError(bad, f"flags {flags:#x} gso {gso_type:#x}")
+    if hdr_len > size or (start + offset + 2 > size if flags & F_NEEDS_CSUM
+                          else start or offset):
+        raise DecodeError(bad, f"hdr_len {hdr_len} csum {start}+{offset} in {size} bytes")
+    if kind != GSO_NONE and gso_size < min_gso:
+        raise DecodeError("gso_too_small", f"gso_size {gso_size}")
+
+
+def check_packet(packet: bytes, min_gso: int = MIN_GSO_SIZE) -> bytes:
+    """A reassembled packet must hold a header that fits its Ethernet frame
+    (``check_vnet_hdr``); the kernel checks the rest when the TAP takes it."""
+    check_vnet_hdr(packet, min_gso, "fast_bad_vnet_hdr")
     return packet
 
 
@@ -167,6 +188,9 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
     ihl, thl = l4 - l3, body - l4
     if max_frame and MIN_SEGMENT <= max_frame - body < mss:
         mss = max_frame - body
+    n = -(-(len(frame) - body) // mss) or 1
+    if n > MAX_PLAIN_FRAMES:
+        raise DecodeError("gso_too_many", f"{n} segments of {mss} bytes")
     eth = frame[:l3]
     ports, seq, ack, doff, tcp_flags, window = _TCP_FRONT.unpack_from(frame, l4)
     after_sum = frame[l4 + 18:body]                     # urgent pointer and options
@@ -183,7 +207,6 @@ def _segment_tcp(frame: bytes, mss: int, max_frame: int = 0) -> list[bytes]:
     fixed = int.from_bytes(addresses, "little") + 0x0600 + int.from_bytes(after_sum, "little")
     ip_fixed = int.from_bytes(ip, "big") if v4 else 0
     out = []
-    n = -(-(len(frame) - body) // mss) or 1
     view = memoryview(frame)
     for i in range(n):
         data = view[body + i * mss:body + (i + 1) * mss]

@@ -56,7 +56,7 @@ import struct
 from collections.abc import Iterator
 
 from .codec import VARP_HEADER_LEN, DecodeError
-from .offload import check_packet
+from .offload import MIN_GSO_SIZE, check_packet
 
 MSG_FAST = 5
 FAST_SEGMENT = 1
@@ -68,6 +68,7 @@ CAP_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS)   # version 1, bit
 PROBE_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS | CAP_PROBE)
 
 SEGMENT_HEADER_LEN = 28
+SEGMENT_VNET = slice(4, 20)      # the vnet id in a segment's header
 MAX_SEGMENTS = 255               # a 64 KB frame over a 576-byte underlay MTU fits
 UDP_IP_OVERHEAD = 28             # IPv4 header without options, UDP header
 # One sendmsg carries at most 64 segments (older kernels) and one IPv4
@@ -146,8 +147,9 @@ def encode_sealed_inner(vid_raw: bytes, packet: bytes) -> bytes:
     return _SEALED_PREFIX + vid_raw + packet
 
 
-def decode_sealed_inner(inner: bytes) -> tuple[bytes, bytes]:
-    """``(vnet id, packet)`` of a verified clear-mode message from ``encode_sealed_inner``."""
+def decode_sealed_inner(inner: bytes, min_gso: int = MIN_GSO_SIZE) -> tuple[bytes, bytes]:
+    """``(vnet id, packet)`` of a verified clear-mode message from
+    ``encode_sealed_inner``, its virtio_net_hdr checked (``check_packet``)."""
     if inner[:4] != _SEALED_PREFIX:
         raise DecodeError("secure_bad_inner", "fast message")
-    return inner[4:20], check_packet(inner[20:])
+    return inner[4:20], check_packet(inner[20:], min_gso)
