@@ -16,7 +16,7 @@ import time
 
 import psutil
 
-from . import sdnotify
+from . import atomic_file, sdnotify
 
 DEFAULT_CONTROL = "/var/run/vnetd.sock"
 
@@ -29,11 +29,10 @@ def default_control_path() -> str:
 # -- pid files -----------------------------------------------------------------------
 
 def write_pid_file(path: str) -> None:
-    """Write our pid, atomically: a reader never sees a partial file."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(tmp, path)
+    """Write our pid, atomically: a reader never sees a partial file.  Mode
+    0644 whatever the umask: ``status`` run by any user reads it."""
+    atomic_file.write_atomically(path, f"{os.getpid()}\n".encode("ascii"), mode=0o644,
+                                 sync=False)
 
 
 def remove_pid_file(path: str) -> None:
