@@ -9,10 +9,11 @@ keep-alive requests; a budget for the request head (431) and connection
 slots shared among callers, so no one caller holds them all (limits.py,
 docs/security.md); defusedxml parsing (api.py), no dotted-name dispatch.
 A unix socket that still accepts connections is never unlinked, and its
-mode is explicit whatever the umask (unix_socket.py, design.md 9).  Beside xend, methods this server does not
-serve are forwarded to the upstream xend byte for byte, with no timeout, for
-callers on the unix socket only: TCP callers get Fault 1 (no TCP port gives
-local users control of domains).  TCP is HTTPS when a key and certificate are
+mode is explicit whatever the umask (unix_socket.py, design.md 9).
+Beside xend, methods this server does not serve are forwarded to the
+upstream xend byte for byte, with no timeout, for callers on the unix
+socket only: TCP callers get Fault 1 (no TCP port gives local users
+control of domains).  TCP is HTTPS when a key and certificate are
 set (tls.py); plain HTTP to every interface is never served (design.md 9).
 """
 
