@@ -26,6 +26,7 @@ import socket
 import socketserver
 import ssl
 import stat
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -262,6 +263,14 @@ class _Serving(socketserver.ThreadingMixIn):
             self.slots.give_back(key)
             raise
 
+    def handle_error(self, request, client_address) -> None:
+        # A client that leaves or breaks TLS mid-reply is no server fault: no
+        # traceback on stderr for every hostile connection (docs/security.md).
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("XML-RPC connection ended: %s", sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
     def _serve_in_slot(self, request, client_address, key: str) -> None:
         try:
             self.process_request_thread(request, client_address)
@@ -269,19 +278,22 @@ class _Serving(socketserver.ThreadingMixIn):
             self.slots.give_back(key)
 
     def _refuse_busy(self, request, refusal: str) -> None:
-        """503 at once, in clear text only where the listener speaks it; whatever
-        the client already sent is read first so it gets the reply (design.md 9)."""
-        try:
-            request.setblocking(False)
-            if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
-                body = f"{refusal}; try again later\n".encode("utf-8")
-                request.recv(65536)
+        """503 at once, in clear text only where the listener speaks it; what the
+        client already sent is read first, so closing does not reset the reply."""
+        if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
+            body = f"{refusal}; try again later\n".encode("utf-8")
+            try:
+                request.setblocking(False)
+                try:
+                    request.recv(65536)
+                except BlockingIOError:
+                    pass
                 request.send(b"HTTP/1.1 503 Service Unavailable\r\n"
                              b"Content-Type: text/plain; charset=utf-8\r\n"
                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
                              % (len(body), body))
-        except OSError:
-            pass
+            except OSError:
+                pass
         self.shutdown_request(request)
 
 

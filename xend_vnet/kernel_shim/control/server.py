@@ -177,6 +177,8 @@ class ControlServer:
                            "(or start vnetd with --allow-foreign-netns)")
 
     def _on_accept(self, _mask: int, now: float) -> None:
+        if self._accept_paused_until is not None:
+            return      # an event of the wakeup that paused the listener
         while True:
             try:
                 conn, _ = self.listener.accept()
