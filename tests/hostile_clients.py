@@ -82,7 +82,7 @@ def entity_bomb(s, stop) -> str:
 
 
 def unfinished_body(s, stop) -> str:
-    s.sendall(HEAD + b"Content-Length: 1048576\r\n\r\n" + b"<" * 65536)
+    s.sendall(HEAD + b"Content-Length: 1048576\r\n\r\n" + b"<" * 524288)
     return reply_status(s)      # the server gives up at the request's deadline
 
 
