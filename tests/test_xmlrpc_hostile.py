@@ -220,6 +220,47 @@ def test_xmlrpc_listener_pauses_after_emfile(tmp_path):
     assert listener.accept_backoff.failures == fake.accepts
 
 
+SERVER_SHORT_OF_DESCRIPTORS = textwrap.dedent("""
+    import os, resource, sys, time
+    from xend_vnet.xmlrpc.server import XMLRPCServers
+    servers = XMLRPCServers(None, sys.argv[1], None)
+    servers.start()
+    time.sleep(0.3)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 3,
+                                                resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print("ready", flush=True)
+    sys.stdin.read()
+    print(servers.servers[0].accept_backoff.failures, flush=True)
+""")
+
+
+def test_xmlrpc_server_out_of_descriptors_does_not_spin(tmp_path):
+    path = str(tmp_path / "xmlrpc.sock")
+    child = subprocess.Popen([sys.executable, "-c", SERVER_SHORT_OF_DESCRIPTORS, path],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(HOSTILE)))
+    clients = []
+    try:
+        assert child.stdout.readline() == "ready\n"
+        for _ in range(10):                 # more than its descriptors allow
+            clients.append(socket.socket(socket.AF_UNIX))
+            clients[-1].connect(path)
+        time.sleep(0.5)
+        server = psutil.Process(child.pid)
+        before = sum(server.cpu_times()[:2])
+        time.sleep(1.5)
+        busy = sum(server.cpu_times()[:2]) - before
+        child.stdin.close()
+        failures = int(child.stdout.readline())
+    finally:
+        for c in clients:
+            c.close()
+        child.kill()
+        child.wait(10)
+    assert busy < 0.5, f"{busy:.2f} s of CPU in 1.5 s: the accept loop spins"
+    assert 2 <= failures <= 10, failures    # one try per 0.5 s pause
+
+
 # -- the soak -----------------------------------------------------------------------
 
 @as_root
