@@ -127,7 +127,7 @@ def test_sample_config_keys_are_all_read_by_xend_vnet():
     assert keys == {"xend-vnet-unix-path", "xend-vnet-upstream", "xend-vnet-tcp-server",
                     "xend-vnet-tcp-address", "xend-vnet-tcp-port", "xend-vnet-tcp-ssl-key-file",
                     "xend-vnet-tcp-ssl-cert-file", "xend-vnet-logfile",
-                    "xend-vnet-state-dir", "xend-vnet-engine-control"}
+                    "xend-vnet-state-dir", "xend-vnet-engine-control", "xend-vnet-unix-group"}
     source = read(os.path.join(os.path.dirname(install.__file__), "xend_config.py"))
     for key in keys:
         assert f'"{key}"' in source, f"{key} is not read by xend_config.py"

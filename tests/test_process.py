@@ -144,3 +144,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_pid_file_symlink_at_the_temp_path_is_not_followed(tmp_path):
+    path = tmp_path / "vnetd.pid"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, f"{path}.{os.getpid()}.tmp")
+    with pytest.raises(OSError, match="symbolic link"):
+        process.write_pid_file(str(path))
+    assert victim.read_text() == "precious\n"
+
+
+def test_pid_file_mode_is_0644_under_umask_000(tmp_path):
+    path = tmp_path / "vnetd.pid"
+    old = os.umask(0)
+    try:
+        process.write_pid_file(str(path))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert process.read_pid_file(str(path)) == os.getpid()

@@ -31,3 +31,26 @@ def test_an_epoch_beyond_64_bits_is_damage(tmp_path):
         epoch_file.load(str(path))
     path.write_text(f"{(1 << 64) - 1}\n")
     assert epoch_file.load(str(path)) == (1 << 64) - 1
+
+
+def test_a_symlink_planted_at_the_temp_path_is_not_followed(tmp_path):
+    path = tmp_path / "vnetd.epoch"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, f"{path}.{os.getpid()}.tmp")
+    with pytest.raises(OSError, match="is in the way of a temporary file"):
+        epoch_file.save(str(path), 7)
+    assert victim.read_text() == "precious\n"
+    assert not path.exists()
+
+
+def test_a_stale_temp_file_of_another_uid_is_left_alone(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a file of another uid")
+    path = tmp_path / "vnetd.epoch"
+    temp = tmp_path / f"vnetd.epoch.{os.getpid()}.tmp"
+    temp.write_text("theirs")
+    os.chown(temp, 65534, 65534)
+    with pytest.raises(OSError, match="a regular file of uid 65534, not a leftover of ours"):
+        epoch_file.save(str(path), 7)
+    assert temp.read_text() == "theirs"

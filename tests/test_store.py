@@ -171,3 +171,32 @@ def test_unwritable_removal_record_raises_store_error(tmp_path):
     with pytest.raises(StoreError, match="cannot record the removal of vnet"):
         VnetStore(str(blocker)).record_removal(
             PendingRemoval(VnetId.parse("97"), "vnif97", "vnetd"))
+
+
+def test_a_symlink_planted_at_the_temp_path_is_not_followed(store, tmp_path):
+    config = cfg("(vnet (id 97) (bridge vnet97))")
+    store.save(config)                  # the directory exists
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    temp = os.path.join(store.dir, f".{config.vid.dbid}{store_mod.SUFFIX}"
+                                   f"{store_mod.TEMP_MARK}{os.getpid()}")
+    os.symlink(victim, temp)
+    with pytest.raises(StoreError, match="is in the way of a temporary file: a symbolic link"):
+        store.save(config)
+    assert victim.read_text() == "precious\n"
+    assert os.path.islink(temp)
+
+
+def test_a_stale_temp_file_of_ours_is_replaced_and_modes_ignore_the_umask(store):
+    config = cfg("(vnet (id 97) (bridge vnet97))")
+    store.save(config)
+    temp = os.path.join(store.dir, f".{config.vid.dbid}{store_mod.SUFFIX}"
+                                   f"{store_mod.TEMP_MARK}{os.getpid()}")
+    Path(temp).write_text("left by a crash")
+    old = os.umask(0)
+    try:
+        path = store.save(config)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert not os.path.exists(temp)

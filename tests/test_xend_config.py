@@ -178,3 +178,16 @@ def test_good_upstreams_accepted():
                  "(xend-vnet-upstream http://localhost:8006)",
                  "(xend-vnet-upstream http://127.0.0.1:8007) (xend-vnet-tcp-server yes)"):
         assert server_settings(XendConfig.from_text(text)).upstream
+
+
+def test_unix_socket_group_from_the_config_and_the_command_line(tmp_path):
+    from xend_vnet.xmlrpc import cli
+
+    assert server_settings(conf("")).unix_group is None
+    assert server_settings(conf("(xend-vnet-unix-group xen)")).unix_group == "xen"
+    config = tmp_path / "xend-config.sxp"
+    config.write_text("(xend-vnet-unix-group xen)\n")
+    args = cli.parse_args(["start", "--config", str(config)])
+    assert cli.settings_of(args)[0].unix_group == "xen"
+    args = cli.parse_args(["start", "--config", str(config), "--socket-group", "kvm"])
+    assert cli.settings_of(args)[0].unix_group == "kvm"

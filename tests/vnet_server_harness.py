@@ -56,7 +56,7 @@ def tcp_of(tcp):
 
 
 class Harness:
-    def __init__(self, tcp=False, upstream=None, tls=None):
+    def __init__(self, tcp=False, upstream=None, tls=None, unix_group=None):
         self.dir = tempfile.mkdtemp(prefix="xvm-")
         self.net = FakeNet()
         self.engine = FakeEngine(os.path.join(self.dir, "vnetd.sock"),
@@ -67,7 +67,8 @@ class Harness:
         self.service.load()
         self.sock = os.path.join(self.dir, "xmlrpc.sock")
         self.servers = XMLRPCServers(VnetAPI(self.service, forward_unknown=bool(upstream)),
-                                     self.sock, tcp_of(tcp), upstream, tls=tls)
+                                     self.sock, tcp_of(tcp), upstream, tls=tls,
+                                     unix_group=unix_group)
         self.servers.start()
         self.rpc = legacy_proxy(self.sock)
 

@@ -27,6 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
+from . import atomic_file
+
 SCRIPT_DIR = "/etc/xen/scripts"
 XEND_CONFIG = "/etc/xen/xend-config.sxp"
 UNIT_DIR = "/etc/systemd/system"
@@ -191,11 +193,8 @@ def _read(path: str) -> str:
 
 def _write(path: str, text: str, mode: int) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.rename(tmp, path)
+    atomic_file.write_atomically(path, text.encode("utf-8"), mode=mode,
+                                 temp=f"{path}.tmp-{os.getpid()}", sync=False)
 
 
 def find_sample_config() -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import sxp
+from . import atomic_file, sxp
 from .config import ConfigError, VnetConfig
 from .ifnames import ifname_problem
 from .vnet_id import VnetId, VnetIdError
@@ -181,16 +181,7 @@ class VnetStore:
     def _write(self, final: str, text: str) -> None:
         os.makedirs(self.dir, mode=0o755, exist_ok=True)
         temp = os.path.join(self.dir, f".{os.path.basename(final)}{TEMP_MARK}{os.getpid()}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(temp, final)
-        except BaseException:
-            _unlink_quietly(temp)
-            raise
+        atomic_file.write_atomically(final, text.encode("utf-8"), mode=0o600, temp=temp)
         self._sync_dir()
 
     def delete(self, vid: VnetId) -> bool:

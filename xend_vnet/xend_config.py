@@ -121,6 +121,7 @@ class ServerSettings:
     state_dir: str
     engine_control: str
     tls: TlsFiles | None = None          # HTTPS on the TCP server (design.md 9)
+    unix_group: str | None = None        # the unix socket 0660 for this group, else 0600
 
 
 _THIS_HOST = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")
@@ -214,4 +215,5 @@ def server_settings(cfg: XendConfig) -> ServerSettings:
         state_dir=cfg.get("xend-vnet-state-dir", DEFAULT_STATE_DIR),
         engine_control=cfg.get("xend-vnet-engine-control") or default_control_path(),
         tls=tls_files(cfg, own_keys_only=bool(upstream)) if tcp_on else None,
+        unix_group=cfg.get("xend-vnet-unix-group"),
     )

@@ -29,6 +29,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 from .. import sxp
 from ..config import ConfigError, VnetConfig
 from .caller import Caller, CallerFileError, read_caller_file
+from .limits import RefusalLog
 from .service import VnetFault, VnetService
 
 log = logging.getLogger("xend-vnet")
@@ -124,6 +125,8 @@ class VnetAPI:
     def __init__(self, service: VnetService, forward_unknown: bool = False):
         self.service = service
         self.forward_unknown = forward_unknown
+        # Entity bombs and the like: one line per interval, not one per request.
+        self.bad_requests = RefusalLog(log)
         self.methods: dict[str, Callable] = {
             "xend_vnets": self.xend_vnets,
             "xend_vnet": self.xend_vnet,
@@ -203,7 +206,7 @@ class VnetAPI:
         try:
             method, params = parse_request(body)
         except ValueError as e:
-            log.warning("bad XML-RPC request: %s", e)
+            self.bad_requests.note("bad request", f"bad XML-RPC request: {e}")
             return fault_reply(ERROR_INTERNAL, f"bad XML-RPC request: {e}")
         func = self.methods.get(method)
         if func is None:

@@ -56,6 +56,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         s.add_argument("--config", metavar="FILE",
                        help="xend config (default $XEND_CONFIG or /etc/xen/xend-config.sxp)")
         s.add_argument("--socket", metavar="PATH", help="unix socket to serve")
+        s.add_argument("--socket-group", metavar="GROUP",
+                       help="make the unix socket 0660 for GROUP (default 0600)")
         s.add_argument("--state-dir", metavar="DIR", help="state directory (vnets in DIR/vnet)")
         s.add_argument("--engine-control", metavar="PATH", help="vnetd control socket")
         s.add_argument("--no-engine", action="store_true",
@@ -104,6 +106,7 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
         state_dir=args.state_dir or s.state_dir,
         engine_control=getattr(args, "engine_control", None) or s.engine_control,
         tls=s.tls,
+        unix_group=getattr(args, "socket_group", None) or s.unix_group,
     ), cfg.warnings
 
 
@@ -152,7 +155,7 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
     api = VnetAPI(service, forward_unknown=bool(settings.upstream))
     try:
         servers = XMLRPCServers(api, settings.unix_path, settings.tcp, settings.upstream,
-                                tls=settings.tls)
+                                tls=settings.tls, unix_group=settings.unix_group)
     except ServerError as e:
         log.error("%s", e)
         if ready:

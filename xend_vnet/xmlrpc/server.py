@@ -5,35 +5,42 @@ Hardening: a request size cap (HTTP 413 before reading the body), a socket
 timeout per receive (accept() does not pass the listener's timeout on,
 design.md 11) and a deadline for a whole request, so a client trickling
 bytes cannot hold a connection slot; a short idle timeout between
-keep-alive requests; a cap on concurrent connections, defusedxml parsing
-(api.py), no dotted-name dispatch.  A unix socket that still accepts connections is
-never unlinked (design.md 9).  Beside xend, methods this server does not
-serve are forwarded to the upstream xend byte for byte, with no timeout, for
-callers on the unix socket only: TCP callers get Fault 1 (no TCP port gives
-local users control of domains).  TCP is HTTPS when a key and certificate are
+keep-alive requests; a budget for the request head (431) and connection
+slots shared among callers, so no one caller holds them all (limits.py,
+docs/security.md); defusedxml parsing (api.py), no dotted-name dispatch.
+A unix socket that still accepts connections is never unlinked, and its
+mode is explicit whatever the umask (unix_socket.py, design.md 9).
+Beside xend, methods this server does not serve are forwarded to the
+upstream xend byte for byte, with no timeout, for callers on the unix
+socket only: TCP callers get Fault 1 (no TCP port gives local users
+control of domains).  TCP is HTTPS when a key and certificate are
 set (tls.py); plain HTTP to every interface is never served (design.md 9).
 """
 
 from __future__ import annotations
 
 import http.client
-import io
 import logging
 import os
 import socket
 import socketserver
 import ssl
 import stat
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
+from ..accept_backoff import AcceptBackoff
 from ..xend_config import TlsFiles, XendConfigError, check_upstream
 from ..httpu import UnixHTTPConnection
 from . import tls as tls_mod
 from .api import ERROR_INTERNAL, VnetAPI, fault_reply
 from .caller import Caller, peer_of
+from .unix_socket import ServerError, prepare_unix_path, set_socket_mode, unix_group_id
+from .limits import (MAX_CONNECTIONS, MAX_PER_CALLER, CallerSlots, DeadlineReader,
+                     HeadBudget, HeaderTooLarge, RefusalLog)
 
 log = logging.getLogger("xend-vnet")
 
@@ -41,42 +48,9 @@ MAX_REQUEST = 1024 * 1024
 REQUEST_TIMEOUT = 30.0     # one receive or send
 REQUEST_DEADLINE = 60.0    # receiving one whole request
 KEEPALIVE_IDLE = 5.0       # waiting for the next request on a kept-alive connection
-MAX_CONNECTIONS = 64
+LINGER = 1.0               # reading what a refused client still sends, so it gets the reply
+LINGER_BYTES = 256 * 1024
 RPC_PATHS = ("/RPC2", "/")
-
-
-class ServerError(Exception):
-    """The server cannot listen where it was asked to."""
-
-
-def socket_answers(path: str) -> bool:
-    """True if something accepts connections on the unix socket ``path``."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2.0)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def prepare_unix_path(path: str) -> None:
-    """Create the parent directory (mode 0700, as xend) and remove a stale socket."""
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ServerError(f"{path} exists and is not a socket; not touching it")
-    if socket_answers(path):
-        raise ServerError(f"{path} already accepts connections (is another xend or "
-                          "xend-vnet running?); not taking it over")
-    os.unlink(path)
 
 
 def upstream_connection(uri: str) -> http.client.HTTPConnection:
@@ -90,53 +64,6 @@ def upstream_connection(uri: str) -> http.client.HTTPConnection:
     raise ServerError(f"unsupported upstream {uri!r}: use httpu:///PATH or http://HOST:PORT")
 
 
-class DeadlineReader(io.RawIOBase):
-    """The receiving side of a connection with a per-receive timeout and a deadline
-    for the whole request; ``clock`` is time.monotonic (a parameter for tests)."""
-
-    def __init__(self, sock: socket.socket, per_recv: float, clock=time.monotonic):
-        super().__init__()
-        self.sock = sock
-        self.per_recv = per_recv
-        self.clock = clock
-        self.deadline: float | None = None
-        self.idle_until_first_byte: float | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def expect_request(self, deadline: float, since: float | None = None) -> None:
-        """A request must arrive whole within ``deadline`` seconds from now, or from
-        ``since`` (a ``clock`` time: when the connection was accepted)."""
-        self.deadline = (self.clock() if since is None else since) + deadline
-        self.idle_until_first_byte = None
-
-    def expect_next_request(self, idle: float, deadline: float) -> None:
-        """Keep-alive: the next request starts within ``idle`` seconds and then must
-        arrive whole within ``deadline`` seconds of its first byte."""
-        self.deadline = self.clock() + idle
-        self.idle_until_first_byte = deadline
-
-    def request_received(self) -> None:
-        """Answering now: no deadline, plain per-operation timeouts for the reply."""
-        self.deadline = None
-        self.idle_until_first_byte = None
-        self.sock.settimeout(self.per_recv)
-
-    def readinto(self, buffer) -> int:
-        timeout = self.per_recv
-        if self.deadline is not None:
-            left = self.deadline - self.clock()
-            if left <= 0:
-                raise TimeoutError("the request took too long to arrive")
-            timeout = min(timeout, left)
-        self.sock.settimeout(timeout)
-        n = self.sock.recv_into(buffer)
-        if n and self.idle_until_first_byte is not None:
-            self.expect_request(self.idle_until_first_byte)
-        return n
-
-
 class RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # A request line without a version gets a real status line, not HTTP/0.9.
@@ -148,6 +75,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.started = time.monotonic()
+        self.refused = False
         context = getattr(self.server, "tls", None)
         if context is not None:
             # In this connection's thread, within its first request's deadline.
@@ -155,15 +83,33 @@ class RequestHandler(BaseHTTPRequestHandler):
                 context, self.request, self.started + self.request_deadline)
         super().setup()
         self.reader = DeadlineReader(self.connection, self.timeout)
-        self.rfile = io.BufferedReader(self.reader)
+        self.rfile = HeadBudget(self.reader)
         self.requests_seen = 0
 
     def finish(self) -> None:
         try:
             super().finish()
+            if self.refused:
+                self._linger()
         finally:
             if isinstance(self.connection, ssl.SSLSocket):
                 self.connection.close()
+
+    def _linger(self) -> None:
+        """Read, for a moment, what a refused client still sends: closing with
+        unread data resets the connection and the client may lose the reply."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + LINGER
+            got = 0
+            while got < LINGER_BYTES and (left := end - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                data = self.connection.recv(65536)
+                if not data:
+                    return
+                got += len(data)
+        except OSError:
+            pass
 
     def handle_one_request(self) -> None:
         if self.requests_seen:
@@ -171,7 +117,18 @@ class RequestHandler(BaseHTTPRequestHandler):
         else:
             self.reader.expect_request(self.request_deadline, since=self.started)
         self.requests_seen += 1
-        super().handle_one_request()
+        self.command = self.requestline = ""
+        self.request_version = self.default_request_version
+        self.rfile.start_head()
+        try:
+            super().handle_one_request()
+        except HeaderTooLarge as e:
+            # docs/security.md, management plane limits: the head is bounded like the body.
+            self.server.refusals.note("head", f"refused a request from "
+                                      f"{self.address_string()}: {e}")
+            self._plain(414 if e.request_line else 431, f"{e}; the limits are "
+                        f"{self.rfile.line_max} bytes a line, {self.rfile.bytes_max} bytes "
+                        f"and {self.rfile.lines_max} lines in all")
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self.reader.request_received()
@@ -244,6 +201,7 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def _plain(self, code: int, message: str) -> None:
         self.close_connection = True
+        self.refused = True
         self._send(code, "text/plain; charset=utf-8", (message + "\n").encode("utf-8"))
 
     def _send(self, code: int, content_type: str, data: bytes) -> None:
@@ -264,40 +222,101 @@ class RequestHandler(BaseHTTPRequestHandler):
 
 
 class _Serving(socketserver.ThreadingMixIn):
-    """Threads per connection, at most MAX_CONNECTIONS at once."""
+    """Threads per connection, in slots shared fairly among callers (limits.py)."""
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128
 
-    def setup_serving(self, api: VnetAPI, upstream: str | None, max_request: int) -> None:
+    def setup_serving(self, api: VnetAPI, upstream: str | None, max_request: int,
+                      slots: CallerSlots, refusals: RefusalLog) -> None:
         self.api = api
         self.upstream = upstream
         self.max_request = max_request
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots = slots
+        self.refusals = refusals
+        self.accept_backoff = AcceptBackoff(f"XML-RPC {self.listener_name()}", log)
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as e:
+            until = self.accept_backoff.failed(e, time.monotonic())
+            if until is not None:
+                # Out of descriptors: the listener stays readable, so do not poll
+                # it again at once (accept_backoff.py); this thread only accepts.
+                time.sleep(max(0.0, until - time.monotonic()))
+            raise
 
     def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
+        key = self.slot_key(request, client_address)
+        refusal = self.slots.take(key)
+        if refusal is not None:
+            self.refusals.note("slots", f"refused a connection: {refusal}")
+            self._refuse_busy(request, refusal)
+            return
+        thread = threading.Thread(target=self._serve_in_slot, name="xmlrpc-connection",
+                                  args=(request, client_address, key), daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            self.slots.give_back(key)
+            raise
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that leaves or breaks TLS mid-reply is no server fault: no
+        # traceback on stderr for every hostile connection (docs/security.md).
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("XML-RPC connection ended: %s", sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
+
+    def _serve_in_slot(self, request, client_address, key: str) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self.slots.give_back(key)
+
+    def _refuse_busy(self, request, refusal: str) -> None:
+        """503 at once, in clear text only where the listener speaks it; what the
+        client already sent is read first, so closing does not reset the reply."""
+        if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
+            body = f"{refusal}; try again later\n".encode("utf-8")
             try:
-                if getattr(self, "tls", None) is None:   # no clear text on an HTTPS port
-                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\n"
-                                    b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                request.setblocking(False)
+                try:
+                    request.recv(65536)
+                except BlockingIOError:
+                    pass
+                request.send(b"HTTP/1.1 503 Service Unavailable\r\n"
+                             b"Content-Type: text/plain; charset=utf-8\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                             % (len(body), body))
             except OSError:
                 pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+        self.shutdown_request(request)
 
 
 class UnixXMLRPCServer(_Serving, socketserver.UnixStreamServer):
+    def __init__(self, path: str, handler, group: int | None = None):
+        self.group = group
+        super().__init__(path, handler)
+
+    def server_bind(self) -> None:
+        # Bound, then given its mode before listen(): until listen() every
+        # connect() is refused, so there is no moment with a wider mode; the
+        # umask is left alone (process-wide, other threads make files).
+        super().server_bind()
+        set_socket_mode(self.server_address, self.group)
+
     def caller_of(self, sock: socket.socket) -> Caller:
         return peer_of(sock)
+
+    def slot_key(self, request: socket.socket, client_address) -> str:
+        return f"uid {peer_of(request).uid}"
+
+    def listener_name(self) -> str:
+        return f"unix socket {self.server_address}"
 
 
 class TCPXMLRPCServer(_Serving, socketserver.TCPServer):
@@ -307,11 +326,17 @@ class TCPXMLRPCServer(_Serving, socketserver.TCPServer):
     def caller_of(self, sock: socket.socket) -> Caller:
         return Caller("tcp")
 
+    def slot_key(self, request: socket.socket, client_address) -> str:
+        return f"address {client_address[0]}"
+
+    def listener_name(self) -> str:
+        return f"port {self.server_address[1]}"
+
     def finish_request(self, request, client_address) -> None:
         try:
             super().finish_request(request, client_address)
         except tls_mod.HandshakeFailed as e:
-            log.info("refused a connection from %s: %s", client_address[0], e)
+            self.refusals.note("tls", f"refused a connection from {client_address[0]}: {e}")
 
     def describe(self, configured_host: str) -> str:
         host, port = self.server_address[:2]
@@ -336,11 +361,17 @@ class XMLRPCServers:
 
     def __init__(self, api: VnetAPI, unix_path: str | None, tcp: tuple[str, int] | None,
                  upstream: str | None = None, max_request: int = MAX_REQUEST,
-                 tls: TlsFiles | None = None):
+                 tls: TlsFiles | None = None, unix_group: str | None = None,
+                 slots: CallerSlots | None = None):
         self.unix_path = unix_path
         self.tcp_host: str | None = None
         self.servers: list[socketserver.BaseServer] = []
         self.threads: list[threading.Thread] = []
+        # One pool for every listener, so the bound on memory is one number
+        # (limits.py); ``slots`` lets two sets of listeners share it.
+        self.slots = slots or CallerSlots(MAX_CONNECTIONS, MAX_PER_CALLER)
+        self.refusals = RefusalLog(log)
+        gid = unix_group_id(unix_group)
         if upstream:
             try:
                 check_upstream(upstream, unix_path, tcp)
@@ -352,12 +383,12 @@ class XMLRPCServers:
             raise ServerError(str(e)) from None
         try:
             if unix_path:
-                prepare_unix_path(unix_path)
+                prepare_unix_path(unix_path, gid)
                 try:
-                    server = UnixXMLRPCServer(unix_path, RequestHandler)
+                    server = UnixXMLRPCServer(unix_path, RequestHandler, gid)
                 except OSError as e:
                     raise ServerError(f"cannot listen on {unix_path}: {e.strerror}") from None
-                server.setup_serving(api, upstream, max_request)
+                server.setup_serving(api, upstream, max_request, self.slots, self.refusals)
                 self.servers.append(server)
             if tcp:
                 address = tcp_address(tcp, tls)
@@ -370,16 +401,15 @@ class XMLRPCServers:
         if not self.servers:
             raise ServerError("nothing to listen on: no unix socket and no TCP server configured")
 
-    @staticmethod
-    def _tcp_server(address: tuple[str, int], context: ssl.SSLContext | None, api: VnetAPI,
-                    upstream: str | None, max_request: int) -> TCPXMLRPCServer:
+    def _tcp_server(self, address: tuple[str, int], context: ssl.SSLContext | None,
+                    api: VnetAPI, upstream: str | None, max_request: int) -> TCPXMLRPCServer:
         try:
             server = TCPXMLRPCServer(address, RequestHandler)
         except OSError as e:
             raise ServerError(f"cannot listen on {address[0] or '*'}:{address[1]}: "
                               f"{e.strerror}") from None
         server.tls = context
-        server.setup_serving(api, upstream, max_request)
+        server.setup_serving(api, upstream, max_request, self.slots, self.refusals)
         return server
 
     def start(self) -> None:

@@ -11,6 +11,8 @@ a size cap or a deadline, so a slow or stuck client never blocks the data
 path.  Callers from another network namespace (found through SO_PEERCRED
 and /proc/<pid>/ns/net) are refused unless the engine allows them: a `vn`
 run in one emulated host must never create TAPs in another (design.md 5).
+An accept() out of file descriptors pauses the listener instead of spinning
+(accept_backoff.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import struct
 from collections.abc import Callable
 
 from ... import sxp
+from ...accept_backoff import AcceptBackoff
 
 log = logging.getLogger("vnetd.control")
 
@@ -88,6 +91,8 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._conns: dict[int, _Connection] = {}
+        self.accept_backoff = AcceptBackoff(f"control socket {path}", log)
+        self._accept_paused_until: float | None = None
 
     # -- the listening socket ------------------------------------------------
 
@@ -140,7 +145,8 @@ class ControlServer:
         for fd in list(self._conns):
             self._drop(fd)
         if self.listener is not None:
-            self.selector.unregister(self.listener)
+            if self._accept_paused_until is None:
+                self.selector.unregister(self.listener)
             self.listener.close()
             self.listener = None
             try:
@@ -171,14 +177,24 @@ class ControlServer:
                            "(or start vnetd with --allow-foreign-netns)")
 
     def _on_accept(self, _mask: int, now: float) -> None:
+        if self._accept_paused_until is not None:
+            return      # an event of the wakeup that paused the listener
         while True:
             try:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                continue
             except OSError as e:
-                # EMFILE and friends: keep serving the ones we have.
-                log.warning("control socket accept failed: %s", e.strerror)
+                # EMFILE and friends: keep serving the ones we have, and stop
+                # polling the still readable listener for a while.
+                until = self.accept_backoff.failed(e, now)
+                if until is None:
+                    log.warning("control socket accept failed: %s", e.strerror)
+                else:
+                    self.selector.unregister(self.listener)
+                    self._accept_paused_until = until
                 return
             conn.setblocking(False)
             c = _Connection(conn, now + self.timeout, self._refusal(conn))
@@ -269,12 +285,19 @@ class ControlServer:
             c.sock.close()
 
     def next_deadline(self) -> float | None:
+        paused = self._accept_paused_until
         if not self._conns:
-            return None
-        return min(c.deadline for c in self._conns.values())
+            return paused
+        soonest = min(c.deadline for c in self._conns.values())
+        return soonest if paused is None else min(soonest, paused)
 
     def expire(self, now: float) -> None:
-        """Answer or close connections past their deadline (a stuck client)."""
+        """Answer or close connections past their deadline (a stuck client);
+        poll the listener again once its accept() pause is over."""
+        paused = self._accept_paused_until
+        if paused is not None and paused <= now and self.listener is not None:
+            self._accept_paused_until = None
+            self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
         for fd, c in list(self._conns.items()):
             if c.deadline > now:
                 continue

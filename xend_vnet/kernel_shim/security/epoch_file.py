@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from ... import atomic_file
+
 
 def load(path: str) -> int:
     """The last epoch saved, 0 when there is no file; ValueError on a damaged one."""
@@ -24,11 +26,4 @@ def load(path: str) -> int:
 
 def save(path: str, epoch: int) -> None:
     os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, f"{epoch}\n".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    atomic_file.write_atomically(path, f"{epoch}\n".encode("ascii"), mode=0o600)
