@@ -104,6 +104,9 @@ class VnetStore:
     def save(self, config: VnetConfig) -> str:
         """Write one config atomically; return its path."""
         final = self.path_of(config.vid)
+        problem = size_problem(config)
+        if problem:
+            raise StoreError(27, problem)   # EFBIG: never written, so never lost later
         try:
             self._write(final, config.to_string() + "\n")
         except OSError as e:
@@ -268,6 +271,19 @@ class VnetStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def size_problem(config: VnetConfig) -> str | None:
+    """Why the config cannot be stored: its printed form (where DEL and U+0080-U+00A0
+    take 4 characters and a backslash 2, protocol.md 12.3) is larger than what
+    ``load_all`` reads back; None when it fits (design.md 4)."""
+    size = len((config.to_string() + "\n").encode("utf-8"))
+    if size <= MAX_FILE:
+        return None
+    return (f"vnet {config.id_text}: its stored form would take {size} bytes, more than "
+            f"the store's limit of {MAX_FILE} bytes (the config may be at most {MAX_FILE} "
+            "bytes as stored; DEL, U+0080 to U+00A0 and other escaped characters take 4 "
+            "bytes each, a backslash 2)")
 
 
 def _reason(e: Exception) -> str:

@@ -18,14 +18,18 @@ root.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import bridges
 from ..config import ConfigError, VnetConfig, check_collisions
 from ..engine_client import EngineClient, EngineError, EngineUnavailable
-from ..store import StoreError, VnetStore
+from ..store import StoreError, VnetStore, size_problem
 from ..vnet_id import VnetId, VnetIdError
 from .cleanup import EngineCleanup
 from .engine_forms import EEXIST, ENOENT, add_form, del_form, engine_vnets
@@ -119,6 +123,11 @@ class VnetService:
             except ConfigError as e:
                 log.error("create of vnet %s refused: %s", config.id_text, e)
                 raise VnetFault(str(e)) from None
+            too_large = size_problem(config)
+            if too_large:
+                # Refused now, never stored and then lost at the next start (design.md 4).
+                log.error("create refused: %s", too_large)
+                raise VnetFault(f"cannot create {too_large}")
             pending = self.cleanup.pending.get(config.vid)
             if pending and (pending.vnetif, pending.data_path) != (config.vnetif,
                                                                    config.data_path):
@@ -128,9 +137,9 @@ class VnetService:
             try:
                 self._bring_up(config, undo, creating=True)
                 self.store.save(config)
-            except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
+            except Exception as e:  # noqa: BLE001 - design.md 4: any failure undoes the create
                 self._undo(config, undo)
-                reason = e.message if isinstance(e, EngineError) else str(e)
+                reason = failure_reason(e)
                 log.error("create of vnet %s failed: %s", config.id_text, reason)
                 raise VnetFault(f"cannot create vnet {config.id_text}: {reason}") from None
             self.configs[config.vid] = config
@@ -199,8 +208,9 @@ class VnetService:
         for what, step in reversed(undo):
             try:
                 step()
-            except (EngineError, bridges.BridgeError, StoreError) as e:
-                log.error("vnet %s: undoing %s failed: %s", config.id_text, what, e)
+            except Exception as e:  # noqa: BLE001 - the other steps are still undone
+                log.error("vnet %s: undoing %s failed: %s", config.id_text, what,
+                          failure_reason(e))
 
     # -- delete ---------------------------------------------------------------
 
@@ -337,6 +347,24 @@ class VnetService:
                 "pending_removals": [f"vnet {r.vid}: {device_kind(r.data_path)} {r.vnetif}"
                                      for _, r in sorted(self.cleanup.pending.items())],
             }
+
+
+def failure_reason(e: Exception) -> str:
+    """An operator's sentence for any failure of a step: the engine's message, a
+    netlink or OS error with its errno name, else the exception's own text."""
+    if isinstance(e, EngineError):
+        return e.message
+    if isinstance(e, (VnetFault, bridges.BridgeError, StoreError)):
+        return str(e)
+    if isinstance(e, NetlinkError) and e.args:
+        code = e.args[0]
+        text = e.args[1] if len(e.args) > 1 else os.strerror(code)
+        return f"netlink: {text} ({errno.errorcode.get(code, code)})"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f" ({e.filename})" if e.filename else ""
+        return (f"{e.strerror or os.strerror(e.errno)} "
+                f"({errno.errorcode.get(e.errno, e.errno)}){where}")
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def device_kind(data_path: str) -> str:
