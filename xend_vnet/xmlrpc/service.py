@@ -18,10 +18,12 @@ root.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
@@ -61,6 +63,8 @@ class VnetService:
         self.store_problems: list[str] = []
         self.reconciled = False
         self.lock = threading.RLock()
+        self.callers_waiting = 0               # creates and deletes waiting for the lock
+        self._waiting_lock = threading.Lock()
         self.cleanup = EngineCleanup(store, engine, net)
 
     # -- start-up -------------------------------------------------------------
@@ -85,6 +89,24 @@ class VnetService:
                 log.error("store: %s", r)
             self.store_problems = reports
         return reports
+
+    @contextlib.contextmanager
+    def _ahead_of_restore(self):
+        """The lock for a create or delete; a restore lets these in between its
+        batches (a lock is not fair: it would take it back at once)."""
+        with self._waiting_lock:
+            self.callers_waiting += 1
+        counted = True
+        try:
+            with self.lock:
+                with self._waiting_lock:
+                    self.callers_waiting -= 1
+                counted = False
+                yield
+        finally:
+            if counted:
+                with self._waiting_lock:
+                    self.callers_waiting -= 1
 
     # -- lookups --------------------------------------------------------------
 
@@ -123,7 +145,7 @@ class VnetService:
         except ConfigError as e:
             log.error("create refused: %s", e)
             raise VnetFault(str(e)) from None
-        with self.lock:
+        with self._ahead_of_restore():
             existing = self.configs.get(config.vid)
             if existing is not None:
                 log.error("create of vnet %s refused: it already exists", config.id_text)
@@ -248,7 +270,7 @@ class VnetService:
         what is left for the engine's next answer (design.md 5)."""
         if not isinstance(force, bool):
             raise VnetFault(f"force must be a boolean, not {type(force).__name__}")
-        with self.lock:
+        with self._ahead_of_restore():
             config = self._find(id_text)
             bridge_there, attached = self._bridge_ports(config)
             if attached and not force:
@@ -341,6 +363,8 @@ class VnetService:
         links = LinkSession(self.net)
         try:
             for start in range(0, len(todo), RESTORE_BATCH):
+                while self.callers_waiting and not (stopping and stopping()):
+                    time.sleep(0.001)       # their turn first (_ahead_of_restore)
                 if stopping is not None and stopping():
                     break
                 with self.lock:
