@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -80,6 +81,7 @@ class Start:
     def close(self) -> None:
         self.notify.close()
         self.engine.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
