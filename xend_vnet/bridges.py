@@ -288,10 +288,13 @@ class LinkBatch:
                 self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0,
                               br_forward_delay=0, state="up")
             except NetlinkError as e:
-                raise BridgeError(name, f"cannot create bridge: {_reason(e)}") from None
-            if self._lookup(name) is None:
-                raise BridgeError(name, "bridge vanished right after it was created")
-            return True
+                if e.code != 17:    # EEXIST: made since the dump; adopted below
+                    raise BridgeError(name, f"cannot create bridge: {_reason(e)}") from None
+            else:
+                if self._lookup(name) is None:
+                    raise BridgeError(name, "bridge vanished right after it was created")
+                return True
+            state = self._required(name)
         if state.kind != "bridge":
             raise BridgeError(name, f"exists and is not a bridge (kind {state.kind or 'unknown'})")
         self.set_up(name)
