@@ -23,7 +23,8 @@ from xend_vnet.engine_client import EngineClient
 from xend_vnet.store import PendingRemoval, VnetStore
 from xend_vnet.vnet_id import VnetId
 from xend_vnet.xmlrpc.engine_forms import add_form
-from xend_vnet.xmlrpc.service import ReconcileLoop, VnetFault, VnetService
+from xend_vnet.xmlrpc.reconcile import ReconcileLoop
+from xend_vnet.xmlrpc.service import VnetFault, VnetService
 
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
 C97 = "0000:0000:0000:0000:0000:0000:0000:0097"

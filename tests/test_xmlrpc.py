@@ -38,7 +38,8 @@ from xend_vnet.xmlrpc import server as server_mod
 from xend_vnet.xmlrpc.api import VnetAPI, check_sxpr, parse_request
 from xend_vnet.xmlrpc.caller import Caller, CallerFileError, read_caller_file
 from xend_vnet.xmlrpc.server import DeadlineReader, ServerError, XMLRPCServers
-from xend_vnet.xmlrpc.service import ReconcileLoop, VnetFault, VnetService, engine_vnets
+from xend_vnet.xmlrpc.reconcile import ReconcileLoop
+from xend_vnet.xmlrpc.service import VnetFault, VnetService, engine_vnets
 
 VNET97 = "(vnet (id 97) (bridge vnet97) (vnetif vnif97) (security none))"
 C97 = "0000:0000:0000:0000:0000:0000:0000:0097"

@@ -12,7 +12,10 @@ with STP off, so it is left alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .kernel_shim.datapath.vxlan.device import VxlanError, delete_vxlan
@@ -38,8 +41,9 @@ def _reason(e: NetlinkError) -> str:
 
 
 def _link(ipr: IPRoute, name: str):
+    # One RTM_GETLINK by name: a filtered dump would read every link of the host.
     try:
-        found = ipr.get_links(ifname=name)
+        found = ipr.link("get", ifname=name)
     except NetlinkError as e:
         if e.code == 19:  # ENODEV
             return None
@@ -209,3 +213,122 @@ def list_bridges() -> dict[str, list[str]]:
         if master and names.get(master) in bridges:
             bridges[names[master]].append(link.get("ifname"))
     return {b: sorted(p) for b, p in sorted(bridges.items())}
+
+
+@dataclass
+class LinkState:
+    """What a restore needs of a link, kept in step with its own changes."""
+
+    index: int
+    kind: str | None
+    master: int
+    up: bool
+
+    @classmethod
+    def of(cls, link) -> LinkState:
+        return cls(link["index"], _kind(link), link.get("master") or 0,
+                   bool(link["flags"] & IFF_UP))
+
+
+class LinkBatch:
+    """The checks and changes of many vnets' bridges on one netlink socket
+    (design.md 5: a restart restores every stored vnet at once): one dump of
+    the links up front, the same functions as this module answered from it,
+    and a link the dump did not have (a TAP the engine made since) looked up
+    by name when it must exist.  Valid while nothing else changes these
+    links: the caller holds the service's lock."""
+
+    def __init__(self):
+        self.ipr = IPRoute()
+        try:
+            links = self.ipr.get_links()
+        except NetlinkError as e:
+            self.ipr.close()
+            raise BridgeError("(all links)", _reason(e)) from None
+        self.links = {link.get("ifname"): LinkState.of(link) for link in links}
+        self.names = {state.index: name for name, state in self.links.items()}
+
+    def __enter__(self) -> LinkBatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def _lookup(self, name: str) -> LinkState | None:
+        link = _link(self.ipr, name)
+        if link is None:
+            self.links.pop(name, None)
+            return None
+        state = self.links[name] = LinkState.of(link)
+        self.names[state.index] = name
+        return state
+
+    def _required(self, name: str) -> LinkState:
+        state = self.links.get(name) or self._lookup(name)
+        if state is None:
+            raise BridgeError(name, "no such interface")
+        return state
+
+    def link_exists(self, name: str) -> bool:
+        return name in self.links
+
+    def is_bridge(self, name: str) -> bool:
+        state = self.links.get(name)
+        return state is not None and state.kind == "bridge"
+
+    def ensure_bridge(self, name: str) -> bool:
+        """As ``ensure_bridge``; a new bridge is made with STP off, forward delay 0
+        and up in one message."""
+        state = self.links.get(name)
+        if state is None:
+            try:
+                self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0,
+                              br_forward_delay=0, state="up")
+            except NetlinkError as e:
+                if e.code != 17:    # EEXIST: made since the dump; adopted below
+                    raise BridgeError(name, f"cannot create bridge: {_reason(e)}") from None
+            else:
+                if self._lookup(name) is None:
+                    raise BridgeError(name, "bridge vanished right after it was created")
+                return True
+            state = self._required(name)
+        if state.kind != "bridge":
+            raise BridgeError(name, f"exists and is not a bridge (kind {state.kind or 'unknown'})")
+        self.set_up(name)
+        return False
+
+    def master_of(self, ifname: str) -> str | None:
+        master = self._required(ifname).master
+        if not master:
+            return None
+        if master not in self.names:
+            found = self.ipr.get_links(master)
+            self.names[master] = found[0].get("ifname") if found else None
+        return self.names[master]
+
+    def enslave(self, bridge: str, ifname: str) -> None:
+        master = self._required(bridge).index
+        state = self._required(ifname)
+        try:
+            self.ipr.link("set", index=state.index, master=master)
+        except NetlinkError as e:
+            raise BridgeError(ifname, f"cannot add to bridge {bridge}: {_reason(e)}") from None
+        state.master = master
+
+    def set_up(self, ifname: str) -> None:
+        state = self._required(ifname)
+        if state.up:
+            return
+        try:
+            self.ipr.link("set", index=state.index, state="up")
+        except NetlinkError as e:
+            raise BridgeError(ifname, f"cannot bring up: {_reason(e)}") from None
+        state.up = True
+
+
+def batch() -> LinkBatch:
+    """One netlink socket and one link dump for many vnets (``LinkBatch``)."""
+    return LinkBatch()

@@ -169,3 +169,25 @@ def check_collisions(config: VnetConfig, existing: Iterable[VnetConfig]) -> None
             raise ConfigError(
                 field_name, f"{name!r} of vnet {config.id_text} is already the "
                 f"{what} of vnet {other.id_text}")
+
+
+class NameIndex:
+    """``check_collisions`` against many configs at once (loading a large store):
+    the names in a dict instead of a scan of every other vnet."""
+
+    def __init__(self):
+        self.owners: dict[str, tuple[VnetConfig, str]] = {}
+
+    def check(self, config: VnetConfig) -> None:
+        for field_name, name in (("bridge", config.bridge), ("vnetif", config.vnetif)):
+            owner = self.owners.get(name)
+            if owner is not None and owner[0].vid != config.vid:
+                other, what = owner
+                raise ConfigError(
+                    field_name, f"{name!r} of vnet {config.id_text} is already the "
+                    f"{what} of vnet {other.id_text}")
+
+    def add(self, config: VnetConfig) -> None:
+        # The first owner of a name is the one named, as check_collisions does.
+        self.owners.setdefault(config.bridge, (config, "bridge"))
+        self.owners.setdefault(config.vnetif, (config, "vnetif"))

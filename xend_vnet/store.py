@@ -14,6 +14,7 @@ Key files for vnets created over TCP live under ``<state-dir>/keys``
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 
@@ -104,6 +105,9 @@ class VnetStore:
     def save(self, config: VnetConfig) -> str:
         """Write one config atomically; return its path."""
         final = self.path_of(config.vid)
+        problem = size_problem(config)
+        if problem:
+            raise StoreError(27, problem)   # EFBIG: never written, so never lost later
         try:
             self._write(final, config.to_string() + "\n")
         except OSError as e:
@@ -124,6 +128,34 @@ class VnetStore:
         except OSError as e:
             raise StoreError(e.errno, f"cannot record the bridge of vnet {vid} in {path}: "
                              f"{e.strerror or e}") from None
+
+    def record_bridges(self, records: list[tuple[VnetId, str]]) -> None:
+        """Several bridge records with one flush to disk (a restore makes many
+        bridges at once): each written to a temporary file, the file system synced
+        once, then each renamed and the directory synced, so every record is still
+        either absent or whole after a crash."""
+        if not records:
+            return
+        temps: list[tuple[str, str]] = []
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            for vid, bridge in records:
+                final = self.bridge_record_of(vid)
+                temp = os.path.join(self.dir,
+                                    f".{os.path.basename(final)}{TEMP_MARK}{os.getpid()}")
+                fd = atomic_file.open_temp(temp, 0o600)    # O_EXCL|O_NOFOLLOW
+                temps.append((temp, final))
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(bridge + "\n")
+            _syncfs(self.dir)
+            for temp, final in temps:
+                os.rename(temp, final)
+            self._sync_dir()
+        except OSError as e:
+            for temp, _ in temps:
+                _unlink_quietly(temp)
+            raise StoreError(e.errno, f"cannot record the bridges of {len(records)} vnets in "
+                             f"{self.dir}: {e.strerror or e}") from None
 
     def created_bridge(self, vid: VnetId) -> str | None:
         """The bridge xend-vnet created for this vnet, if it recorded one."""
@@ -261,6 +293,19 @@ class VnetStore:
             os.close(fd)
 
 
+def size_problem(config: VnetConfig) -> str | None:
+    """Why the config cannot be stored: its printed form (where DEL and U+0080-U+00A0
+    take 4 characters and a backslash 2, protocol.md 12.3) is larger than what
+    ``load_all`` reads back; None when it fits (design.md 4)."""
+    size = len((config.to_string() + "\n").encode("utf-8"))
+    if size <= MAX_FILE:
+        return None
+    return (f"vnet {config.id_text}: its stored form would take {size} bytes, more than "
+            f"the store's limit of {MAX_FILE} bytes (the config may be at most {MAX_FILE} "
+            "bytes as stored; DEL, U+0080 to U+00A0 and other escaped characters take 4 "
+            "bytes each, a backslash 2)")
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, OSError):
         return e.strerror or str(e)
@@ -269,6 +314,20 @@ def _reason(e: Exception) -> str:
     if isinstance(e, sxp.ParseError):
         return f"cannot parse: {e}"
     return str(e)
+
+
+def _syncfs(path: str) -> None:
+    """syncfs(2) of the file system holding ``path``: one flush for many files."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,12 +1,14 @@
 """The ``xend-vnet`` command: start|stop|status|restart the server, delete, import,
 install.
 
-``start`` daemonizes unless ``--foreground`` and returns once the server
-listens (or with its error).  ``stop`` and ``status`` work from another
+``start`` daemonizes unless ``--foreground`` and returns once the server is
+ready (below), or with its error.  ``stop`` and ``status`` work from another
 process through the pid file beside the socket (``<socket>.pid``), so one
 server per network namespace can run on a machine.  Status exit codes
-follow LSB: 0 running, 3 not running.  Under systemd (``Type=notify``)
-the server says READY=1 once its sockets are served (sdnotify).  ``delete
+follow LSB: 0 running, 3 not running.  The sockets are served at once;
+under systemd (``Type=notify``) the server says READY=1, and ``start``
+returns, once every stored vnet is up or has failed with a logged reason
+(design.md 5).  ``delete
 [--force] ID`` asks the running server, or works on the store itself when
 none runs: the way through for an admin whose xm has no ``--force``
 (design.md 4).
@@ -36,7 +38,8 @@ from ..httpu import server_proxy
 from . import importer
 from .api import VnetAPI
 from .server import ServerError, XMLRPCServers
-from .service import ReconcileLoop, VnetFault, VnetService
+from .reconcile import ReconcileLoop
+from .service import VnetFault, VnetService
 
 log = logging.getLogger("xend-vnet")
 
@@ -136,6 +139,27 @@ def ensure_engine(control: str) -> str | None:
     return None
 
 
+def restore(args: argparse.Namespace, settings: ServerSettings, service: VnetService,
+            stopping: threading.Event) -> bool:
+    """Make sure vnetd answers, then bring every stored vnet up or log why not;
+    False when stopped before the end (design.md 5: ready only after this)."""
+    if not args.no_engine:
+        reason = ensure_engine(settings.engine_control)
+        if reason:
+            log.error("cannot start vnetd: %s; stored vnets are restored once it runs",
+                      reason)
+    started = time.monotonic()
+    problems = service.reconcile(stopping.is_set)
+    if stopping.is_set():
+        return False
+    # servers.start() logged each listener: address, port, http or https.
+    log.info("ready (%s), state in %s, engine %s: %d stored vnets restored in %.1f s%s",
+             settings.deployment, settings.state_dir, settings.engine_control,
+             len(service.configs) - len(problems), time.monotonic() - started,
+             f", {len(problems)} not up" if problems else "")
+    return True
+
+
 def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str],
           pid_file: str, ready=None) -> int:
     """Run the server until SIGTERM/SIGINT; ``ready(error)`` is called once listening."""
@@ -164,19 +188,14 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
     loop = ReconcileLoop(service, args.reconcile_interval)
     try:
         process.write_pid_file(pid_file)
-        if not args.no_engine:
-            reason = ensure_engine(settings.engine_control)
-            if reason:
-                log.error("cannot start vnetd: %s; stored vnets are restored once it runs",
-                          reason)
-        service.reconcile()
+        # Served at once: listings answer from the store while the restore runs,
+        # creates and deletes wait for one batch of it (design.md 5).
         servers.start()
-        # servers.start() logged each listener: address, port, http or https.
-        log.info("ready (%s), state in %s, engine %s",
-                 settings.deployment, settings.state_dir, settings.engine_control)
+        restored = restore(args, settings, service, stopping)
         if ready:
-            ready(None)
-        sdnotify.notify("READY=1")
+            ready(None if restored else "stopped before the stored vnets were restored")
+        if restored:
+            sdnotify.notify("READY=1")
         loop.start()
         while not stopping.wait(1.0):
             pass

@@ -18,19 +18,29 @@ root.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from .. import bridges
-from ..config import ConfigError, VnetConfig, check_collisions
+from ..config import ConfigError, NameIndex, VnetConfig, check_collisions
 from ..engine_client import EngineClient, EngineError, EngineUnavailable
-from ..store import StoreError, VnetStore
+from ..store import StoreError, VnetStore, size_problem
 from ..vnet_id import VnetId, VnetIdError
 from .cleanup import EngineCleanup
+from .reconcile import LinkSession
 from .engine_forms import EEXIST, ENOENT, add_form, del_form, engine_vnets
 
 log = logging.getLogger("xend-vnet")
+
+# Stored vnets restored under one hold of the lock, on one netlink socket.
+RESTORE_BATCH = 100
 
 
 class VnetFault(Exception):
@@ -44,12 +54,17 @@ class VnetService:
         self.store = store
         self.engine = engine
         self.net = net
+        # Replaced, never changed in place: listings read it without the lock, so
+        # they answer while a restore holds it (design.md 5).
         self.configs: dict[VnetId, VnetConfig] = {}
+        self.generation = 0                    # creates and deletes so far
         # canonical id -> why the stored vnet is not up (design.md 5: reported).
         self.problems: dict[str, str] = {}
         self.store_problems: list[str] = []
         self.reconciled = False
         self.lock = threading.RLock()
+        self.callers_waiting = 0               # creates and deletes waiting for the lock
+        self._waiting_lock = threading.Lock()
         self.cleanup = EngineCleanup(store, engine, net)
 
     # -- start-up -------------------------------------------------------------
@@ -58,19 +73,40 @@ class VnetService:
         """Read the store; return (and log) what could not be used."""
         configs, problems = self.store.load_all()
         with self.lock:
-            self.configs = {}
+            loaded: dict[VnetId, VnetConfig] = {}
+            names = NameIndex()
             reports = [str(p) for p in problems] + self.cleanup.load()
             for config in configs:
                 try:
-                    check_collisions(config, self.configs.values())
+                    names.check(config)
                 except ConfigError as e:
                     reports.append(f"{self.store.path_of(config.vid)}: {e}; not loaded")
                     continue
-                self.configs[config.vid] = config
+                names.add(config)
+                loaded[config.vid] = config
+            self.configs = loaded
             for r in reports:
                 log.error("store: %s", r)
             self.store_problems = reports
         return reports
+
+    @contextlib.contextmanager
+    def _ahead_of_restore(self):
+        """The lock for a create or delete; a restore lets these in between its
+        batches (a lock is not fair: it would take it back at once)."""
+        with self._waiting_lock:
+            self.callers_waiting += 1
+        counted = True
+        try:
+            with self.lock:
+                with self._waiting_lock:
+                    self.callers_waiting -= 1
+                counted = False
+                yield
+        finally:
+            if counted:
+                with self._waiting_lock:
+                    self.callers_waiting -= 1
 
     # -- lookups --------------------------------------------------------------
 
@@ -87,18 +123,18 @@ class VnetService:
         return config
 
     def ids(self) -> list[str]:
-        """Stored ids as written, sorted by canonical id (design.md 4)."""
-        with self.lock:
-            return [self.configs[v].id_text for v in sorted(self.configs)]
+        """Stored ids as written, sorted by canonical id (design.md 4); without the
+        lock, so it answers during a restore."""
+        configs = self.configs
+        return [configs[v].id_text for v in sorted(configs)]
 
     def get(self, id_text: object) -> list:
         """The stored config, verbatim."""
-        with self.lock:
-            return self._find(id_text).sxpr
+        return self._find(id_text).sxpr
 
     def list_all(self) -> list[list]:
-        with self.lock:
-            return [self.configs[v].sxpr for v in sorted(self.configs)]
+        configs = self.configs
+        return [configs[v].sxpr for v in sorted(configs)]
 
     # -- create ---------------------------------------------------------------
 
@@ -109,7 +145,7 @@ class VnetService:
         except ConfigError as e:
             log.error("create refused: %s", e)
             raise VnetFault(str(e)) from None
-        with self.lock:
+        with self._ahead_of_restore():
             existing = self.configs.get(config.vid)
             if existing is not None:
                 log.error("create of vnet %s refused: it already exists", config.id_text)
@@ -119,6 +155,11 @@ class VnetService:
             except ConfigError as e:
                 log.error("create of vnet %s refused: %s", config.id_text, e)
                 raise VnetFault(str(e)) from None
+            too_large = size_problem(config)
+            if too_large:
+                # Refused now, never stored and then lost at the next start (design.md 4).
+                log.error("create refused: %s", too_large)
+                raise VnetFault(f"cannot create {too_large}")
             pending = self.cleanup.pending.get(config.vid)
             if pending and (pending.vnetif, pending.data_path) != (config.vnetif,
                                                                    config.data_path):
@@ -128,12 +169,13 @@ class VnetService:
             try:
                 self._bring_up(config, undo, creating=True)
                 self.store.save(config)
-            except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
+            except Exception as e:  # noqa: BLE001 - design.md 4: any failure undoes the create
                 self._undo(config, undo)
-                reason = e.message if isinstance(e, EngineError) else str(e)
+                reason = failure_reason(e)
                 log.error("create of vnet %s failed: %s", config.id_text, reason)
                 raise VnetFault(f"cannot create vnet {config.id_text}: {reason}") from None
-            self.configs[config.vid] = config
+            self.configs = {**self.configs, config.vid: config}
+            self.generation += 1
             self.problems.pop(config.canonical, None)
             self.cleanup.cancel(config.vid)
         for w in config.warnings():
@@ -143,27 +185,35 @@ class VnetService:
                  config.data_path)
         return config
 
-    def _bring_up(self, config: VnetConfig, undo: list, creating: bool) -> list[str]:
+    def _bring_up(self, config: VnetConfig, undo: list, creating: bool, net=None,
+                  present: dict | None = None, records: list | None = None) -> list[str]:
         """Engine vnet, bridge, vnetif enslaved and up; return the steps that changed
-        something, and record how to undo them when creating."""
-        if self.net.link_exists(config.bridge) and not self.net.is_bridge(config.bridge):
+        something, and record how to undo them when creating.  A restore passes its
+        links (``net``), the engine's listing (``present``) and ``records``, where
+        the bridges it creates are listed to be recorded together."""
+        net = net or self.net
+        if net.link_exists(config.bridge) and not net.is_bridge(config.bridge):
             raise bridges.BridgeError(config.bridge, "exists and is not a bridge")
         done = []
-        if self._engine_add(config, undo if creating else None):
+        if self._engine_add(config, undo if creating else None, present):
             done.append("engine vnet added")
-        if self._ensure_bridge(config, undo, creating):
+        if self._ensure_bridge(config, undo, creating, net, records):
             done.append("bridge created")
-        if self.net.master_of(config.vnetif) != config.bridge:
-            self.net.enslave(config.bridge, config.vnetif)
+        if net.master_of(config.vnetif) != config.bridge:
+            net.enslave(config.bridge, config.vnetif)
             done.append("vnetif enslaved")
             undo.append(("enslave", lambda: self.net.release(config.vnetif)))
-        self.net.set_up(config.vnetif)
+        net.set_up(config.vnetif)
         return done
 
-    def _ensure_bridge(self, config: VnetConfig, undo: list, creating: bool) -> bool:
+    def _ensure_bridge(self, config: VnetConfig, undo: list, creating: bool,
+                       net=None, records: list | None = None) -> bool:
         """Create or adopt the vnet's bridge; True when it was created (and recorded,
         so that delete removes only bridges xend-vnet made)."""
-        if self.net.ensure_bridge(config.bridge):
+        if (net or self.net).ensure_bridge(config.bridge):
+            if records is not None:
+                records.append((config.vid, config.bridge))
+                return True
             undo.append(("bridge", lambda: self.net.delete_bridge(config.bridge)))
             self.store.record_bridge(config.vid, config.bridge)
             undo.append(("bridge record", lambda: self.store.record_bridge(config.vid, None)))
@@ -173,34 +223,45 @@ class VnetService:
             self.store.record_bridge(config.vid, None)
         return False
 
-    def _engine_add(self, config: VnetConfig, undo: list | None) -> bool:
-        """``vnet.add``; False when the engine already had it with the same parameters."""
+    def _engine_add(self, config: VnetConfig, undo: list | None,
+                    present: dict | None = None) -> bool:
+        """``vnet.add``; False when the engine already had it with the same parameters
+        (known from ``present``, the engine's listing, without asking again)."""
+        if present is not None and config.canonical in present:
+            self._check_same(config, present[config.canonical])
+            return False
         try:
             self.engine.call(add_form(config))
         except EngineError as e:
             if e.errno != EEXIST:
                 raise
             # design.md 5: "exists with the same parameters" is success.
-            present = engine_vnets(self.engine.call(["vnet.list"])).get(config.canonical)
-            if present is None:
+            there = engine_vnets(self.engine.call(["vnet.list"])).get(config.canonical)
+            if there is None:
                 # EEXIST for something else (e.g. the vnetif belongs to another
                 # vnet): the engine's own message says what.
                 raise
-            if present != (config.vnetif, config.security, config.data_path):
-                raise VnetFault(f"the engine already has vnet {config.canonical} with vnetif "
-                                f"{present[0]}, security {present[1]}, data-path "
-                                f"{present[2]}") from None
+            self._check_same(config, there)
             return False
         if undo is not None:
             undo.append(("engine", lambda: self.engine.call(del_form(config.canonical))))
         return True
 
+    @staticmethod
+    def _check_same(config: VnetConfig, present: tuple[str, str, str]) -> None:
+        """design.md 5: the engine's vnet counts only with the same parameters."""
+        if present != (config.vnetif, config.security, config.data_path):
+            raise VnetFault(f"the engine already has vnet {config.canonical} with vnetif "
+                            f"{present[0]}, security {present[1]}, data-path "
+                            f"{present[2]}")
+
     def _undo(self, config: VnetConfig, undo: list) -> None:
         for what, step in reversed(undo):
             try:
                 step()
-            except (EngineError, bridges.BridgeError, StoreError) as e:
-                log.error("vnet %s: undoing %s failed: %s", config.id_text, what, e)
+            except Exception as e:  # noqa: BLE001 - the other steps are still undone
+                log.error("vnet %s: undoing %s failed: %s", config.id_text, what,
+                          failure_reason(e))
 
     # -- delete ---------------------------------------------------------------
 
@@ -209,7 +270,7 @@ class VnetService:
         what is left for the engine's next answer (design.md 5)."""
         if not isinstance(force, bool):
             raise VnetFault(f"force must be a boolean, not {type(force).__name__}")
-        with self.lock:
+        with self._ahead_of_restore():
             config = self._find(id_text)
             bridge_there, attached = self._bridge_ports(config)
             if attached and not force:
@@ -230,7 +291,8 @@ class VnetService:
                 # The stored config stays, so a retry (or reconcile) finds it.
                 log.error("delete of vnet %s failed: %s", config.id_text, e)
                 raise VnetFault(f"cannot delete vnet {config.id_text}: {e}") from None
-            del self.configs[config.vid]
+            self.configs = {v: c for v, c in self.configs.items() if v != config.vid}
+            self.generation += 1
             self.problems.pop(config.canonical, None)
         log.info("deleted vnet %s%s%s", config.id_text, " (forced)" if force else "",
                  "" if ours or not bridge_there else
@@ -279,49 +341,95 @@ class VnetService:
             if self.cleanup.needed(self.configs, listing):
                 return True
         present = engine_vnets(listing)
-        for c in configs:
-            if c.canonical not in present:
-                return True
-            if not self.net.link_exists(c.vnetif) or self.net.master_of(c.vnetif) != c.bridge:
-                return True
-        return False
+        if any(c.canonical not in present for c in configs):
+            return True
+        with self.net.batch() as net:      # one link dump, not two sockets per vnet
+            return any(not net.link_exists(c.vnetif) or net.master_of(c.vnetif) != c.bridge
+                       for c in configs)
 
-    def reconcile(self) -> dict[str, str]:
+    def reconcile(self, stopping: Callable[[], bool] | None = None) -> dict[str, str]:
         """Remove what the engine should not have (cleanup.py), then bring every
         stored vnet up; return {canonical id: reason} for those that stay down.
-        Never deletes a stored vnet (design.md 5)."""
+        Never deletes a stored vnet (design.md 5).  The lock is taken per batch of
+        RESTORE_BATCH vnets, so a create or delete during a long restore waits for
+        one batch, not for all; ``stopping`` ends the restore between batches."""
         with self.lock:
-            try:
-                listing = self.engine.call(["vnet.list"])
-            except EngineError:
-                listing = None      # each vnet below reports the engine's state
+            listing = self._listing()
             if listing is not None:
                 self.cleanup.run(self.configs, listing)
-            problems: dict[str, str] = {}
-            for vid in sorted(self.configs):
-                config = self.configs[vid]
-                try:
-                    done = self._bring_up(config, [], creating=False)
-                except (EngineError, bridges.BridgeError, StoreError, VnetFault) as e:
-                    problems[config.canonical] = self._restore_failed(config, e)
-                    continue
-                if done or not self.reconciled:
-                    log.info("restored vnet %s (bridge %s, vnetif %s)%s", config.id_text,
-                             config.bridge, config.vnetif, f": {', '.join(done)}" if done else "")
-            self.problems = problems
+            todo = sorted(self.configs)
+            generation = self.generation
+        problems: dict[str, str] = {}
+        links = LinkSession(self.net)
+        try:
+            for start in range(0, len(todo), RESTORE_BATCH):
+                while self.callers_waiting and not (stopping and stopping()):
+                    time.sleep(0.001)       # their turn first (_ahead_of_restore)
+                if stopping is not None and stopping():
+                    break
+                with self.lock:
+                    if generation != self.generation:
+                        # A create or delete since: the listing and the links are stale.
+                        listing = self._listing() if listing is not None else None
+                        generation = self.generation
+                        links.close()
+                    configs = self.configs
+                    batch = [configs[v] for v in todo[start:start + RESTORE_BATCH]
+                             if v in configs]
+                    self._restore_batch(batch, listing, links, problems)
+        finally:
+            links.close()
+        with self.lock:
+            # A vnet deleted during the restore is no one's problem any more.
+            self.problems = {c: r for c, r in problems.items()
+                             if VnetId.parse(c) in self.configs}
             self.reconciled = True
-            return dict(problems)
+            return dict(self.problems)
 
-    def _restore_failed(self, config: VnetConfig, e: Exception) -> str:
+    def _listing(self) -> list | None:
+        try:
+            return self.engine.call(["vnet.list"])
+        except EngineError:
+            return None      # each vnet reports the engine's state
+
+    def _restore_batch(self, batch: list[VnetConfig], listing: list | None,
+                       links: LinkSession, problems: dict[str, str]) -> None:
+        """Bring one batch up on the restore's netlink socket, asking the engine only
+        for the vnets its listing lacks; the batch's bridge records are written
+        with one flush."""
+        present = engine_vnets(listing) if listing is not None else None
+        try:
+            net = links.open()
+        except Exception as e:  # noqa: BLE001 - design.md 5: reported, never fatal
+            for config in batch:
+                problems[config.canonical] = self._restore_failed(config, e)
+            return
+        records: list[tuple[VnetId, str]] = []
+        for config in batch:
+            try:
+                done = self._bring_up(config, [], False, net, present, records)
+            except Exception as e:  # noqa: BLE001 - design.md 5: reported, never fatal
+                problems[config.canonical] = self._restore_failed(config, e, net)
+                continue
+            if done or not self.reconciled:
+                log.info("restored vnet %s (bridge %s, vnetif %s)%s", config.id_text,
+                         config.bridge, config.vnetif, f": {', '.join(done)}" if done else "")
+        try:
+            self.store.record_bridges(records)
+        except StoreError as e:
+            for vid, _ in records:
+                problems[vid.canonical] = self._restore_failed(self.configs[vid], e)
+
+    def _restore_failed(self, config: VnetConfig, e: Exception, net=None) -> str:
         """Why a stored vnet stays down, logged when it changed."""
-        reason = e.message if isinstance(e, EngineError) else str(e)
+        reason = failure_reason(e)
         if isinstance(e, EngineUnavailable):
             # Domains started before the engine still find their
             # bridge; the engine's interface joins it later.
             try:
-                self._ensure_bridge(config, [], creating=False)
-            except (bridges.BridgeError, StoreError) as be:
-                reason = f"{reason}; bridge: {be}"
+                self._ensure_bridge(config, [], False, net)
+            except Exception as be:  # noqa: BLE001 - reported with the engine's state
+                reason = f"{reason}; bridge: {failure_reason(be)}"
         if self.problems.get(config.canonical) != reason:
             log.error("restore of vnet %s failed: %s", config.id_text, reason)
         return reason
@@ -339,6 +447,24 @@ class VnetService:
             }
 
 
+def failure_reason(e: Exception) -> str:
+    """An operator's sentence for any failure of a step: the engine's message, a
+    netlink or OS error with its errno name, else the exception's own text."""
+    if isinstance(e, EngineError):
+        return e.message
+    if isinstance(e, (VnetFault, bridges.BridgeError, StoreError)):
+        return str(e)
+    if isinstance(e, NetlinkError) and e.args:
+        code = e.args[0]
+        text = e.args[1] if len(e.args) > 1 else os.strerror(code)
+        return f"netlink: {text} ({errno.errorcode.get(code, code)})"
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f" ({e.filename})" if e.filename else ""
+        return (f"{e.strerror or os.strerror(e.errno)} "
+                f"({errno.errorcode.get(e.errno, e.errno)}){where}")
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 def device_kind(data_path: str) -> str:
     """What a vnet's device is on its data path (docs/vxlan.md)."""
     return "VXLAN device" if data_path == "vxlan" else "TAP"
@@ -352,49 +478,3 @@ def attached_message(config: VnetConfig, attached: list[str]) -> str:
             "(xm network-detach DOMAIN DEVID, or shut their domains down), or delete it "
             f"anyway with xend-vnet delete --force {config.id_text} on this host (or "
             f"xend-vnet's xm vnet-delete --force {config.id_text})")
-
-
-class ReconcileLoop(threading.Thread):
-    """Polls the engine every ``interval`` seconds and reconciles when a stored
-    vnet is missing or off its bridge, e.g. after vnetd restarted (design.md 5)."""
-
-    def __init__(self, service: VnetService, interval: float = 2.0):
-        super().__init__(name="reconcile", daemon=True)
-        self.service = service
-        self.interval = interval
-        self.stopping = threading.Event()
-        self.engine_down: str | None = None
-        self.last_failure: str | None = None
-
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
-            try:
-                self.poll()
-            except Exception as e:  # noqa: BLE001 - design.md 5: keep reconciling, whatever failed
-                failure = f"{type(e).__name__}: {e}"
-                if failure != self.last_failure:
-                    log.exception("reconcile failed; trying again every %g s", self.interval)
-                self.last_failure = failure
-            else:
-                self.last_failure = None
-
-    def poll(self) -> None:
-        """One round: check, reconcile if needed; engine outages are logged once."""
-        try:
-            if self.service.needs_reconcile():
-                self.service.reconcile()
-        except EngineError as e:
-            if self.engine_down != e.message:
-                log.warning("engine: %s; stored vnets are restored when it answers again",
-                            e.message)
-                self.engine_down = e.message
-            return
-        except bridges.BridgeError as e:
-            log.error("reconcile: %s", e)
-            return
-        if self.engine_down is not None:
-            log.info("engine answers again")
-            self.engine_down = None
-
-    def stop(self) -> None:
-        self.stopping.set()
