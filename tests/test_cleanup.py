@@ -129,6 +129,21 @@ def test_an_owned_vnet_whose_stored_file_did_not_load_is_left_alone(h):
     assert C98 in h.engine.vnets and h.engine.sent("vnet.del") == []
 
 
+
+def test_an_owned_vnet_whose_stored_file_was_moved_aside_is_left_alone(h):
+    # An unreadable stored file (a read error at boot, a config of a newer
+    # version) goes to .corrupt: its vnet is still the operator's, and the
+    # domains on it keep their network.
+    EngineClient(h.engine.path).call(add_form(VnetConfig.from_text("(vnet (id 97))")))
+    h.store.save(VnetConfig.from_text("(vnet (id 97))"))
+    with open(h.store.path_of(V97), "ab") as f:
+        f.write(b"\xff")
+    h.service.load()
+    assert os.path.exists(h.store.path_of(V97) + ".corrupt")
+    h.service.reconcile()
+    assert C97 in h.engine.vnets and h.engine.sent("vnet.del") == []
+
+
 class HeldNet:
     """The fake network with ``enslave`` held until released: a create stopped
     half-way, its engine vnet made and marked, nothing stored yet."""
@@ -266,6 +281,17 @@ def test_a_new_create_on_another_vnetif_removes_the_old_device_first(h):
     assert "vnif97" not in h.net.links and h.net.links["vnif97b"]["master"] == "vnet97"
     assert h.engine.vnets == {C97: ("vnif97b", "none")}
     assert h.service.cleanup.pending == {}
+
+
+def test_a_removal_that_could_not_finish_is_kept_when_a_create_takes_another_vnetif(h):
+    delete_while_engine_down(h)
+    engine_back(h, keep_vnets=False)                     # restarted: vnif97 left behind
+    h.service.cleanup.finish_now = lambda vid: None      # its removal did not get through
+    create(h.service, "(vnet (id 97) (vnetif vnif97b))")
+    assert V97 in h.service.cleanup.pending              # the old device still owed
+    assert os.path.exists(h.store.removal_record_of(V97))
+    h.service.reconcile()                                # the next poll finishes it
+    assert "vnif97" not in h.net.links and h.service.cleanup.pending == {}
 
 
 def test_stored_config_beside_a_removal_record_wins(h):

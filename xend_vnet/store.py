@@ -102,6 +102,12 @@ class VnetStore:
     def exists(self, vid: VnetId) -> bool:
         return os.path.exists(self.path_of(vid))
 
+    def had_config(self, vid: VnetId) -> bool:
+        """Whether a config of ``vid`` is stored or was moved aside as unreadable:
+        either way the vnet is the operator's, never an orphan to delete."""
+        path = self.path_of(vid)
+        return os.path.exists(path) or os.path.exists(path + CORRUPT)
+
     def save(self, config: VnetConfig) -> str:
         """Write one config atomically; return its path."""
         final = self.path_of(config.vid)

@@ -69,8 +69,10 @@ class EngineCleanup:
         """Engine vnets marked as ours that are neither stored nor pending removal."""
         known = {v.canonical for v in stored} | {v.canonical for v in self.pending}
         found = [VnetId.parse(c) for c in sorted(owned_vnets(listing) - known)]
-        # A stored file that did not load (a collision) is still the operator's.
-        return [v for v in found if not self.store.exists(v)]
+        # A stored file that did not load (a collision, or one moved aside as
+        # unreadable: a passing read error, a config of a newer version) is
+        # still the operator's: its vnet stays in the engine.
+        return [v for v in found if not self.store.had_config(v)]
 
     def needed(self, stored: Collection[VnetId], listing: list) -> bool:
         return bool(self.pending) or bool(self.orphans(stored, listing))

@@ -177,7 +177,11 @@ class VnetService:
             self.configs = {**self.configs, config.vid: config}
             self.generation += 1
             self.problems.pop(config.canonical, None)
-            self.cleanup.cancel(config.vid)
+            if pending is None or (pending.vnetif, pending.data_path) == (
+                    config.vnetif, config.data_path):
+                # Same device: it is in use again.  Another device's removal
+                # that finish_now could not complete stays for the reconcile.
+                self.cleanup.cancel(config.vid)
         for w in config.warnings():
             log.warning("%s", w)
         log.info("created vnet %s (bridge %s, vnetif %s, security %s, data-path %s)",
