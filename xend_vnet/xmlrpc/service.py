@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import bridges
+from .. import bridges, sdnotify
 from ..config import ConfigError, NameIndex, VnetConfig, check_collisions
 from ..engine_client import EngineClient, EngineError, EngineUnavailable
 from ..store import StoreError, VnetStore, size_problem
@@ -40,6 +40,7 @@ from .engine_forms import EEXIST, ENOENT, add_form, del_form, engine_vnets
 log = logging.getLogger("xend-vnet")
 
 # Stored vnets restored under one hold of the lock, on one netlink socket.
+RESTORE_EXTEND_USEC = 90_000_000   # systemd's default start timeout, again
 RESTORE_BATCH = 100
 
 
@@ -381,6 +382,9 @@ class VnetService:
                     batch = [configs[v] for v in todo[start:start + RESTORE_BATCH]
                              if v in configs]
                     self._restore_batch(batch, listing, links, problems)
+                # READY waits for the whole restore (design.md 5): each batch
+                # done buys the unit another start timeout, however many vnets.
+                sdnotify.notify(f"EXTEND_TIMEOUT_USEC={RESTORE_EXTEND_USEC}")
         finally:
             links.close()
         with self.lock:
