@@ -192,6 +192,16 @@ def test_vif_commands(host):
     assert err(execute(host, "(vif.del (vnet 4) (vmac aa:00:00:00:00:01))"))[0] == ENOENT
 
 
+def test_vif_add_past_the_vnets_bound_is_refused_not_silently_dropped(host):
+    v4 = VnetId.parse("4")
+    host.core.set_limit(v4, "vif", 1)
+    assert execute(host, "(vif.add (vnet 4) (vmac aa:00:00:00:00:01))") == ""
+    assert execute(host, "(vif.add (vnet 4) (vmac aa:00:00:00:00:01))") == ""   # known
+    errno_, message = err(execute(host, "(vif.add (vnet 4) (vmac aa:00:00:00:00:02))"))
+    assert errno_ == commands.ENOSPC and "aa:00:00:00:00:02 is not recorded" in message
+    assert len(sxp.parse_all(execute(host, "(vif.list)"))) == 2     # the header and one vif
+
+
 def test_peer_commands(host):
     assert execute(host, "(peer.add (addr 198.51.100.7))") == ""
     assert execute(host, "(peer.add (addr 192.0.2.9) (port 1798))") == ""

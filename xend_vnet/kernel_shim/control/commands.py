@@ -38,6 +38,7 @@ EIO = _errno.EIO         # 5
 EEXIST = _errno.EEXIST   # 17
 EINVAL = _errno.EINVAL   # 22
 EBUSY = _errno.EBUSY     # 16
+ENOSPC = _errno.ENOSPC   # 28
 
 # Who may manage a vnet besides the operator (design.md 6): xend-vnet stores
 # the vnets it creates and re-adds them, so removing one behind its back only
@@ -365,7 +366,10 @@ def _vnet_stats(host: EngineHost, form: list) -> str:
 
 def _vif_add(host: EngineHost, form: list) -> str:
     vnet = _existing(host, form, "vnet")
-    host.core.vif_add(vnet.vid, _mac(form), host.now())
+    if not host.core.vif_add(vnet.vid, _mac(form), host.now()):
+        raise CommandError(ENOSPC, f"vif.add: vnet {vnet.vid} has as many vifs as its "
+                           "bound allows (docs/security.md, resource limits): "
+                           f"{_arg(form, 'vmac')} is not recorded")
     return ""
 
 

@@ -239,12 +239,15 @@ class EngineCore(ReceivePath, SendPath):
         """Sorted by id."""
         return [self._vnets[k] for k in sorted(self._vnets)]
 
-    def vif_add(self, vid: VnetId, mac: bytes, now: float) -> None:
-        """KeyError when the vnet does not exist (protocol.md 8.3)."""
+    def vif_add(self, vid: VnetId, mac: bytes, now: float) -> bool:
+        """False when the vnet's vif table is at its bound and the MAC is new
+        (docs/security.md, resource limits); KeyError when the vnet does not
+        exist (protocol.md 8.3)."""
         if vid.raw not in self._vnets:
             raise KeyError(f"no such vnet {vid}")
         self.vifs.update(vid.raw, mac, now, self._vnets[vid.raw].counters.refused)
         self._arm(now)
+        return self.vifs.table.get((vid.raw, mac)) is not None
 
     def vif_del(self, vid: VnetId, mac: bytes) -> None:
         """KeyError when the vif is not in the table."""
