@@ -304,3 +304,15 @@ def test_soak_200_hostile_connections_on_every_listener_while_100_vnets_come_and
         assert seen.get(f"{kind} long_line 431"), seen
         assert seen.get(f"{kind} many_bytes 431"), seen
     assert seen.get("unix entity_bomb 200") and seen.get("tcp entity_bomb 200"), seen
+
+
+def test_callers_over_tcp_leave_slots_for_the_unix_socket():
+    # Four remote addresses at their per-caller share would hold every slot:
+    # the unix socket's callers keep a reserve (docs/security.md).
+    slots = CallerSlots(total=64, per_caller=16)
+    taken = [slots.take(f"address 192.0.2.{i // 16}") for i in range(64)]
+    assert taken[:48] == [None] * 48 and all(t for t in taken[48:])
+    assert "callers over TCP" in taken[-1]
+    assert [slots.take("uid 0") for _ in range(16)] == [None] * 16
+    slots.give_back("address 192.0.2.0")
+    assert slots.take("address 192.0.2.9") is None and slots.remote == 48

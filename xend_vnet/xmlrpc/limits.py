@@ -26,6 +26,7 @@ MAX_HEADER_BYTES = 32 * 1024     # the request line and every header line togeth
 MAX_HEADER_LINES = 100
 MAX_CONNECTIONS = 64             # connections served at once, every listener together
 MAX_PER_CALLER = 16              # of those, held by one uid or one source address
+LOCAL_RESERVE = 16               # of those, never taken by callers over TCP
 READ_BUFFER = io.DEFAULT_BUFFER_SIZE
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -141,22 +142,32 @@ class CallerSlots:
         self.lock = threading.Lock()
         self.held: collections.Counter = collections.Counter()
         self.in_use = 0
+        self.remote = 0             # of which callers over TCP
 
     def take(self, key: str) -> str | None:
-        """Take a slot for ``key``; None when taken, else why not (for the 503)."""
+        """Take a slot for ``key``; None when taken, else why not (for the 503).
+
+        Callers over TCP (keys ``address ...``) share all but ``LOCAL_RESERVE``
+        slots: the unix socket's callers (xm, network-vnet, the calls for
+        xend) always find one, however many remote addresses connect."""
         with self.lock:
             if self.held[key] >= self.per_caller:
                 return (f"{key} already holds {self.per_caller} connections, the limit "
                         "per caller")
             if self.in_use >= self.total:
                 return f"all {self.total} connections are in use"
+            if key.startswith("address ") and self.remote >= self.total - LOCAL_RESERVE:
+                return (f"the {self.total - LOCAL_RESERVE} connections callers over TCP "
+                        "may hold are in use")
             self.held[key] += 1
             self.in_use += 1
+            self.remote += key.startswith("address ")
             return None
 
     def give_back(self, key: str) -> None:
         with self.lock:
             self.in_use -= 1
+            self.remote -= key.startswith("address ")
             self.held[key] -= 1
             if self.held[key] <= 0:
                 del self.held[key]
