@@ -259,14 +259,32 @@ def test_a_spoofer_cannot_evict_another_senders_partial_frames():
     segs = [bytes(v[i]) + bytes(v[i + 1])
             for v in segment_sends(V2.raw, 1, packet, 1000) for i in range(0, len(v), 2)]
     c.receive_udp(segs[0], PEER, ME, 1.0)
+    # A real frame's segments arrive within milliseconds (one sendmsg train).
     for i in range(1000):
-        c.receive_udp(first_segment(V2, i), addr(i), ME, 1.1)
+        c.receive_udp(first_segment(V2, i), addr(i), ME, 1.01)
     out = []
     for s in segs[1:]:
-        out += c.receive_udp(s, PEER, ME, 1.2)
+        out += c.receive_udp(s, PEER, ME, 1.02)
     assert [a.packet for a in out] == [packet] and consistent(c)
     assert c.counters.rx_dropped["reassembly_vnet_full"] == 1000 - (
         LIMITS["reassembly"].per_vnet - 1)
+
+
+def test_spoofed_partial_frames_from_ever_new_sources_do_not_block_a_vnet():
+    """A vnet full of stalled partial frames (first segments from spoofed
+    sources, never completed) still takes a real peer's new super-frame: the
+    oldest stalled frame gives way (reassembly.EVICT_AGE)."""
+    c = clear_core(V2)
+    for i in range(LIMITS["reassembly"].per_vnet):
+        c.receive_udp(first_segment(V2, i), addr(i), ME, 1.0)
+    packet = tcp_packet(3000, 1448)
+    segs = [bytes(v[i]) + bytes(v[i + 1])
+            for v in segment_sends(V2.raw, 7, packet, 1000) for i in range(0, len(v), 2)]
+    out = []
+    for s in segs:
+        out += c.receive_udp(s, PEER, ME, 1.0 + 2 * reassembly.EVICT_AGE)
+    assert [a.packet for a in out] == [packet] and consistent(c)
+    assert c.counters.rx_dropped.get("reassembly_vnet_full", 0) == 0
 
 
 def test_partial_frames_of_one_vnet_do_not_use_anothers_share():

@@ -17,6 +17,7 @@ from ..wire.segments import FAST_SEGMENT, MSG_FAST, SEGMENT_HEADER_LEN, _SEGMENT
 from .bounds import BoundedTable, Entry
 
 REASSEMBLY_TIMEOUT = 1.0
+EVICT_AGE = 0.05           # a full vnet's oldest frame older than this gives way
 
 Key = tuple[str, bytes, int]     # (sender, vnet id, frame id)
 
@@ -127,6 +128,16 @@ class Reassembler:
             t.remove(t.oldest_of(vid_raw, src_ip))
             self.expired += 1
             why = t.full(vid_raw, src_ip)
+        if why == t.kind + "_vnet_full":
+            # A legitimate frame completes within milliseconds: the vnet's
+            # oldest frame, stalled past EVICT_AGE, gives way to a new one, so
+            # spoofed first segments from ever new sources cannot hold every
+            # slot for a whole REASSEMBLY_TIMEOUT (docs/security.md).
+            oldest = t.any_key(vid_raw)
+            if oldest is not None and now - t[oldest].stamp > EVICT_AGE:
+                t.remove(oldest)
+                self.expired += 1
+                why = t.full(vid_raw, src_ip)
         if why is not None:
             raise DecodeError(why, f"frame from {src_ip}")
 
