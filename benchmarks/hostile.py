@@ -43,11 +43,11 @@ run.  Everything it creates is removed on exit, also on failure or Ctrl-C;
 one benchmark at a time (the lock of throughput.py).  Needs root, iproute2,
 tcpdump, iperf3, ping and psutil.
 
-The figures of docs/performance.md come from ``--seconds 120``; the default
-is a short run:
+The figures of docs/performance.md come from the defaults (``--seconds
+120``, about 20 minutes for every kind); ``--seconds 10`` is a smoke run:
 
     python3 benchmarks/hostile.py [--kinds varp,data,...] [--rate 5000]
-                                  [--seconds 20] [--json FILE]
+                                  [--seconds 120] [--json FILE]
 """
 
 from __future__ import annotations
@@ -290,16 +290,16 @@ def measure_all(bed: HostileBed, opts: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="The figures in docs/performance.md are from --seconds 120 (every kind, "
-               "about 20 minutes); the default of 20 s is a smoke run.")
+        epilog="The figures in docs/performance.md are from --seconds 120, the default "
+               "(every kind: about 20 minutes); --seconds 10 makes a smoke run.")
     p.add_argument("--kinds", default=",".join(KINDS),
                    help="kinds of hostile traffic, comma-separated (default: all: "
                         "%(default)s)")
     p.add_argument("--rate", type=float, default=5000.0,
                    help="packets a second asked of the attacker (default 5000)")
-    p.add_argument("--seconds", type=float, default=20.0,
-                   help="attack time per kind (default 20, a smoke run; the documented "
-                        "figures use 120)")
+    p.add_argument("--seconds", type=float, default=120.0,
+                   help="attack time per kind (default 120, as the documented figures; "
+                        "10 for a smoke run)")
     p.add_argument("--pings", type=int, default=200, help="pings during each attack, "
                    "0.05 s apart (default 200)")
     p.add_argument("--iperf-seconds", type=float, default=10.0,
