@@ -200,3 +200,21 @@ def test_a_stale_temp_file_of_ours_is_replaced_and_modes_ignore_the_umask(store)
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert not os.path.exists(temp)
+
+
+def test_a_read_error_leaves_the_stored_file_in_place(tmp_path, monkeypatch):
+    # EIO or EMFILE at start says nothing about the file: it is not moved
+    # aside as corrupt, so the next start reads it again.
+    store = VnetStore(str(tmp_path))
+    store.save(VnetConfig.from_text("(vnet (id 97))"))
+
+    def failing_read(path, name):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store, "_read", failing_read)
+    configs, problems = store.load_all()
+    assert configs == [] and len(problems) == 1 and problems[0].moved_to is None
+    assert "Input/output error" in str(problems[0])
+    assert os.path.exists(store.path_of(VnetId.parse("97")))
+    monkeypatch.undo()
+    assert [c.id_text for c in store.load_all()[0]] == ["97"]

@@ -193,13 +193,7 @@ class VnetStore:
 
     def pending_removals(self) -> tuple[list[PendingRemoval], list[StoreProblem]]:
         """Every readable ``.deleted`` record; unreadable ones are moved aside."""
-        try:
-            names = sorted(n for n in os.listdir(self.dir) if n.endswith(DELETED_SUFFIX))
-        except FileNotFoundError:
-            return [], []
-        except OSError as e:
-            raise StoreError(e.errno, f"cannot read the store {self.dir}: "
-                             f"{e.strerror or e}") from None
+        names = [n for n in self._names() if n.endswith(DELETED_SUFFIX)]
         removals: list[PendingRemoval] = []
         problems: list[StoreProblem] = []
         for name in names:
@@ -238,13 +232,7 @@ class VnetStore:
 
     def load_all(self) -> tuple[list[VnetConfig], list[StoreProblem]]:
         """Every readable config (sorted by id) and the problems found on the way."""
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return [], []
-        except OSError as e:
-            raise StoreError(e.errno, f"cannot read the store {self.dir}: "
-                             f"{e.strerror or e}") from None
+        names = self._names()
         configs: list[VnetConfig] = []
         problems: list[StoreProblem] = []
         for name in names:
@@ -258,7 +246,12 @@ class VnetStore:
                 continue
             try:
                 config = self._read(path, name)
-            except (ConfigError, OSError, UnicodeDecodeError) as e:
+            except OSError as e:
+                # A read that failed (EIO, EMFILE...) says nothing about the
+                # file: it stays where it is, to be read at the next start.
+                problems.append(StoreProblem(path, _reason(e), None))
+                continue
+            except (ConfigError, UnicodeDecodeError) as e:
                 problems.append(StoreProblem(path, _reason(e), self._move_aside(path)))
                 continue
             configs.append(config)
@@ -277,6 +270,16 @@ class VnetStore:
             raise ConfigError("id", f"the file name does not match the id {config.id_text!r} "
                               f"(expected {config.vid.dbid + SUFFIX})")
         return config
+
+    def _names(self) -> list[str]:
+        """The store directory's file names, sorted; none when it does not exist."""
+        try:
+            return sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise StoreError(e.errno, f"cannot read the store {self.dir}: "
+                             f"{e.strerror or e}") from None
 
     def _move_aside(self, path: str) -> str | None:
         target = path + CORRUPT
