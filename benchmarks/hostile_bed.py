@@ -33,6 +33,18 @@ import time
 import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# The test bed's plumbing and the lock every benchmark shares (one at a time
+# owns the machine): throughput.py's.
+from throughput import LOCK_PATH, BenchError, in_ns, sh  # noqa: E402
+from throughput import wait_for as _wait_for  # noqa: E402
+
+
+def wait_for(what: str, test, timeout: float = 15.0) -> None:
+    """throughput.py's wait, with the longer default this bed's engines need."""
+    _wait_for(what, test, timeout)
+
+
 REPO = os.path.dirname(HERE)
 PREFIX = "xhb-"
 LAN, H1, H2, ATK, D1, D2 = (PREFIX + n for n in ("lan", "h1", "h2", "atk", "d1", "d2"))
@@ -43,32 +55,7 @@ TAP, BRIDGE, INJECTOR = "vnif0099", "br99", "inj0"
 # What a leak would carry: the LAN, TEST-NET-3, the domains' and forged 10.x.
 LEAK_FILTER = ("net 198.51.100.0/24 or net 203.0.113.0/24 or net 10.99.0.0/24 "
                "or net 10.200.0.0/13")
-# The benchmarks share one lock: one at a time owns the machine (throughput.py).
-LOCK_PATH = os.path.join(tempfile.gettempdir(), "xend-vnet-benchmark.lock")
 SENDER = os.path.join(HERE, "hostile_sender.py")
-
-
-class BenchError(Exception):
-    pass
-
-
-def sh(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout)
-    if check and done.returncode != 0:
-        raise BenchError(f"{' '.join(args)}: {done.stderr.strip() or done.returncode}")
-    return done
-
-
-def in_ns(ns: str, *args: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *args]
-
-
-def wait_for(what: str, test, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def remove_namespaces() -> None:
