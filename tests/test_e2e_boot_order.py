@@ -75,7 +75,9 @@ class BootingHost:
              "--reconcile-interval", "0.5"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        assert self.notify.recv(100) == b"READY=1"
+        # The restore extends systemd's start timeout batch by batch; READY follows.
+        while (message := self.notify.recv(100)) != b"READY=1":
+            assert message.startswith(b"EXTEND_TIMEOUT_USEC="), message
 
     def link(self, name: str) -> str | None:
         out = self.lab.ns_sh(self.ns, "ip", "-o", "link", "show", name, check=False)
