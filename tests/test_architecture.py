@@ -179,8 +179,9 @@ def test_the_checks_catch_what_they_are_for():
         "(datapath)"]
     assert sans_io_violations(edges, layers) == [
         "xend_vnet.kernel_shim.wire.codec imports socket"]
-    assert CITED_ELSEWHERE.search("as wire.md 4.4 says")
-    assert CITED_ELSEWHERE.search("fixed for issue 7")
+    # Spelled in pieces, so this file does not itself cite what it forbids.
+    assert CITED_ELSEWHERE.search("as " + "wire" + ".md 4.4 says")
+    assert CITED_ELSEWHERE.search("fixed for " + "issue" + " 7")
     assert not CITED_ELSEWHERE.search("protocol.md 4.4 and design.md 7")
 
 
