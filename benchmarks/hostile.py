@@ -56,7 +56,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -70,6 +69,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hostile_bed import (  # noqa: E402
     ATK, D1, D2, DOMAINS, H1, H2, HOSTS, INJECTOR, BenchError, HostileBed, cpu_ticks,
     host_ticks, in_ns, sh)
+import throughput  # noqa: E402  -- the machine facts every benchmark prints
 from hostile_packets import KINDS  # noqa: E402
 from hostile_report import all_at_bound, flat_counters, grown, parse_ping, per_kpps, table  # noqa: E402
 
@@ -261,17 +261,7 @@ def add_ratios(baseline: dict, results: dict) -> None:
 
 
 def machine() -> dict:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release(),
-            "python": platform.python_version(),
-            "iperf3": sh("iperf3", "--version", check=False).stdout.split("\n")[0],
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    return {**throughput.machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def measure_all(bed: HostileBed, opts: argparse.Namespace) -> dict:

@@ -18,7 +18,6 @@ itself alive with a canary datagram on loopback at the start and the end.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -36,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 # The test bed's plumbing and the lock every benchmark shares (one at a time
 # owns the machine): throughput.py's.
-from throughput import LOCK_PATH, BenchError, in_ns, sh  # noqa: E402
+from throughput import LOCK_PATH, BenchError, in_ns, sh, take_lock  # noqa: E402
 from throughput import wait_for as _wait_for  # noqa: E402
 
 
@@ -163,14 +162,8 @@ class HostileBed:
     # -- set-up ------------------------------------------------------------------------
 
     def lock(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BenchError(f"another benchmark holds {LOCK_PATH}; try again when "
-                             "it is done") from None
-        self.lock_fd = fd
+        self.lock_fd = take_lock(LOCK_PATH, "another benchmark is running; try again "
+                                 "when it is done")
 
     def build(self) -> None:
         self.lock()

@@ -27,7 +27,6 @@ Ctrl-C, and it stops only the processes it started.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from xend_vnet.store import VnetStore  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from throughput import BenchError  # noqa: E402  -- the test bed's plumbing
 from throughput import sh as _sh  # noqa: E402
+from throughput import take_lock  # noqa: E402
 
 PREFIX = "xrs-"
 NS = PREFIX + "h1"
@@ -100,14 +100,7 @@ class RestoreBed:
         return env
 
     def build(self, n: int) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BenchError(f"another run holds {LOCK_PATH}: its {PREFIX}* namespaces "
-                             "are in use") from None
-        self.lock_fd = fd
+        self.lock_fd = take_lock(LOCK_PATH, f"its {PREFIX}* namespaces are in use")
         remove_namespaces()     # leftovers of an interrupted run
         sh("ip", "netns", "add", NS)
         sh("ip", "-n", NS, "link", "set", "lo", "up")

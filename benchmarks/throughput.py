@@ -125,6 +125,18 @@ def wait_for(what: str, test, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def take_lock(path: str, busy: str) -> int:
+    """Hold the lock at ``path`` (one benchmark run at a time owns what it
+    guards); BenchError saying ``busy`` when another run holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BenchError(f"another run holds {path}: {busy}") from None
+    return fd
+
+
 class Testbed:
     """The namespaces, links and processes of one benchmark run."""
 
@@ -139,14 +151,7 @@ class Testbed:
     # -- set-up --------------------------------------------------------------------------
 
     def build(self) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BenchError(f"another run holds {LOCK_PATH}: its {PREFIX}* namespaces "
-                             "are in use") from None
-        self.lock_fd = fd
+        self.lock_fd = take_lock(LOCK_PATH, f"its {PREFIX}* namespaces are in use")
         remove_namespaces()  # leftovers of an interrupted run
         for ns in (H1, H2, D1, D2):
             ip("netns", "add", ns)
