@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 # The test bed's plumbing and the lock every benchmark shares (one at a time
 # owns the machine): throughput.py's.
-from throughput import LOCK_PATH, BenchError, in_ns, sh, take_lock  # noqa: E402
+from throughput import LOCK_PATH, BenchError, in_ns, rcvbuf_errors, sh, take_lock  # noqa: E402
 from throughput import wait_for as _wait_for  # noqa: E402
 
 
@@ -279,13 +279,7 @@ class HostileBed:
 
     def rcvbuf_errors(self) -> int:
         """UDP receive-buffer drops so far, both hosts together (/proc/net/snmp)."""
-        total = 0
-        for host in (H1, H2):
-            lines = [line.split() for line in sh(*in_ns(host, "cat", "/proc/net/snmp"))
-                     .stdout.split("\n") if line.startswith("Udp:")]
-            if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
-                total += int(lines[1][lines[0].index("RcvbufErrors")])
-        return total
+        return rcvbuf_errors((H1, H2))
 
     # -- processes -----------------------------------------------------------------------
 

@@ -125,6 +125,18 @@ def wait_for(what: str, test, timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
+def rcvbuf_errors(hosts) -> int:
+    """UDP receive-buffer drops so far in the namespaces ``hosts`` together
+    (/proc/net/snmp): what a socket lost before its engine saw it."""
+    total = 0
+    for host in hosts:
+        lines = [line.split() for line in sh(*in_ns(host, "cat", "/proc/net/snmp"))
+                 .stdout.split("\n") if line.startswith("Udp:")]
+        if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
+            total += int(lines[1][lines[0].index("RcvbufErrors")])
+    return total
+
+
 def take_lock(path: str, busy: str) -> int:
     """Hold the lock at ``path`` (one benchmark run at a time owns what it
     guards); BenchError saying ``busy`` when another run holds it."""
@@ -326,13 +338,7 @@ class Testbed:
 
     def rcvbuf_errors(self) -> int:
         """UDP receive-buffer drops so far, both hosts together (/proc/net/snmp)."""
-        total = 0
-        for host in (H1, H2):
-            lines = [line.split() for line in sh(*in_ns(host, "cat", "/proc/net/snmp"))
-                     .stdout.split("\n") if line.startswith("Udp:")]
-            if len(lines) >= 2 and "RcvbufErrors" in lines[0]:
-                total += int(lines[1][lines[0].index("RcvbufErrors")])
-        return total
+        return rcvbuf_errors((H1, H2))
 
     # -- tear-down ---------------------------------------------------------------------------
 
