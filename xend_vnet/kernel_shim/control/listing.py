@@ -160,6 +160,7 @@ def engine_stats_block(core: EngineCore) -> str:
         f"(vfwd_window_full {core.duplicates.overflows})",
         _with_reasons("rx_dropped", c.rx_dropped),
         _with_reasons("tap_dropped", c.tap_dropped),
+        _with_reasons("kernel_ignored", c.kernel_ignored),
         _with_reasons("refused", core.refused()),
     ])
 
