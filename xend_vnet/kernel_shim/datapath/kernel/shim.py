@@ -36,6 +36,9 @@ from .tc import EGRESS, INGRESS, ROLE_DECAP, ROLE_ENCAP, TcError, TcFilters
 BPF_F_INGRESS = 1
 MAP_NAMES = tuple(maps.MAP_SHAPES)
 PROGRAMS = ("vs_encap", "vs_decap")
+# what the decapsulator uses: the maps an adoption must find (vs_taps and
+# vs_locals only the encapsulators use; with no vnet attached they are empty)
+DECAP_MAPS = frozenset(MAP_NAMES) - {"vs_taps", "vs_locals"}
 
 __all__ = ["KernelPathUnavailable", "ShimConfig", "KernelShim", "ShimEvent", "RemoteSeen",
            "LocalSeen", "find_object"]
@@ -142,7 +145,7 @@ class KernelShim:
         tc = TcFilters(ipr)
 
         own_fds: list[int] = []
-        adopted = cls._adoptable(lib, tc, ul_index, own_fds)
+        adopted = cls._adoptable(lib, tc, ipr, ul_index, own_fds)
         try:
             obj = lib.open_file(path)
         except LibbpfError as e:
@@ -183,51 +186,68 @@ class KernelShim:
         return shim
 
     @staticmethod
-    def _adoptable(lib: Libbpf, tc: TcFilters, ul_index: int, own_fds: list[int]) -> dict:
-        """Map name -> fd of the maps our decapsulator on this underlay uses,
-        when their shapes and layout version are this build's; {} when there
-        is none or it is another layout (then the fresh load replaces it)."""
+    def _prog_maps(lib: Libbpf, prog_id: int) -> dict[str, tuple[int, int]]:
+        """Map name -> (fd, id) of the maps of ours a program uses whose
+        shapes are this build's (the caller closes the fds)."""
+        found: dict[str, tuple[int, int]] = {}
         try:
-            ours = [f for f in tc.ours(ul_index, INGRESS) if f.role == ROLE_DECAP]
+            pfd = lib.prog_fd_by_id(prog_id)
+        except LibbpfError:
+            return found
+        try:
+            _name, ids = lib.prog_map_ids(pfd)
+            for map_id in ids:
+                fd = lib.map_fd_by_id(map_id)
+                info = lib.map_info(fd)
+                name = info["name"]
+                shape = maps.MAP_SHAPES.get(name)
+                if name in found or shape is None or (
+                        name != "vs_events" and
+                        (info["key_size"], info["value_size"], info["max_entries"]) != shape):
+                    os.close(fd)
+                    continue
+                found[name] = (fd, map_id)
+        except LibbpfError:
+            pass
+        finally:
+            os.close(pfd)
+        return found
+
+    @classmethod
+    def _adoptable(cls, lib: Libbpf, tc: TcFilters, ipr, ul_index: int,
+                   own_fds: list[int]) -> dict:
+        """Map name -> fd of the maps our decapsulator on this underlay uses
+        (and, of those it does not use, the ones our encapsulators on the same
+        maps use), when their shapes and layout version are this build's; {}
+        when there is none or it is another layout (a fresh load replaces it)."""
+        try:
+            decaps = [f for f in tc.ours(ul_index, INGRESS) if f.role == ROLE_DECAP]
         except TcError:
             return {}
-        for f in ours:
-            if not f.prog_id:
-                continue
-            try:
-                pfd = lib.prog_fd_by_id(f.prog_id)
-            except LibbpfError:
-                continue
-            found: dict[str, int] = {}
-            try:
-                _name, ids = lib.prog_map_ids(pfd)
-                for map_id in ids:
-                    fd = lib.map_fd_by_id(map_id)
-                    info = lib.map_info(fd)
-                    name = info["name"]
-                    shape = maps.MAP_SHAPES.get(name)
-                    if name in found or shape is None or (
-                            name != "vs_events" and
-                            (info["key_size"], info["value_size"], info["max_entries"])
-                            != shape):
-                        os.close(fd)
-                        continue
-                    found[name] = fd
-            except LibbpfError:
-                pass
-            finally:
-                os.close(pfd)
+        for f in decaps:
+            found = cls._prog_maps(lib, f.prog_id) if f.prog_id else {}
             cfg = found.get("vs_config")
-            complete = set(found) == set(MAP_NAMES)
             version_ok = False
-            if cfg is not None and complete:
-                raw = lib.lookup(cfg, (0).to_bytes(4, "little"), maps.CONFIG.size)
+            if cfg is not None and set(found) >= DECAP_MAPS:
+                raw = lib.lookup(cfg[0], (0).to_bytes(4, "little"), maps.CONFIG.size)
                 version_ok = raw is not None and \
                     maps.Config.unpack(raw).version == maps.LAYOUT_VERSION
-            if complete and version_ok:
-                own_fds.extend(found.values())
-                return found
-            for fd in found.values():
+            if version_ok:
+                for link in ipr.get_links():
+                    for e in tc.ours(link["index"], EGRESS):
+                        if e.role != ROLE_ENCAP or not e.prog_id:
+                            continue
+                        more = cls._prog_maps(lib, e.prog_id)
+                        same = more.get("vs_config", (0, -1))[1] == cfg[1]
+                        for name, (fd, map_id) in more.items():
+                            if same and name not in found:
+                                found[name] = (fd, map_id)
+                            else:
+                                os.close(fd)
+                fds = {name: fd for name, (fd, _id) in found.items()}
+                own_fds.extend(fds.values())
+                return fds
+            for fd, _id in found.values():
                 os.close(fd)
         return {}
 
