@@ -320,6 +320,24 @@ class EngineCore(ReceivePath, SendPath):
                 for addr in self.kernel_peers.addresses(vraw)]
         return out
 
+    def idle_entries(self, now: float, varp_age: float, vif_age: float) -> list[TableChange]:
+        """Reachable VARP entries not refreshed for ``varp_age`` seconds and
+        vifs not for ``vif_age``, oldest first: read from the front of the
+        tables (kept in refresh order), so the work is what is found."""
+        out = []
+        horizon = now - varp_age
+        for (vraw, mac), entry in self.varp.table.items():
+            if entry.stamp > horizon:
+                break
+            if entry.state == REACHABLE:
+                out.append(TableChange(VARP, VnetId(vraw), mac, entry.addr, True))
+        horizon = now - vif_age
+        for (vraw, mac), entry in self.vifs.table.items():
+            if entry.stamp > horizon:
+                break
+            out.append(TableChange(VIF, VnetId(vraw), mac, None, True))
+        return out
+
     def set_kernel(self, vid: VnetId, on: bool) -> None:
         """The kernel path carries the vnet's known unicast (on) or no longer:
         its announces say so (``CAP_KERNEL``).  KeyError: no such vnet;
