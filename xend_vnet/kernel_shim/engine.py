@@ -35,6 +35,7 @@ from .core.engine import CoreOptions, EngineCore
 from .datapath.addresses import HostAddresses
 from .datapath.kernel.path import KernelPath
 from .datapath.kernel.shim import KernelShim, ShimConfig
+from .datapath import tap_keeper
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
@@ -92,6 +93,7 @@ class Engine:
         self.drop_log = DropLog()
         self.control: ControlServer | None = None
         self._next_refresh = 0.0
+        self._release_kept_at = 0.0     # TAPs the last engine kept, not taken by then, go
         self._next_drop_log = 0.0
         self._next_refresh_error_log = 0.0
 
@@ -141,6 +143,8 @@ class Engine:
         if not self._configure_kernel(time.monotonic()):
             raise StartupError(self._kernel_fatal())
         self.loop.add_timer(self.kernel.pending, self.kernel.sync)
+        path.taps.handed = tap_keeper.take_over(opts.control)
+        self._release_kept_at = time.monotonic() + opts.varp_ttl
         self.control = ControlServer(opts.control, self.handle_request, self.loop.selector,
                                      opts.allow_foreign_netns)
         try:
@@ -162,13 +166,29 @@ class Engine:
         self.loop.run()
 
     def shutdown(self) -> None:
-        """Close every socket and detach the TAPs; the devices stay (design.md 5)."""
+        """Close every socket and detach the TAPs; the devices stay (design.md 5),
+        the ones the kernel path carries kept attached for the next engine
+        (tap_keeper.py), with the kernel path's programs."""
         if self.control is not None:
             self.control.close()
+        self._keep_kernel_taps()
         for path in self.host.paths:
             path.close()
         self.loop.close()
         log.info("vnetd stopped")
+
+    def _keep_kernel_taps(self) -> None:
+        taps = self.userspace.taps
+        kept = {taps.by_vid[vid].ifname: taps.by_vid[vid].fd
+                for vid in self.kernel.attached_vnets() if vid in taps.by_vid}
+        if not kept:
+            return
+        problem = tap_keeper.hand_over(self.opts.control, kept)
+        if problem is None:
+            log.info("%d TAPs of the kernel path kept attached for the next engine "
+                     "(at most %g s)", len(kept), tap_keeper.KEEP_TIME)
+        else:
+            log.warning("%s: the kernel path's vnets stop until the next engine", problem)
 
     def _on_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,6 +282,8 @@ class Engine:
         if path.taps.lost:
             self._refresh_step("recreating the TAPs",
                                lambda: path.taps.recreate_lost(self.core.has_vnet))
+        if path.taps.handed and now >= self._release_kept_at:
+            path.taps.release_handed()
         if not self._configure_kernel(now):
             self.failure = self._kernel_fatal()
             log.error("%s", self.failure)
