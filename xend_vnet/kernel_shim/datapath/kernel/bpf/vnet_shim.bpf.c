@@ -441,5 +441,9 @@ int vs_decap(struct __sk_buff *skb)
 			clamp_mss(skb, ETH_HLEN + ip.ihl * 4, cfg->mss, index);
 	}
 	count(index, VS_C_DECAPSULATED);
+	/* A super-frame is aggregated already: straight into the TAP.  Single
+	 * segments go where GRO can merge them, when the vnet has such a port. */
+	if (gso)
+		return bpf_redirect(vnet->tap_ifindex, BPF_F_INGRESS);
 	return bpf_redirect(vnet->rx_ifindex, vnet->rx_flags);
 }

@@ -46,7 +46,7 @@ struct vs_vid {
 /* vs_vnets: vnet id -> where its decapsulated frames go */
 struct vs_vnet {
 	__u32 tap_ifindex;
-	__u32 rx_ifindex;        /* the TAP, or a veth end that gives GRO */
+	__u32 rx_ifindex;        /* where single segments go: the TAP (a port with GRO could go here) */
 	__u32 rx_flags;          /* bpf_redirect flags: BPF_F_INGRESS for the TAP */
 	__u32 index;             /* slot in vs_counters and vs_budget */
 };
