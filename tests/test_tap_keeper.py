@@ -15,7 +15,8 @@ from xend_vnet.kernel_shim.datapath.tap import TapError, adopt_tap
 
 @pytest.fixture
 def control(tmp_path):
-    return str(tmp_path / "vnetd.sock")
+    """The directory the keeper's socket goes in (/run/xend-vnet for vnetd)."""
+    return str(tmp_path)
 
 
 def pipes(n: int) -> list[tuple[int, int]]:
@@ -84,7 +85,7 @@ def test_what_is_not_a_keepers_socket_is_ignored(control):
 
 def test_a_keeper_that_cannot_listen_says_why(tmp_path):
     (r, w), = pipes(1)
-    problem = tap_keeper.hand_over(str(tmp_path / "missing" / "vnetd.sock"), {"x": r})
+    problem = tap_keeper.hand_over(str(tmp_path / "missing"), {"x": r})
     assert problem is not None and "cannot listen on" in problem
     os.close(r)
     os.close(w)

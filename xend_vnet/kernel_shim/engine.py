@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from .. import __version__, sxp
+from ..process import RUN_DIR
 from .control import commands
 from .control.commands import CommandError
 from .control.config_file import StartupFile
@@ -86,6 +87,7 @@ class Engine:
         self.kernel_required = (os.environ.get(REQUIRE_KERNEL_PATH) == "1"
                                 and not opts.no_kernel_path)
         self.failure: str | None = None     # why the engine stopped on its own
+        self.run_dir = RUN_DIR              # where the TAP keeper listens (tap_keeper.py)
         self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.kernel,
                                  self.addresses, version=VERSION_TEXT, control=opts.control,
                                  mtu=opts.mtu, varp_ttl=opts.varp_ttl)
@@ -143,7 +145,7 @@ class Engine:
         if not self._configure_kernel(time.monotonic()):
             raise StartupError(self._kernel_fatal())
         self.loop.add_timer(self.kernel.pending, self.kernel.sync)
-        path.taps.handed = tap_keeper.take_over(opts.control)
+        path.taps.handed = tap_keeper.take_over(self.run_dir)
         self._release_kept_at = time.monotonic() + opts.varp_ttl
         self.control = ControlServer(opts.control, self.handle_request, self.loop.selector,
                                      opts.allow_foreign_netns)
@@ -183,7 +185,7 @@ class Engine:
                 for vid in self.kernel.attached_vnets() if vid in taps.by_vid}
         if not kept:
             return
-        problem = tap_keeper.hand_over(self.opts.control, kept)
+        problem = tap_keeper.hand_over(self.run_dir, kept)
         if problem is None:
             log.info("%d TAPs of the kernel path kept attached for the next engine "
                      "(at most %g s)", len(kept), tap_keeper.KEEP_TIME)

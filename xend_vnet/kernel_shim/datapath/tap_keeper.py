@@ -6,8 +6,10 @@ egress and delivers into its ingress (datapath/kernel/path.py), would stop
 with the engine although its programs stay.  So a stopping engine hands the
 TAPs of the vnets the kernel path carries to a keeper (``hand_over``): this
 module run as a process of its own, which holds them until the next engine
-takes them (``take_over``) through a SOCK_SEQPACKET unix socket beside the
-control socket (``<control>.taps``, mode 0600), or at most KEEP_TIME seconds.
+of the network namespace takes them (``take_over``), whatever its control
+socket, through a SOCK_SEQPACKET unix socket named after the namespace
+beside the engines' locks (``/run/xend-vnet/vnetd-netns-DEV-INODE.taps``,
+mode 0600), or at most KEEP_TIME seconds.
 Meanwhile what the kernel leaves to user space waits in the TAP's queue, or
 is dropped when that is full, as when the engine is busy.
 
@@ -39,8 +41,10 @@ MAX_MESSAGE = 65536
 _UCRED = struct.Struct("3i")
 
 
-def keeper_path(control: str) -> str:
-    return control + ".taps"
+def keeper_path(directory: str) -> str:
+    """The keeper's socket of this network namespace in ``directory``."""
+    dev, ino = _netns("self")
+    return os.path.join(directory, f"vnetd-netns-{dev}-{ino}.taps")
 
 
 def _netns(pid: int | str) -> tuple[int, int]:
@@ -69,11 +73,12 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def hand_over(control: str, taps: dict[str, int], keep_time: float = KEEP_TIME) -> str | None:
+def hand_over(directory: str, taps: dict[str, int],
+              keep_time: float = KEEP_TIME) -> str | None:
     """Start a keeper holding ``taps`` (TAP name -> fd) for the next engine of
-    ``control``; None once it listens, else why not."""
+    this network namespace; None once it listens, else why not."""
     r, w = os.pipe2(os.O_CLOEXEC)
-    command = [sys.executable, "-m", __name__, keeper_path(control), f"{keep_time:g}",
+    command = [sys.executable, "-m", __name__, keeper_path(directory), f"{keep_time:g}",
                str(w), *(f"{name}={fd}" for name, fd in taps.items())]
     try:
         subprocess.Popen(command, pass_fds=(w, *taps.values()), start_new_session=True,
@@ -94,9 +99,9 @@ def hand_over(control: str, taps: dict[str, int], keep_time: float = KEEP_TIME) 
     return answer or f"the TAP keeper did not listen within {READY_TIMEOUT:g} s"
 
 
-def take_over(control: str) -> dict[str, int]:
+def take_over(directory: str) -> dict[str, int]:
     """The TAPs a keeper holds for us (name -> fd), if one does; {} otherwise."""
-    path = keeper_path(control)
+    path = keeper_path(directory)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
