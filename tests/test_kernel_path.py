@@ -309,6 +309,8 @@ def test_vnet_stats_show_the_kernel_counters_and_why_frames_went_up(world, kerne
     only = sxp.parse_all(world.command("(vnet.stats (id 2))"))
     assert sxp.child_value(only[0], "kernel_encapsulated") == "900"
     assert world.path.counters() == {"kernel-encapsulated": 900, "kernel-decapsulated": 800}
+    st = world.status()
+    assert (st["kernel-encapsulated"], st["kernel-decapsulated"]) == ("900", "800")
 
 
 def test_the_event_fd_is_watched_by_the_event_loop(world, kernel):
