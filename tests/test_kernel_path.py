@@ -504,3 +504,43 @@ def test_a_required_kernel_path_that_cannot_load_is_fatal(engine_for, kernel):
     kernel.calls.clear()
     assert engine_for("--no-kernel-path", require=True)._configure_kernel(1.0)
     assert kernel.calls == []
+
+
+# -- failures never stop the engine ------------------------------------------------------------
+
+def test_events_that_cannot_be_read_leave_the_loop_until_the_refresh(world, kernel):
+    kernel.refuse["events"] = "events: EIO"
+    kernel.push(RemoteSeen(V2, MAC_B, HOST_B))
+    world.turn()
+    assert kernel.shim.event_fd() not in world.loop.selector.get_map()   # no busy loop
+    assert world.core.counters.io_dropped["kernel_map_failed"] == 1
+    del kernel.refuse["events"]
+    world.path.refresh(world.now)
+    world.turn()
+    assert (V2, MAC_B) in kernel.remotes
+
+
+def test_a_bug_applying_changes_is_counted_and_the_maps_made_whole(world, kernel, monkeypatch):
+    def broken(changes):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(world.path, "table_changed", broken)
+    world.udp(b_data())
+    assert world.core.counters.io_dropped["kernel_path_error"] == 1
+    assert kernel.remotes == {}
+    monkeypatch.undo()
+    world.path.refresh(world.now)
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+
+
+def test_an_attach_that_fails_unexpectedly_leaves_the_vnet_up_in_user_space(taps, kernel,
+                                                                          monkeypatch):
+    w = World(kernel, vnets=())
+
+    def broken(vid, ifindex):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(kernel.shim, "attach", broken)
+    assert w.command("(vnet.add (id 2))") == ""
+    assert w.core.has_vnet(V2)
+    assert w.status()["vnet-path"] == {
+        "vnif0002": "user space: attach failed: RuntimeError('a bug')"}
+    w.close()
