@@ -544,3 +544,23 @@ def test_an_attach_that_fails_unexpectedly_leaves_the_vnet_up_in_user_space(taps
     assert w.status()["vnet-path"] == {
         "vnif0002": "user space: attach failed: RuntimeError('a bug')"}
     w.close()
+
+
+def test_losing_the_kernel_path_while_running_is_announced_at_once(world, kernel):
+    """Others must stop sending what only a kernel path takes: each local
+    domain is announced again without the bit (and with it when it is back)."""
+    world.tap(V2, frame(BCAST, MAC_A))
+    world.sent()
+    plain = encode_announce(V2.raw, MAC_A, ME)
+    kernel.refuse["open"] = "load refused: EPERM (needs CAP_BPF and CAP_NET_ADMIN)"
+    assert not world.path.configure(ShimConfig("eth0", "192.0.2.9", 1798, 1500), world.now)
+    assert (plain, GROUP) in world.sent()
+    assert world.status()["vnet-path"] == {
+        "vnif0002": "user space: load refused: EPERM (needs CAP_BPF and CAP_NET_ADMIN)"}
+    assert not world.core.vnet(V2).kernel
+    del kernel.refuse["open"]
+    assert world.path.configure(CONFIG, world.now)
+    assert (plain + KERNEL_TRAILER, GROUP) in world.sent()
+    assert world.status()["vnet-path"] == {"vnif0002": "kernel"}
+    world.command("(engine.purge)")
+    assert (plain, GROUP) in world.sent()

@@ -118,6 +118,7 @@ class KernelPath:
                      config.underlay, config.local_addr)
             # Another device: what is on the old one goes (the new load
             # would not find it); the same one: it is adopted again.
+            self._leave_all()
             self._close_shim(purge=config.underlay != self.config.underlay)
         self.config = config
         try:
@@ -152,15 +153,9 @@ class KernelPath:
         for vid, mac in locals_:
             self._left_locals.setdefault(vid, set()).add(mac)
         self._left_until = now + self.core.options.varp_ttl
-        self._remotes.clear()
-        self._locals.clear()
-        self._macs_at.clear()
-        self._withdrawn_remotes.clear()
-        self._withdrawn_locals.clear()
-        attached, self._attached = self._attached, {}
         log.info("kernel path loaded%s", f", adopting {len(left)} vnets" if left else "")
-        for vid in attached:         # loaded again: the vnets we carried go back
-            self._attach(vid, now)
+        for vnet in self.core.vnets():      # loaded again: every vnet that may goes on it
+            self._attach(vnet.vid, now)
 
     # -- DataPath --------------------------------------------------------------------------
 
@@ -201,7 +196,7 @@ class KernelPath:
             log.warning("vnet %s stays in user space: %s", vid.canonical, e.reason)
             return
         self._attached[vid] = tap.index
-        self.core.set_kernel(vid, True)
+        self.userspace.perform(self.core.set_kernel(vid, True, now))
         held: dict[bytes, tuple[str, bool]] = {}
         held_locals: set[bytes] = set()
         left_on = self._left.pop(vid, None)
@@ -319,7 +314,7 @@ class KernelPath:
         return {vid: values for vid, values in found.items() if vid in self._attached}
 
     def status(self, vid: VnetId) -> PathStatus | None:
-        if vid in self._attached:
+        if self.shim is not None and vid in self._attached:
             return PathStatus(self.name, "kernel")
         return None
 
@@ -334,6 +329,22 @@ class KernelPath:
         if self.shim is not None:
             self._close_shim()
             log.info("kernel path left in place for the next engine")
+
+    def _leave_all(self) -> None:
+        """Every vnet back to user space alone, and said so to the others
+        (``EngineCore.set_kernel``): the kernel path goes away while we run."""
+        now = self.clock()
+        for vid in list(self._attached):
+            if self.core.has_vnet(vid):
+                self.userspace.perform(self.core.set_kernel(vid, False, now))
+            self._forget(vid)
+        self._attached.clear()
+        self._refused.clear()
+        self._no_tap.clear()
+        self._dirty.clear()
+        self._left.clear()
+        self._left_remotes.clear()
+        self._left_locals.clear()
 
     def _close_shim(self, purge: bool = False) -> None:
         self._watch_events(False)
@@ -354,16 +365,7 @@ class KernelPath:
         shim = self.shim
         if shim is None:
             return
-        for vid in list(self._attached):
-            if self.core.has_vnet(vid):
-                self.core.set_kernel(vid, False)
-            self._forget(vid)
-        self._attached.clear()
-        self._refused.clear()
-        self._no_tap.clear()
-        self._left.clear()
-        self._left_remotes.clear()
-        self._left_locals.clear()
+        self._leave_all()
         self._watch_events(False)
         self.shim = None
         self.off_reason = self.reason = "purged (vn rmmod --purge)"
