@@ -32,6 +32,19 @@ def counter(d: EngineProcess, vnet: str, name: str) -> int:
     return int(vnet_stats(d)[vnet][name])
 
 
+def frames_out(d: EngineProcess, vnet: str) -> int:
+    """Frames the host sent for the vnet: through the engine (``tx_packets``)
+    and in its kernel path (``kernel_encapsulated``, design.md 1.1)."""
+    stats = vnet_stats(d)[vnet]
+    return int(stats["tx_packets"]) + int(stats.get("kernel_encapsulated", 0))
+
+
+def frames_in(d: EngineProcess, vnet: str) -> int:
+    """Frames the host received for the vnet, through the engine or its kernel path."""
+    stats = vnet_stats(d)[vnet]
+    return int(stats["rx_packets"]) + int(stats.get("kernel_decapsulated", 0))
+
+
 def drops(d: EngineProcess) -> dict:
     """Engine-wide receive drops by reason, as ints."""
     return {k: int(v) for k, v in vnet_stats(d)["engine"].get("rx_dropped", {}).items()}

@@ -10,7 +10,9 @@ the four others: to db the frames cross as fast segments, to dc, dn and dp
 as plain frames, segmented and checksummed in software by a's engine; p
 checks every frame it gets.  Hosts a and b
 also carry the secured vnet 7b (conf), with domains sa and sb, whose
-super-frames cross sealed once each.
+super-frames cross sealed once each.  The engines run with
+``--no-kernel-path``: this is the user-space path's framing, which the
+kernel path would otherwise carry (design.md 1.1; tests/test_e2e_kernel_path.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class World:
                 if name in ("a", "b"):
                     f.write(f"(vnet.add (id 7b) (security conf) (key-file {key}))\n")
             ns = self.ns[name] = lab.host(name, addr)
-            self.vnetd[name] = lab.start_vnetd(ns, "--no-default-vnets", "-f", conf, *args)
+            self.vnetd[name] = lab.start_vnetd(ns, "--no-default-vnets", "--no-kernel-path",
+                                               "-f", conf, *args)
             lab.bridge(ns, "vnet77", "vnif0077")
             if name in ("a", "b"):
                 lab.bridge(ns, "vnet7b", "vnif007b")

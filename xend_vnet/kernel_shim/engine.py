@@ -1,23 +1,31 @@
-"""The engine assembled: the core, its two data paths, the control socket and
+"""The engine assembled: the core, its data paths, the control socket and
 the startup file on one event loop (protocol.md 9.1, design.md 4-6).
 
 ``Engine(opts)`` builds everything without opening a socket; ``start``
-opens them, applies the default vnets and the ``-f`` file; ``run`` serves
-until SIGTERM or SIGINT (SIGHUP re-reads the file); ``shutdown`` closes
-every socket and leaves the persistent TAPs on their bridges (design.md 5).
-A periodic refresh follows the host's addresses, the VARP group, lost TAPs
+opens them, loads the kernel path (or adopts what the last engine left,
+design.md 1.1), applies the default vnets and the ``-f`` file; ``run``
+serves until SIGTERM or SIGINT (SIGHUP re-reads the file); ``shutdown``
+closes every socket and leaves the persistent TAPs on their bridges and the
+kernel path's programs in the kernel (design.md 5).  A periodic refresh
+follows the host's addresses, the VARP group, lost TAPs, the kernel path
 and the VXLAN devices.
+
+``XEND_VNET_REQUIRE_KERNEL_PATH=1`` in the environment makes a kernel path
+that cannot load fatal instead of a fall back to user space (``make test``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
 
 from .. import __version__, sxp
+from ..process import RUN_DIR
 from .control import commands
 from .control.commands import CommandError
 from .control.config_file import StartupFile
@@ -26,6 +34,9 @@ from .control.host import DataPathHost
 from .control.server import ControlServer, ControlSocketError
 from .core.engine import CoreOptions, EngineCore
 from .datapath.addresses import HostAddresses
+from .datapath.kernel.path import KernelPath
+from .datapath.kernel.shim import KernelShim, ShimConfig
+from .datapath import tap_keeper
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
@@ -40,6 +51,7 @@ ADDRESS_REFRESH = 5.0      # seconds between looks at the host's addresses
 JOIN_RETRY = 1.0           # while the group is not joined (design.md 5)
 DROP_LOG_INTERVAL = 1.0    # drop reasons are logged at most this often
 REFRESH_ERROR_LOG_INTERVAL = 60.0
+REQUIRE_KERNEL_PATH = "XEND_VNET_REQUIRE_KERNEL_PATH"
 
 
 class StartupError(Exception):
@@ -68,13 +80,22 @@ class Engine:
             device=lambda: self.addresses.device,
             underlay_mtu=lambda: self.addresses.underlay_mtu,
             peers=lambda: [p.addr for p in self.core.peers])
-        self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.addresses,
-                                 version=VERSION_TEXT, control=opts.control, mtu=opts.mtu,
-                                 varp_ttl=opts.varp_ttl)
+        self.kernel = KernelPath(
+            self.core, self.loop, self.userspace,
+            functools.partial(KernelShim.open, object_path=opts.kernel_object),
+            off_reason="--no-kernel-path" if opts.no_kernel_path else None)
+        self.kernel_required = (os.environ.get(REQUIRE_KERNEL_PATH) == "1"
+                                and not opts.no_kernel_path)
+        self.failure: str | None = None     # why the engine stopped on its own
+        self.run_dir = RUN_DIR              # where the TAP keeper listens (tap_keeper.py)
+        self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.kernel,
+                                 self.addresses, version=VERSION_TEXT, control=opts.control,
+                                 mtu=opts.mtu, varp_ttl=opts.varp_ttl)
         self.startup_file = StartupFile()
         self.drop_log = DropLog()
         self.control: ControlServer | None = None
         self._next_refresh = 0.0
+        self._release_kept_at = 0.0     # TAPs the last engine kept, not taken by then, go
         self._next_drop_log = 0.0
         self._next_refresh_error_log = 0.0
 
@@ -121,6 +142,11 @@ class Engine:
             raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
         path.open_raw(self.addresses.device_index)
         path.join_group()
+        if not self._configure_kernel(time.monotonic()):
+            raise StartupError(self._kernel_fatal())
+        self.loop.add_timer(self.kernel.pending, self.kernel.sync)
+        path.taps.handed = tap_keeper.take_over(self.run_dir)
+        self._release_kept_at = time.monotonic() + opts.varp_ttl
         self.control = ControlServer(opts.control, self.handle_request, self.loop.selector,
                                      opts.allow_foreign_netns)
         try:
@@ -142,13 +168,29 @@ class Engine:
         self.loop.run()
 
     def shutdown(self) -> None:
-        """Close every socket and detach the TAPs; the devices stay (design.md 5)."""
+        """Close every socket and detach the TAPs; the devices stay (design.md 5),
+        the ones the kernel path carries kept attached for the next engine
+        (tap_keeper.py), with the kernel path's programs."""
         if self.control is not None:
             self.control.close()
+        self._keep_kernel_taps()
         for path in self.host.paths:
             path.close()
         self.loop.close()
         log.info("vnetd stopped")
+
+    def _keep_kernel_taps(self) -> None:
+        taps = self.userspace.taps
+        kept = {taps.by_vid[vid].ifname: taps.by_vid[vid].fd
+                for vid in self.kernel.attached_vnets() if vid in taps.by_vid}
+        if not kept:
+            return
+        problem = tap_keeper.hand_over(self.run_dir, kept)
+        if problem is None:
+            log.info("%d TAPs of the kernel path kept attached for the next engine "
+                     "(at most %g s)", len(kept), tap_keeper.KEEP_TIME)
+        else:
+            log.warning("%s: the kernel path's vnets stop until the next engine", problem)
 
     def _on_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -160,6 +202,27 @@ class Engine:
                 self.load_file(initial=False)
             else:
                 log.info("SIGHUP: no startup file (-f) to re-read")
+
+    def _kernel_config(self) -> ShimConfig | None:
+        """What the kernel path is loaded for; None while the host has no
+        underlay device or address yet."""
+        addresses = self.addresses
+        if not addresses.device or not addresses.local_address:
+            return None
+        return ShimConfig(underlay=addresses.device, local_addr=addresses.local_address,
+                          port=self.opts.port, mtu=self.opts.mtu)
+
+    def _configure_kernel(self, now: float) -> bool:
+        """Load the kernel path (again, when the underlay changed); False when
+        it cannot load and XEND_VNET_REQUIRE_KERNEL_PATH=1 forbids running
+        without it."""
+        loaded = self.kernel.configure(self._kernel_config(), now)
+        return loaded or not self.kernel_required
+
+    def _kernel_fatal(self) -> str:
+        return (f"the kernel path cannot load: {self.kernel.reason} "
+                f"({REQUIRE_KERNEL_PATH}=1 forbids running in user space only; "
+                "unset it, or start vnetd with --no-kernel-path)")
 
     def _on_core_timer(self, now: float) -> None:
         self.userspace.perform(self.core.handle_timer(now))
@@ -221,6 +284,13 @@ class Engine:
         if path.taps.lost:
             self._refresh_step("recreating the TAPs",
                                lambda: path.taps.recreate_lost(self.core.has_vnet))
+        if path.taps.handed and now >= self._release_kept_at:
+            path.taps.release_handed()
+        if not self._configure_kernel(now):
+            self.failure = self._kernel_fatal()
+            log.error("%s", self.failure)
+            self.loop.stop()
+        self._refresh_step("refreshing the kernel path", lambda: self.kernel.refresh(now))
         if len(self.vxlan_vnets.table):
             self._refresh_step("checking the VXLAN devices", self.vxlan_vnets.refresh)
         path.check_group()
