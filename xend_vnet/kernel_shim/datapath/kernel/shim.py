@@ -443,7 +443,7 @@ class KernelShim:
             raise KernelPathUnavailable("kernel shim closed")
         try:
             return func(*args)
-        except (LibbpfError, TcError, PortError, maps.MapValueError) as e:
+        except (LibbpfError, TcError, PortError, fdb.FdbError, maps.MapValueError) as e:
             raise _unavailable(what, e) from None
 
     # -- vnets --------------------------------------------------------------------------
@@ -473,6 +473,8 @@ class KernelShim:
                     f"attach {vid}: {maps.MAX_VNETS} vnets already in the kernel path")
             fresh = True
         vn = self._vn.get(vid)
+        if vn is not None:
+            vn.tap, vn.index = tap, index
         made = False
         try:
             if vn is None or vn.port.p_index not in found:
@@ -571,7 +573,7 @@ class KernelShim:
         for vid, vn in list(self._vn.items()):
             try:
                 entries, resynced = self._converge(vid, vn, found, entries)
-            except (PortError, TcError, LibbpfError) as e:
+            except (PortError, TcError, LibbpfError, fdb.FdbError) as e:
                 failure = failure or e      # the other vnets go on; this one at the next refresh
                 continue
             if resynced:
