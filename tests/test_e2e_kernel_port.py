@@ -21,7 +21,7 @@ import pytest
 
 from e2e_helpers import ping, send_gratuitous_arp, tcp_transfer
 from kernel_shim_bed import BRIDGE, TAP, VID, Bed
-from netns import call_in_netns, is_root, wait_for
+from netns import call_in_netns, is_root, socket_in_netns, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -254,6 +254,28 @@ def test_an_entry_the_taps_learning_moved_goes_back_to_the_port(bed):
              what="d2's entry moved to the TAP's port")
     bed.peers[0].call("refresh")
     assert on(bed, 0, bed.macs[1], P) and "static" in fdb_of(bed, 0, bed.macs[1])[0]
+
+
+def test_a_decapsulated_source_never_moves_a_local_entry(bed):
+    """P learns nothing: a frame from the network claiming d1's MAC as its
+    source leaves d1's entry on its vif."""
+    h1 = bed.hosts[0]
+    d1 = bytes.fromhex(bed.macs[0].replace(":", ""))
+    rc, _seqs, out = ping(bed.lab, bed.domains[0], "10.0.0.2", count=2)   # h1 learns d1
+    assert rc == 0, out
+    assert on(bed, 0, bed.macs[0], "vif-d1")
+    before = counters(bed, 0)["decapsulated"]
+    inner = d1 + d1 + b"\x08\x00" + bytes(46)
+    payload = b"\x00\x02\x00\x00\x00\x40" + bytes(14) + b"\x00\x97" + inner
+    s = socket_in_netns(bed.hosts[1])
+    try:
+        s.sendto(payload, ("192.0.2.1", 1798))
+    finally:
+        s.close()
+    wait_for(lambda: counters(bed, 0)["decapsulated"] > before, timeout=5,
+             what="the forged frame decapsulated")
+    assert on(bed, 0, bed.macs[0], "vif-d1") and not on(bed, 0, bed.macs[0], P)
+    assert "learning off" in link_text(bed, h1, P)
 
 
 # -- restarts ------------------------------------------------------------------------------------
