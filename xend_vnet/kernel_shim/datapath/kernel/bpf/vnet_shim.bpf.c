@@ -302,7 +302,9 @@ int vs_encap(struct __sk_buff *skb)
 			emit(VS_EVENT_LOCAL_SEEN, dev->vid, in.eth.h_source, 0, index);
 	}
 	if (in.eth.h_dest[0] & 1) {
-		/* P floods nothing: the TAP has the bridge's own copy. */
+		/* Flooding is off on P, but the bridge floods what the host
+		 * sends through the bridge device to every port: the TAP has
+		 * its own copy. */
 		if (dev->kind == VS_DEV_PORT) {
 			count(index, VS_C_DROPPED_PORT_FLOOD);
 			return TC_ACT_SHOT;
