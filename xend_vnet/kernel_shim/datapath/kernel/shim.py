@@ -332,7 +332,14 @@ class KernelShim:
                     port.delete_port(self.ipr, kept)
                 continue
             if kept is None:
-                kept, _made = port.make_port(self.ipr, vid, found[tap].mtu, found)
+                try:
+                    kept, _made = port.make_port(self.ipr, vid, found[tap].mtu, found)
+                except PortError:
+                    # its name taken meanwhile: the vnet's next attach says so
+                    self._forget(vid, tap)
+                    for f in self.tc.ours(tap, EGRESS):
+                        self.tc.remove(f)
+                    continue
             raw = self.lib.lookup(self._maps["vs_vnets"], maps.vid_key(vid), maps.VNET.size)
             carries = raw is not None and \
                 maps.VnetEntry.unpack(raw).port_ifindex == kept.p_index != 0
@@ -475,10 +482,9 @@ class KernelShim:
         vn = self._vn.get(vid)
         if vn is not None:
             vn.tap, vn.index = tap, index
-        made = False
         try:
             if vn is None or vn.port.p_index not in found:
-                kept, made = port.make_port(self.ipr, vid, found[tap].mtu, found)
+                kept, _made = port.make_port(self.ipr, vid, found[tap].mtu, found)
                 vn = _Vnet(tap, index, kept)
                 found = port.links(self.ipr)
             if fresh:
@@ -488,10 +494,15 @@ class KernelShim:
             self._install(vid, vn)
             self._converge(vid, vn, found, None)
         except BaseException:
+            # Nothing half-made stays: without its port, the vnet's frames
+            # go to the engine as before the attach.
             self._vn.pop(vid, None)
             self._forget(vid, tap)
-            if made:
-                port.delete_port(self.ipr, vn.port)
+            if vn is not None:
+                try:
+                    port.delete_port(self.ipr, vn.port)
+                except PortError:
+                    pass
             raise
 
     def detach(self, vid: VnetId) -> None:
