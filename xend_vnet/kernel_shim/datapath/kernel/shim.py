@@ -681,13 +681,15 @@ class KernelShim:
         """What the bridges changed since the last refresh (but for the
         vnets in ``skip``, synced from a newer reading): our entries put
         back where the bridge lost them or moved them to the TAP's port."""
-        by_master: dict[int, list[tuple[VnetId, _Vnet]]] = {}
+        if not changes:
+            return
+        by_master: dict[int, list[tuple[VnetId, _Vnet, set[bytes]]]] = {}
         for vid, vn in self._vn.items():
             if vn.carries and vn.port.master and vid not in skip:
-                by_master.setdefault(vn.port.master, []).append((vid, vn))
+                by_master.setdefault(vn.port.master, []).append((vid, vn, self._wanted(vid)))
         for (master, mac), entry in changes.items():
-            for vid, vn in by_master.get(master, ()):
-                if mac in self._wanted(vid):
+            for vid, vn, wanted in by_master.get(master, ()):
+                if mac in wanted:
                     self._place(vid, vn, mac, entry)
                 elif entry is not None and entry.port == vn.port.p_index and \
                         fdb.is_ours(entry, vn.port.p_index, vn.tap):
