@@ -116,12 +116,6 @@ class Peer:
     def op_del_local(self, vid, mac):
         self.shim.del_local(VnetId.parse(vid), bytes.fromhex(mac.replace(":", "")))
 
-    def op_close_tap(self, name):
-        """Close the TAP this peer holds (it loses its carrier, as when the
-        engine holding it stops)."""
-        tap = self.taps.pop(name)
-        tap.close()
-
     def op_close(self):
         self.shim.close()
         self.shim = None
