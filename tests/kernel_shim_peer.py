@@ -10,6 +10,7 @@ left to user space, as the engine would read them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -105,6 +106,15 @@ class Peer:
     def op_clear_frames(self):
         with self.lock:
             self.frames.clear()
+
+    def op_refresh(self):
+        self.shim.refresh()
+
+    def op_kernel_ports(self):
+        return {str(v): dataclasses.asdict(p) for v, p in self.shim.kernel_ports().items()}
+
+    def op_del_local(self, vid, mac):
+        self.shim.del_local(VnetId.parse(vid), bytes.fromhex(mac.replace(":", "")))
 
     def op_close(self):
         self.shim.close()

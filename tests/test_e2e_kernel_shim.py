@@ -266,16 +266,19 @@ def test_purge_removes_ours_only(bed):
 
 
 
-LEGACY_VNETD = "/work/legacy-build/tools/vnet/vnetd/vnetd"
-LEGACY_RUN = "/work/shared/tools/legacy-vnetd/run"
+# The legacy C vnetd and the script that starts it in a namespace: built
+# outside the repository, named by the environment of the run.
+LEGACY_VNETD = os.environ.get("XEND_VNET_LEGACY_VNETD", "/work/legacy-build/tools/vnet/vnetd/vnetd")
+LEGACY_RUN = os.environ.get("XEND_VNET_LEGACY_RUN", "")
 
 
 def test_interop_with_the_legacy_vnetd(bed):
     """h1's kernel path against a legacy C vnetd on a third host (vnet 4,
     which both create at start): pings and TCP both ways, the legacy host
     marked kernel_peer=False so it only gets complete checksums."""
-    if not (os.path.exists(LEGACY_VNETD) and os.path.exists(LEGACY_RUN)):
-        pytest.skip("legacy vnetd not built on this machine")
+    if not (os.path.exists(LEGACY_VNETD) and LEGACY_RUN and os.path.exists(LEGACY_RUN)):
+        pytest.skip("legacy vnetd not built on this machine (XEND_VNET_LEGACY_VNETD, "
+                    "XEND_VNET_LEGACY_RUN)")
     from kernel_shim_bed import PeerProc
     lab = type(bed.lab)("kbl")
     try:

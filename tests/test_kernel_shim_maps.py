@@ -58,7 +58,7 @@ def test_record_sizes():
     assert maps.MAC_KEY.size == 24
     assert maps.REMOTE.size == 8
     assert maps.VNET.size == 16
-    assert maps.TAP.size == 24
+    assert maps.DEV.size == 32
     assert maps.EVENT.size == 32
     assert maps.COUNTERS.size == 8 * len(maps.COUNTER_NAMES)
 
@@ -85,13 +85,25 @@ def test_remote_round_trip(vid, mac, addr, peer):
     assert maps.unpack_remote(maps.pack_remote(addr, peer)) == (addr, peer)
 
 
-@given(vids, st.integers(0, maps.MAX_VNETS - 1), st.integers(1, 2**31))
-def test_vnet_and_tap_round_trip(vid, index, ifindex):
+@given(vids, st.integers(0, maps.MAX_VNETS - 1), st.integers(1, 2**31),
+       st.integers(0, 2**31), st.sampled_from([maps.DEV_TAP, maps.DEV_PORT]))
+def test_vnet_and_device_round_trip(vid, index, ifindex, other, kind):
     assert maps.unpack_vid_key(maps.vid_key(vid)) == vid
-    e = maps.VnetEntry(ifindex, ifindex, 1, index)
+    e = maps.VnetEntry(ifindex, other, ifindex + 1, index)
     assert maps.VnetEntry.unpack(e.pack()) == e
-    assert maps.unpack_tap(maps.pack_tap(vid, index)) == (vid, index)
-    assert maps.unpack_tap_key(maps.tap_key(ifindex)) == ifindex
+    d = maps.DevEntry(vid, index, kind, other)
+    assert maps.DevEntry.unpack(d.pack()) == d
+    assert maps.unpack_dev_key(maps.dev_key(ifindex)) == ifindex
+
+
+def test_device_kinds_match_the_header():
+    assert int(define("VS_DEV_TAP")) == maps.DEV_TAP
+    assert int(define("VS_DEV_PORT")) == maps.DEV_PORT
+    assert define("VS_MAX_DEVS") == "(2 * VS_MAX_VNETS)" and maps.MAX_DEVS == 2 * maps.MAX_VNETS
+    with pytest.raises(maps.MapValueError):
+        maps.DevEntry(VnetId.parse("97"), 0, 7, 0).pack()
+    with pytest.raises(maps.MapValueError):
+        maps.DevEntry.unpack(b"\0" * 24)
 
 
 @given(st.one_of(st.builds(maps.RemoteSeen, vids, macs, addrs),

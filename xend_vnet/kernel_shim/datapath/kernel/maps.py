@@ -16,8 +16,9 @@ from typing import Union
 
 from ....vnet_id import VnetId
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 MAX_VNETS = 4096
+MAX_DEVS = 2 * MAX_VNETS   # a TAP and a kernel port P per vnet
 MAX_REMOTES = 131072
 MAX_LOCALS = 65536
 ENCAP_LEN = 64          # outer IPv4 20, UDP 8, VnetMsgHdr 4, etherip 18, inner Ethernet 14
@@ -45,13 +46,15 @@ COUNTER_NAMES = (
     "mss_clamped",
     "events_suppressed",
     "events_lost",
+    "dropped_loop",
+    "dropped_port_flood",
 )
 
 CONFIG = struct.Struct("=4sIHHHHII")
 VID_KEY = struct.Struct("=16s")
 VNET = struct.Struct("=IIII")
-TAP_KEY = struct.Struct("=I")
-TAP = struct.Struct("=16sII")
+DEV_KEY = struct.Struct("=I")
+DEV = struct.Struct("=16sIIII")
 MAC_KEY = struct.Struct("=16s6sBB")
 REMOTE = struct.Struct("=4sI")
 LOCAL = struct.Struct("=I")
@@ -63,7 +66,7 @@ INDEX_KEY = struct.Struct("=I")
 MAP_SHAPES = {
     "vs_config": (4, CONFIG.size, 1),
     "vs_vnets": (VID_KEY.size, VNET.size, MAX_VNETS),
-    "vs_taps": (TAP_KEY.size, TAP.size, MAX_VNETS),
+    "vs_devs": (DEV_KEY.size, DEV.size, MAX_DEVS),
     "vs_remotes": (MAC_KEY.size, REMOTE.size, MAX_REMOTES),
     "vs_locals": (MAC_KEY.size, LOCAL.size, MAX_LOCALS),
     "vs_counters": (4, COUNTERS.size, MAX_VNETS),
@@ -138,13 +141,15 @@ def unpack_vid_key(data: bytes) -> VnetId:
 
 @dataclass(frozen=True)
 class VnetEntry:
+    """Where the decapsulator delivers a vnet's frames: the TAP, and the
+    kernel port's ends P (0 while P is on no bridge) and Q."""
     tap_ifindex: int
-    rx_ifindex: int
-    rx_flags: int
+    port_ifindex: int
+    peer_ifindex: int
     index: int
 
     def pack(self) -> bytes:
-        return VNET.pack(self.tap_ifindex, self.rx_ifindex, self.rx_flags, self.index)
+        return VNET.pack(self.tap_ifindex, self.port_ifindex, self.peer_ifindex, self.index)
 
     @classmethod
     def unpack(cls, data: bytes) -> VnetEntry:
@@ -153,25 +158,41 @@ class VnetEntry:
         return cls(*VNET.unpack(data))
 
 
-def tap_key(ifindex: int) -> bytes:
-    return TAP_KEY.pack(ifindex)
+DEV_TAP = 0
+DEV_PORT = 1
 
 
-def unpack_tap_key(data: bytes) -> int:
-    if len(data) != TAP_KEY.size:
-        raise MapValueError(f"a TAP key is 4 bytes, not {len(data)}")
-    return TAP_KEY.unpack(data)[0]
+def dev_key(ifindex: int) -> bytes:
+    return DEV_KEY.pack(ifindex)
 
 
-def pack_tap(vid: VnetId, index: int) -> bytes:
-    return TAP.pack(vid.raw, index, 0)
+def unpack_dev_key(data: bytes) -> int:
+    if len(data) != DEV_KEY.size:
+        raise MapValueError(f"a device key is 4 bytes, not {len(data)}")
+    return DEV_KEY.unpack(data)[0]
 
 
-def unpack_tap(data: bytes) -> tuple[VnetId, int]:
-    if len(data) != TAP.size:
-        raise MapValueError(f"a TAP entry is {TAP.size} bytes, not {len(data)}")
-    raw, index, _pad = TAP.unpack(data)
-    return VnetId(raw), index
+@dataclass(frozen=True)
+class DevEntry:
+    """An egress device the encapsulator sits on: a vnet's TAP
+    (``kind`` DEV_TAP, ``other`` its port P while P is on the TAP's bridge,
+    else 0) or its kernel port P (DEV_PORT, ``other`` the TAP)."""
+    vid: VnetId
+    index: int
+    kind: int
+    other: int
+
+    def pack(self) -> bytes:
+        if self.kind not in (DEV_TAP, DEV_PORT):
+            raise MapValueError(f"unknown device kind {self.kind}")
+        return DEV.pack(self.vid.raw, self.index, self.kind, self.other, 0)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> DevEntry:
+        if len(data) != DEV.size:
+            raise MapValueError(f"a device entry is {DEV.size} bytes, not {len(data)}")
+        raw, index, kind, other, _pad = DEV.unpack(data)
+        return cls(VnetId(raw), index, kind, other)
 
 
 def mac_key(vid: VnetId, mac: bytes, kind: int = 0) -> bytes:

@@ -9,15 +9,28 @@ the care-of address, DF clear, TTL 64).  What they do not take stays with
 the engine: it falls through to the TAP (egress) or to the host's UDP
 socket (ingress) unchanged, and is counted per vnet under ``to_user_*``.
 
+Each attached vnet gets a kernel port (port.py): a veth pair whose end P
+is a port of the TAP's bridge, with static fdb entries (fdb.py) for the
+vnet's remote MACs, so the bridge sends their unicast to P, where the
+encapsulator takes it; the decapsulator delivers into the bridge through
+P.  So the known unicast needs neither the TAP nor the engine: it flows on
+while no engine runs and the TAP has no carrier.  The TAP may join its
+bridge after ``attach`` (xend-vnet enslaves it after vnetd made it, an
+operator may move it): ``refresh()``, which the engine calls from its
+periodic refresh, follows it with P, and puts back the fdb entries the
+bridge moved or lost.
+
 State lives in the kernel, not in this object: the decapsulator's tc
 filter on the underlay holds its program, and the program holds every map.
-``close()`` leaves them (known unicast keeps flowing while no engine
-runs); the next ``open()`` in the same network namespace finds our filter
-(tc.py says which filters are ours), takes the maps from the program's map
-ids and loads a fresh object on those maps ("adoption").  Nothing needs a
-bpffs pin for that, which matters because ``ip netns exec`` gives each
-command its own /sys and so its own bpffs; with ``pin_dir`` (a directory
-on a bpffs) the maps and programs are pinned there as well, for tools.
+``close()`` leaves them, the kernel ports and their fdb entries (known
+unicast keeps flowing while no engine runs); the next ``open()`` in the
+same network namespace finds our filter (tc.py says which filters are
+ours), takes the maps from the program's map ids and loads a fresh object
+on those maps ("adoption"), and takes the ports by their tags.  Nothing
+needs a bpffs pin for that, which matters because ``ip netns exec`` gives
+each command its own /sys and so its own bpffs; with ``pin_dir`` (a
+directory on a bpffs) the maps and programs are pinned there as well, for
+tools.
 """
 
 from __future__ import annotations
@@ -28,20 +41,23 @@ import socket
 from dataclasses import dataclass
 
 from ....vnet_id import VnetId
-from . import build, maps
+from . import build, fdb, maps, port
 from .libbpf import BPF_ANY, Libbpf, LibbpfError, RingBuffer
 from .maps import LocalSeen, RemoteSeen, ShimEvent
+from .port import KernelPort, LinkInfo, PortError
 from .tc import EGRESS, INGRESS, ROLE_DECAP, ROLE_ENCAP, TcError, TcFilters
 
-BPF_F_INGRESS = 1
 MAP_NAMES = tuple(maps.MAP_SHAPES)
 PROGRAMS = ("vs_encap", "vs_decap")
-# what the decapsulator uses: the maps an adoption must find (vs_taps and
+# what the decapsulator uses: the maps an adoption must find (vs_devs and
 # vs_locals only the encapsulators use; with no vnet attached they are empty)
-DECAP_MAPS = frozenset(MAP_NAMES) - {"vs_taps", "vs_locals"}
+DECAP_MAPS = frozenset(MAP_NAMES) - {"vs_devs", "vs_locals"}
+# (vnet, MAC) pairs whose fdb entry is retried at the next refresh, at most;
+# past it the next refresh reads every entry again
+RETRY_BOUND = maps.MAX_REMOTES
 
 __all__ = ["KernelPathUnavailable", "ShimConfig", "KernelShim", "ShimEvent", "RemoteSeen",
-           "LocalSeen", "find_object"]
+           "LocalSeen", "KernelPortInfo", "find_object"]
 
 
 class KernelPathUnavailable(Exception):
@@ -84,8 +100,29 @@ def _open_iproute():
     return IPRoute()
 
 
+@dataclass(frozen=True)
+class KernelPortInfo:
+    """What ``KernelShim.kernel_ports`` says of one vnet's port."""
+    p_name: str
+    p_index: int
+    q_name: str
+    q_index: int
+    bridge: int          # P's bridge (0: none)
+    carries: bool        # the maps send the vnet's unicast through P
+
+
+@dataclass
+class _Vnet:
+    """An attached vnet as this object knows it (the maps say the same)."""
+    tap: int
+    index: int
+    port: KernelPort
+    carries: bool = False       # vs_vnets and vs_devs send unicast through P
+
+
 class KernelShim:
-    """The programs, filters and maps of one engine (one network namespace)."""
+    """The programs, filters, maps and kernel ports of one engine (one
+    network namespace)."""
 
     def __init__(self, config: ShimConfig, lib: Libbpf, ipr, obj: int, progs: dict[str, int],
                  map_fds: dict[str, int], own_fds: list[int], underlay_ifindex: int,
@@ -104,6 +141,14 @@ class KernelShim:
         self._cpus = lib.possible_cpus()
         self._ring = RingBuffer(lib, map_fds["vs_events"])
         self._closed = False
+        self._vn: dict[VnetId, _Vnet] = {}
+        # the remote and local maps' MACs per vnet, as this object wrote them
+        # (or found them at adoption): which fdb entries the vnets want
+        self._remote_macs: dict[VnetId, set[bytes]] = {}
+        self._local_macs: dict[VnetId, set[bytes]] = {}
+        self._fdb_retry: set[tuple[VnetId, bytes]] = set()
+        self._fdb_resync = False
+        self._watch: fdb.FdbWatch | None = None
 
     # -- opening ----------------------------------------------------------------------
 
@@ -170,18 +215,26 @@ class KernelShim:
                    bool(adopted))
         try:
             shim._write_config(ul_index, ul_mtu)
+            # Notifications from now on: nothing the bridges do after the
+            # first full look at their entries is missed.
+            shim._watch = fdb.FdbWatch()
+            found = port.links(ipr)
             if adopted:
-                shim._reconcile_taps()
+                shim._load_mirrors()
+                shim._reconcile_taps(found)
             else:
                 shim._drop_stale_encaps()
+                shim._drop_ports(found)
             tc.attach(ul_index, INGRESS, progs["vs_decap"], ROLE_DECAP)
             if pin_dir:
                 shim._pin()
-        except (TcError, LibbpfError, KernelPathUnavailable) as e:
+            shim._refresh(full=True)
+        except Exception as e:
             shim._release()
             if isinstance(e, KernelPathUnavailable):
                 raise
-            raise _unavailable("clsact refused" if isinstance(e, TcError) else "maps", e) \
+            raise _unavailable("clsact refused" if isinstance(e, TcError) else
+                               "maps" if isinstance(e, LibbpfError) else "kernel port", e) \
                 from None
         return shim
 
@@ -257,17 +310,44 @@ class KernelShim:
                           maps.mss_clamp(c.mtu, ul_mtu))
         self.lib.update(self._maps["vs_config"], (0).to_bytes(4, "little"), cfg.pack())
 
-    def _reconcile_taps(self) -> None:
+    def _load_mirrors(self) -> None:
+        for name, mirror in (("vs_remotes", self._remote_macs), ("vs_locals", self._local_macs)):
+            for k in self.lib.keys(self._maps[name], maps.MAC_KEY.size):
+                vid, mac = maps.unpack_mac_key(k)
+                mirror.setdefault(vid, set()).add(mac)
+
+    def _reconcile_taps(self, found: dict[int, LinkInfo]) -> None:
         """After adoption: vnets whose TAP is gone lose their entries; the
-        others get the freshly loaded encapsulator."""
-        for vid, (tap, _index) in self._vnets().items():
-            if not self._link_exists(tap):
+        others get the freshly loaded encapsulator and their kernel port
+        (the one a previous engine left, or a new one)."""
+        ports, strays = port.find_ports(found)
+        for link in strays:
+            port.delete_tagged(self.ipr, link)
+        for vid, (tap, index) in self._vnets().items():
+            kept = ports.pop(vid, None)
+            if tap not in found or not any(f.role == ROLE_ENCAP
+                                           for f in self.tc.ours(tap, EGRESS)):
                 self._forget(vid, tap)
+                if kept is not None:
+                    port.delete_port(self.ipr, kept)
                 continue
-            if any(f.role == ROLE_ENCAP for f in self.tc.ours(tap, EGRESS)):
-                self.tc.attach(tap, EGRESS, self._progs["vs_encap"], ROLE_ENCAP)
-            else:
-                self._forget(vid, tap)
+            if kept is None:
+                try:
+                    kept, _made = port.make_port(self.ipr, vid, found[tap].mtu, found)
+                except PortError:
+                    # its name taken meanwhile: the vnet's next attach says so
+                    self._forget(vid, tap)
+                    for f in self.tc.ours(tap, EGRESS):
+                        self.tc.remove(f)
+                    continue
+            raw = self.lib.lookup(self._maps["vs_vnets"], maps.vid_key(vid), maps.VNET.size)
+            carries = raw is not None and \
+                maps.VnetEntry.unpack(raw).port_ifindex == kept.p_index != 0
+            vn = _Vnet(tap, index, kept, carries)
+            self._install(vid, vn)
+        for kept in ports.values():
+            port.delete_port(self.ipr, kept)
+        self._drop_stale_devs()
 
     def _drop_stale_encaps(self) -> None:
         """A fresh load owns the namespace: encapsulators an engine of
@@ -275,6 +355,15 @@ class KernelShim:
         for link in self.ipr.get_links():
             for f in self.tc.ours(link["index"], EGRESS):
                 self.tc.remove(f)
+
+    def _drop_ports(self, found: dict[int, LinkInfo]) -> None:
+        """Every kernel port of ours in the namespace (a fresh load: no
+        vnet is attached; those attached again get theirs anew)."""
+        ports, strays = port.find_ports(found)
+        for kept in ports.values():
+            port.delete_port(self.ipr, kept)
+        for link in strays:
+            port.delete_tagged(self.ipr, link)
 
     def _link_exists(self, ifindex: int) -> bool:
         try:
@@ -307,29 +396,69 @@ class KernelShim:
                 out[maps.unpack_vid_key(k)] = (e.tap_ifindex, e.index)
         return out
 
+    def _devs(self) -> dict[int, maps.DevEntry]:
+        fd = self._maps["vs_devs"]
+        out = {}
+        for k in self.lib.keys(fd, maps.DEV_KEY.size):
+            raw = self.lib.lookup(fd, k, maps.DEV.size)
+            if raw is not None:
+                out[maps.unpack_dev_key(k)] = maps.DevEntry.unpack(raw)
+        return out
+
+    def _drop_stale_devs(self) -> None:
+        """Device entries of no attached vnet's TAP or port (a port made
+        again has another ifindex)."""
+        wanted = {i for vn in self._vn.values() for i in (vn.tap, vn.port.p_index)}
+        for ifindex in self._devs():
+            if ifindex not in wanted:
+                self.lib.delete(self._maps["vs_devs"], maps.dev_key(ifindex))
+
     def _forget(self, vid: VnetId, tap: int) -> None:
         self.lib.delete(self._maps["vs_vnets"], maps.vid_key(vid))
-        raw = self.lib.lookup(self._maps["vs_taps"], maps.tap_key(tap), maps.TAP.size)
-        if raw is not None and maps.unpack_tap(raw)[0] == vid:
-            self.lib.delete(self._maps["vs_taps"], maps.tap_key(tap))
+        for ifindex, entry in self._devs().items():
+            if entry.vid == vid:
+                self.lib.delete(self._maps["vs_devs"], maps.dev_key(ifindex))
         for name in ("vs_remotes", "vs_locals"):
             fd = self._maps[name]
             for k in self.lib.keys(fd, maps.MAC_KEY.size):
                 if maps.unpack_mac_key(k)[0] == vid:
                     self.lib.delete(fd, k)
+        self._remote_macs.pop(vid, None)
+        self._local_macs.pop(vid, None)
+        self._fdb_retry = {k for k in self._fdb_retry if k[0] != vid}
+
+    def _write_entries(self, vid: VnetId, vn: _Vnet) -> None:
+        """vs_vnets and vs_devs as ``vn`` says: through P when it carries."""
+        p = vn.port.p_index
+        entry = maps.VnetEntry(vn.tap, p if vn.carries else 0, vn.port.q_index, vn.index)
+        self.lib.update(self._maps["vs_vnets"], maps.vid_key(vid), entry.pack())
+        self.lib.update(self._maps["vs_devs"], maps.dev_key(vn.tap),
+                        maps.DevEntry(vid, vn.index, maps.DEV_TAP,
+                                      p if vn.carries else 0).pack())
+        self.lib.update(self._maps["vs_devs"], maps.dev_key(p),
+                        maps.DevEntry(vid, vn.index, maps.DEV_PORT, vn.tap).pack())
+
+    def _install(self, vid: VnetId, vn: _Vnet) -> None:
+        """The maps' entries and the encapsulators of an attached vnet."""
+        self._write_entries(vid, vn)
+        self.tc.attach(vn.tap, EGRESS, self._progs["vs_encap"], ROLE_ENCAP)
+        self.tc.attach(vn.port.p_index, EGRESS, self._progs["vs_encap"], ROLE_ENCAP)
+        self._vn[vid] = vn
 
     def _guard(self, what: str, func, *args):
         if self._closed:
             raise KernelPathUnavailable("kernel shim closed")
         try:
             return func(*args)
-        except (LibbpfError, TcError, maps.MapValueError) as e:
+        except (LibbpfError, TcError, PortError, fdb.FdbError, maps.MapValueError) as e:
             raise _unavailable(what, e) from None
 
     # -- vnets --------------------------------------------------------------------------
 
     def attach(self, vid: VnetId, tap_ifindex: int) -> None:
-        """Encapsulate at the TAP's egress and decapsulate the vnet's data."""
+        """Encapsulate at the TAP's egress and at the vnet's kernel port (made
+        now, or the one left by an earlier engine), decapsulate the vnet's
+        data; when the TAP is on a bridge already, P joins it at once."""
         self._guard(f"attach {vid}", self._attach, vid, tap_ifindex)
 
     def _attach(self, vid: VnetId, tap: int) -> None:
@@ -337,32 +466,60 @@ class KernelShim:
         if vid in current and current[vid][0] != tap:
             self._detach(vid)
             current = self._vnets()
+        found = port.links(self.ipr)
+        if tap not in found:
+            raise KernelPathUnavailable(f"attach {vid}: no TAP with ifindex {tap}")
         if vid in current:
             index = current[vid][1]
+            fresh = False
         else:
             used = {i for _t, i in current.values()}
             index = next((i for i in range(maps.MAX_VNETS) if i not in used), None)
             if index is None:
                 raise KernelPathUnavailable(
                     f"attach {vid}: {maps.MAX_VNETS} vnets already in the kernel path")
-            zero = maps.pack_counters({}) * self._cpus
-            self.lib.update(self._maps["vs_counters"], maps.index_key(index), zero)
-            self.lib.update(self._maps["vs_budget"], maps.index_key(index), b"\0" * 16)
-        entry = maps.VnetEntry(tap, tap, BPF_F_INGRESS, index)
-        self.lib.update(self._maps["vs_vnets"], maps.vid_key(vid), entry.pack())
-        self.lib.update(self._maps["vs_taps"], maps.tap_key(tap), maps.pack_tap(vid, index))
+            fresh = True
+        vn = self._vn.get(vid)
+        if vn is not None:
+            vn.tap, vn.index = tap, index
         try:
-            self.tc.attach(tap, EGRESS, self._progs["vs_encap"], ROLE_ENCAP)
-        except TcError:
+            if vn is None or vn.port.p_index not in found:
+                kept, _made = port.make_port(self.ipr, vid, found[tap].mtu, found)
+                vn = _Vnet(tap, index, kept)
+                found = port.links(self.ipr)
+            if fresh:
+                zero = maps.pack_counters({}) * self._cpus
+                self.lib.update(self._maps["vs_counters"], maps.index_key(index), zero)
+                self.lib.update(self._maps["vs_budget"], maps.index_key(index), b"\0" * 16)
+            self._install(vid, vn)
+            self._converge(vid, vn, found, None)
+        except BaseException:
+            # Nothing half-made stays: without its port, the vnet's frames
+            # go to the engine as before the attach.
+            self._vn.pop(vid, None)
             self._forget(vid, tap)
+            if vn is not None:
+                try:
+                    port.delete_port(self.ipr, vn.port)
+                except PortError:
+                    pass
             raise
 
     def detach(self, vid: VnetId) -> None:
-        """Remove the vnet's filter and every map entry of it."""
+        """Remove the vnet's filter, kernel port, fdb entries and every map
+        entry of it."""
         self._guard(f"detach {vid}", self._detach, vid)
 
     def _detach(self, vid: VnetId) -> None:
+        vn = self._vn.pop(vid, None)
         found = self._vnets().get(vid)
+        if vn is not None:
+            self._drop_tap_entries(vid, vn)
+            if vn.carries:
+                vn.carries = False
+                if found is not None:
+                    self._write_entries(vid, vn)
+            port.delete_port(self.ipr, vn.port)
         if found is None:
             return
         tap = found[0]
@@ -371,9 +528,193 @@ class KernelShim:
                 self.tc.remove(f)
         self._forget(vid, tap)
 
+    def _drop_tap_entries(self, vid: VnetId, vn: _Vnet) -> None:
+        """Our entries the bridge moved to the TAP's port (static there):
+        the remote MACs' entries on P go with P."""
+        if not vn.port.master:
+            return
+        entries = fdb.dump(self.ipr)
+        for mac in self._remote_macs.get(vid, ()):
+            entry = entries.get((vn.port.master, mac))
+            if entry is not None and entry.port == vn.tap and \
+                    fdb.is_ours(entry, vn.port.p_index, vn.tap):
+                fdb.remove(self.ipr, entry)
+
     def attached(self) -> dict[VnetId, int]:
         """vnet -> TAP ifindex of the vnets the kernel path carries."""
         return {vid: tap for vid, (tap, _i) in self._guard("attached", self._vnets).items()}
+
+    def kernel_ports(self) -> dict[VnetId, KernelPortInfo]:
+        """vnet -> its kernel port: names, ifindexes, P's bridge and whether
+        the maps send the vnet's unicast through P."""
+        if self._closed:
+            raise KernelPathUnavailable("kernel shim closed")
+        return {vid: KernelPortInfo(vn.port.p_name, vn.port.p_index, vn.port.q_name,
+                                    vn.port.q_index, vn.port.master, vn.carries)
+                for vid, vn in self._vn.items()}
+
+    # -- keeping up with the bridges ------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Follow the TAPs' bridges and the bridges' forwarding databases;
+        the engine calls it from its periodic refresh.  A vnet's port P
+        joins the bridge its TAP is on (and leaves it when the TAP leaves),
+        takes the TAP's MTU, is made again if it was deleted; a remote MAC's
+        fdb entry that the bridge lost or moved to the TAP's port is put
+        back on P.  Cheap when nothing changed: one link dump and the fdb
+        notifications queued since the last call (every entry is read only
+        when a TAP changed bridges or notifications were lost)."""
+        if self._closed:
+            raise KernelPathUnavailable("kernel shim closed")
+        try:
+            self._refresh(False)
+        except KernelPathUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 -- PortError, NetlinkError, LibbpfError, TcError
+            raise _unavailable("refresh", e) from None
+
+    def _refresh(self, full: bool) -> None:
+        found = port.links(self.ipr)
+        notes, lost = self._watch.drain() if self._watch is not None else ([], False)
+        # read after the notifications: newer than any of them
+        entries = fdb.dump(self.ipr) if full or lost or self._fdb_resync else None
+        self._fdb_resync = False
+        synced: set[VnetId] = set()
+        failure: Exception | None = None
+        for vid, vn in list(self._vn.items()):
+            try:
+                entries, resynced = self._converge(vid, vn, found, entries)
+            except (PortError, TcError, LibbpfError, fdb.FdbError) as e:
+                failure = failure or e      # the other vnets go on; this one at the next refresh
+                continue
+            if resynced:
+                synced.add(vid)
+        self._follow(fdb.latest(notes), skip=synced)
+        self._retry()
+        if failure is not None:
+            raise failure
+
+    def _converge(self, vid: VnetId, vn: _Vnet, found: dict[int, LinkInfo],
+                  entries: dict | None) -> tuple[dict | None, bool]:
+        """Make vnet ``vid``'s port what its TAP says (``found``: a link
+        dump); with ``entries`` (every fdb entry, read for this refresh) its
+        fdb entries too, as when P joins a bridge.  Returns the entries (read
+        now if P joined a bridge) and whether this vnet's were synced."""
+        tap = found.get(vn.tap)
+        if tap is None:
+            return entries, False   # the engine makes its TAP again and attaches anew
+        p, q = found.get(vn.port.p_index), found.get(vn.port.q_index)
+        if p is None or q is None or p.link != q.index or p.alias != port.port_alias(
+                vid, port.PORT_END):
+            # deleted, or replaced by someone: ours made again
+            if p is not None and port.parse_alias(p.alias) == (vid, port.PORT_END):
+                port.delete_port(self.ipr, vn.port)
+            vn.port, _made = port.make_port(self.ipr, vid, tap.mtu, port.links(self.ipr))
+            vn.carries = False
+            self._install(vid, vn)
+            self._drop_stale_devs()
+        else:
+            vn.port.master, vn.port.mtu = p.master, p.mtu
+        if tap.mtu and vn.port.mtu != tap.mtu:
+            port.set_mtu(self.ipr, vn.port, tap.mtu)
+        synced = False
+        if tap.master:
+            joined = vn.port.master != tap.master
+            if joined:
+                if vn.carries:
+                    vn.carries = False
+                    self._write_entries(vid, vn)
+                port.enslave(self.ipr, vn.port, tap.master)
+                if entries is None:
+                    entries = fdb.dump(self.ipr)
+            if entries is not None:
+                self._sync_fdb(vid, vn, entries)
+                synced = True
+            if not vn.carries:
+                vn.carries = True
+                self._write_entries(vid, vn)
+        else:
+            if vn.carries:
+                vn.carries = False
+                self._write_entries(vid, vn)
+            if vn.port.master:
+                port.release(self.ipr, vn.port)
+        return entries, synced
+
+    def _wanted(self, vid: VnetId) -> set[bytes]:
+        return self._remote_macs.get(vid, set()) - self._local_macs.get(vid, set())
+
+    def _sync_fdb(self, vid: VnetId, vn: _Vnet, entries: dict) -> None:
+        """Every remote MAC of the vnet on P (unless the bridge knows it
+        elsewhere), and nothing else of ours on P."""
+        master, p = vn.port.master, vn.port.p_index
+        wanted = self._wanted(vid)
+        for mac in wanted:
+            entry = entries.get((master, mac))
+            self._place(vid, vn, mac, entry)
+        for (m, mac), entry in entries.items():
+            if m == master and entry.port == p and mac not in wanted and \
+                    fdb.is_ours(entry, p, vn.tap):
+                self._fdb_call(vid, mac, fdb.remove, self.ipr, entry)
+
+    def _place(self, vid: VnetId, vn: _Vnet, mac: bytes, entry: fdb.FdbEntry | None) -> None:
+        action = fdb.placement(entry, vn.port.p_index, vn.tap)
+        if action in (fdb.ADD, fdb.MOVE):
+            self._fdb_call(vid, mac, fdb.apply, self.ipr, action, vn.port.p_index, mac)
+
+    def _fdb_call(self, vid: VnetId, mac: bytes, func, *args) -> None:
+        """An fdb change; one that fails is tried again at the next refresh."""
+        try:
+            func(*args)
+        except Exception:  # noqa: BLE001 -- NetlinkError: retried, the maps carry on
+            self._retry_later(vid, mac)
+
+    def _retry_later(self, vid: VnetId, mac: bytes) -> None:
+        if len(self._fdb_retry) >= RETRY_BOUND:
+            self._fdb_retry.clear()
+            self._fdb_resync = True
+        else:
+            self._fdb_retry.add((vid, mac))
+
+    def _follow(self, changes: dict[tuple[int, bytes], fdb.FdbEntry | None],
+                skip: set[VnetId]) -> None:
+        """What the bridges changed since the last refresh (but for the
+        vnets in ``skip``, synced from a newer reading): our entries put
+        back where the bridge lost them or moved them to the TAP's port."""
+        if not changes:
+            return
+        by_master: dict[int, list[tuple[VnetId, _Vnet, set[bytes]]]] = {}
+        for vid, vn in self._vn.items():
+            if vn.carries and vn.port.master and vid not in skip:
+                by_master.setdefault(vn.port.master, []).append((vid, vn, self._wanted(vid)))
+        for (master, mac), entry in changes.items():
+            for vid, vn, wanted in by_master.get(master, ()):
+                if mac in wanted:
+                    self._place(vid, vn, mac, entry)
+                elif entry is not None and entry.port == vn.port.p_index and \
+                        fdb.is_ours(entry, vn.port.p_index, vn.tap):
+                    self._fdb_call(vid, mac, fdb.remove, self.ipr, entry)
+
+    def _retry(self) -> None:
+        retry, self._fdb_retry = self._fdb_retry, set()
+        for vid, mac in retry:
+            vn = self._vn.get(vid)
+            if vn is not None:
+                self._fdb_one(vid, vn, mac)
+
+    def _fdb_one(self, vid: VnetId, vn: _Vnet, mac: bytes) -> None:
+        """Bring one MAC's entry in line with the vnet's maps."""
+        if not (vn.carries and vn.port.master):
+            return
+        try:
+            entry = fdb.get_entry(self.ipr, vn.port.master, mac)
+        except Exception:  # noqa: BLE001 -- NetlinkError: retried
+            self._retry_later(vid, mac)
+            return
+        if mac in self._wanted(vid):
+            self._place(vid, vn, mac, entry)
+        elif fdb.is_ours(entry, vn.port.p_index, vn.tap):
+            self._fdb_call(vid, mac, fdb.remove, self.ipr, entry)
 
     # -- tables -------------------------------------------------------------------------
 
@@ -382,22 +723,45 @@ class KernelShim:
         the receiver decapsulates in its kernel, so it may be sent GSO
         super-frames and frames whose checksum is still to be filled; False
         (a legacy host, an engine without kernel path): only frames with
-        complete checksums that fit go in the kernel, the rest to the engine."""
+        complete checksums that fit go in the kernel, the rest to the engine.
+        A MAC new to the vnet also gets its static fdb entry on the vnet's
+        kernel port (unless the bridge knows it on a port of its own)."""
         self._guard("set_remote", self.lib.update, self._maps["vs_remotes"],
                     maps.mac_key(vid, mac), maps.pack_remote(addr, kernel_peer), BPF_ANY)
+        macs = self._remote_macs.setdefault(vid, set())
+        if mac not in macs:
+            macs.add(mac)
+            vn = self._vn.get(vid)
+            if vn is not None:
+                self._fdb_one(vid, vn, mac)
 
     def del_remote(self, vid: VnetId, mac: bytes) -> None:
+        """Forget (vid, mac) as remote; its fdb entry goes if it is ours."""
         self._guard("del_remote", self.lib.delete, self._maps["vs_remotes"],
                     maps.mac_key(vid, mac))
+        self._remote_macs.get(vid, set()).discard(mac)
+        vn = self._vn.get(vid)
+        if vn is not None:
+            self._fdb_one(vid, vn, mac)
 
     def set_local(self, vid: VnetId, mac: bytes) -> None:
-        """A local domain's MAC the engine knows (no LocalSeen for it)."""
+        """A local domain's MAC the engine knows (no LocalSeen for it); an
+        fdb entry of ours for it goes (a domain that migrated here: the
+        bridge learns it on its vif)."""
         self._guard("set_local", self.lib.update, self._maps["vs_locals"],
                     maps.mac_key(vid, mac), maps.pack_local(), BPF_ANY)
+        self._local_macs.setdefault(vid, set()).add(mac)
+        vn = self._vn.get(vid)
+        if vn is not None:
+            self._fdb_one(vid, vn, mac)
 
     def del_local(self, vid: VnetId, mac: bytes) -> None:
         self._guard("del_local", self.lib.delete, self._maps["vs_locals"],
                     maps.mac_key(vid, mac))
+        self._local_macs.get(vid, set()).discard(mac)
+        vn = self._vn.get(vid)
+        if vn is not None and mac in self._remote_macs.get(vid, ()):
+            self._fdb_one(vid, vn, mac)
 
     def _remotes(self) -> dict[tuple[VnetId, bytes], tuple[str, bool]]:
         fd = self._maps["vs_remotes"]
@@ -460,6 +824,8 @@ class KernelShim:
             return
         self._closed = True
         self._ring.close()
+        if self._watch is not None:
+            self._watch.close()
         self.lib.close_object(self._obj)
         for fd in self._own_fds:
             try:
@@ -470,16 +836,34 @@ class KernelShim:
         self.ipr.close()
 
     def close(self) -> None:
-        """The engine stops: programs, filters and maps stay, so traffic
-        between known hosts keeps flowing until the next engine adopts them."""
+        """The engine stops: programs, filters, maps, kernel ports and fdb
+        entries stay, so traffic between known hosts keeps flowing until the
+        next engine adopts them.  A last refresh first puts back on P the
+        entries the bridge moved to a TAP's port (call it after the last
+        frame written into a TAP: the TAPs lose their carrier)."""
+        if self._closed:
+            return
+        try:
+            self._refresh(False)
+        except Exception:  # noqa: BLE001 -- best effort: the next engine refreshes
+            pass
         self._release()
 
     def purge(self) -> None:
         """Remove every filter of ours in this network namespace (and then
-        its clsact if nothing else is on it), the pins, and so the maps."""
+        its clsact if nothing else is on it), every kernel port of ours and
+        our fdb entries, the pins, and so the maps."""
         if self._closed:
             raise KernelPathUnavailable("kernel shim closed")
         try:
+            for vid, vn in list(self._vn.items()):
+                self._drop_tap_entries(vid, vn)
+            ports, strays = port.find_ports(port.links(self.ipr))
+            for kept in ports.values():
+                port.delete_port(self.ipr, kept)
+            for link in strays:
+                port.delete_tagged(self.ipr, link)
+            self._vn.clear()
             devices = {self.underlay_ifindex}
             devices.update(tap for tap, _i in self._vnets().values())
             for link in self.ipr.get_links():
@@ -502,7 +886,9 @@ class KernelShim:
                     os.rmdir(self.pin_dir)
                 except OSError:
                     pass
-        except (TcError, LibbpfError) as e:
+        except (TcError, LibbpfError, PortError) as e:
+            raise _unavailable("purge", e) from None
+        except Exception as e:  # noqa: BLE001 -- NetlinkError of an fdb call
             raise _unavailable("purge", e) from None
         finally:
             self._release()

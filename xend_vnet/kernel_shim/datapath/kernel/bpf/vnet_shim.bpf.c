@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /* The kernel data path of the legacy wire (protocol.md 2, 4.1, 4.2):
  *
- * vs_encap  clsact egress of a vnet's TAP (what the bridge sends towards the
- *           network): known unicast IPv4 from a domain is put in
- *           IPv4/UDP 1798/VnetMsgHdr/etherip and sent out of the underlay;
+ * vs_encap  clsact egress of a vnet's TAP and of its kernel port P (what the
+ *           bridge sends towards the network): known unicast IPv4 from a
+ *           domain is put in IPv4/UDP 1798/VnetMsgHdr/etherip and sent out
+ *           of the underlay;
  * vs_decap  clsact ingress of the underlay: data messages for an attached
  *           vnet to the engine's care-of address lose those headers and
- *           enter the vnet's bridge.
+ *           enter the vnet's bridge through the kernel port (P, a veth
+ *           whose other end Q they leave by, so veth's GRO merges them).
  *
- * Anything else returns TC_ACT_OK: the frame goes on to the TAP (and the
- * engine's user-space path) or to the host's UDP socket, unchanged, and a
- * per-vnet counter says why.  The engine keeps the maps in step with its
+ * Anything else goes on to the TAP (and the engine's user-space path; P
+ * hands it to the TAP's egress) or to the host's UDP socket, unchanged, and
+ * a per-vnet counter says why.  The engine keeps the maps in step with its
  * own tables and reads learn events from a ring buffer.
  */
 #include <linux/bpf.h>
@@ -44,10 +46,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, VS_MAX_VNETS);
+	__uint(max_entries, VS_MAX_DEVS);
 	__type(key, __u32);
-	__type(value, struct vs_tap);
-} vs_taps SEC(".maps");
+	__type(value, struct vs_dev);
+} vs_devs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -236,6 +238,19 @@ static __always_inline void clamp_mss(struct __sk_buff *skb, __u32 tcp_off,
 	}
 }
 
+#define VS_C_NONE (-1)
+
+/* A frame the encapsulator does not take: on the TAP it goes on to the
+ * engine (counted by why); P hands it to the TAP's egress, whose program
+ * looks at it again and counts it there, once. */
+static __always_inline int leave(struct __sk_buff *skb, const struct vs_dev *dev, int why)
+{
+	if (dev->kind == VS_DEV_PORT)
+		return bpf_redirect(dev->other_ifindex, 0);
+	count(dev->index, why);
+	return TC_ACT_OK;
+}
+
 struct encap_hdr {
 	struct ethhdr outer_eth;
 	struct iphdr ip;
@@ -254,7 +269,7 @@ int vs_encap(struct __sk_buff *skb)
 {
 	__u32 key = 0, ifindex = skb->ifindex, index, mtu_len = 0;
 	struct vs_config *cfg;
-	struct vs_tap *tap;
+	struct vs_dev *dev;
 	struct vs_remote *remote;
 	struct vs_mac_key mk = {};
 	struct encap_hdr h = {};
@@ -265,54 +280,55 @@ int vs_encap(struct __sk_buff *skb)
 	} __attribute__((packed)) in;
 	__u32 ihl, gso;
 
-	tap = bpf_map_lookup_elem(&vs_taps, &ifindex);
-	if (!tap)
+	dev = bpf_map_lookup_elem(&vs_devs, &ifindex);
+	if (!dev)
 		return TC_ACT_OK;
-	index = tap->index;
+	index = dev->index;
+	/* From the network back to the network (a frame the engine wrote into
+	 * the TAP for a MAC behind P, a decapsulated frame the bridge floods):
+	 * the bridge would drop it on the port it came from. */
+	if (dev->other_ifindex && skb->ingress_ifindex == dev->other_ifindex) {
+		count(index, VS_C_DROPPED_LOOP);
+		return TC_ACT_SHOT;
+	}
 	cfg = bpf_map_lookup_elem(&vs_config, &key);
-	if (!cfg || !cfg->local_addr)
-		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, 0, &in.eth, sizeof(in.eth)) < 0)
-		return TC_ACT_OK;
+	if (!cfg || !cfg->local_addr || bpf_skb_load_bytes(skb, 0, &in.eth, sizeof(in.eth)) < 0)
+		return leave(skb, dev, VS_C_NONE);
 
-	__builtin_memcpy(mk.vid, tap->vid, 16);
+	__builtin_memcpy(mk.vid, dev->vid, 16);
 	if (!(in.eth.h_source[0] & 1)) {
 		__builtin_memcpy(mk.mac, in.eth.h_source, 6);
 		if (!bpf_map_lookup_elem(&vs_locals, &mk))
-			emit(VS_EVENT_LOCAL_SEEN, tap->vid, in.eth.h_source, 0, index);
+			emit(VS_EVENT_LOCAL_SEEN, dev->vid, in.eth.h_source, 0, index);
 	}
 	if (in.eth.h_dest[0] & 1) {
-		count(index, VS_C_TO_USER_FLOOD);
-		return TC_ACT_OK;
+		/* Flooding is off on P, but the bridge floods what the host
+		 * sends through the bridge device to every port: the TAP has
+		 * its own copy. */
+		if (dev->kind == VS_DEV_PORT) {
+			count(index, VS_C_DROPPED_PORT_FLOOD);
+			return TC_ACT_SHOT;
+		}
+		return leave(skb, dev, VS_C_TO_USER_FLOOD);
 	}
 	if (in.eth.h_proto != bpf_htons(ETH_P_IP) ||
-	    bpf_skb_load_bytes(skb, 0, &in, sizeof(in)) < 0 || in.ip.version != 4) {
-		count(index, VS_C_TO_USER_NOT_IPV4);
-		return TC_ACT_OK;
-	}
-	if (in.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
-		count(index, VS_C_TO_USER_FRAGMENT);
-		return TC_ACT_OK;
-	}
+	    bpf_skb_load_bytes(skb, 0, &in, sizeof(in)) < 0 || in.ip.version != 4)
+		return leave(skb, dev, VS_C_TO_USER_NOT_IPV4);
+	if (in.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return leave(skb, dev, VS_C_TO_USER_FRAGMENT);
 	ihl = in.ip.ihl * 4;
-	if (ihl < 20) {
-		count(index, VS_C_TO_USER_NOT_IPV4);
-		return TC_ACT_OK;
-	}
+	if (ihl < 20)
+		return leave(skb, dev, VS_C_TO_USER_NOT_IPV4);
 	if (in.ip.protocol == IPPROTO_TCP)
 		clamp_mss(skb, 14 + ihl, cfg->mss, index);
 
 	__builtin_memcpy(mk.mac, in.eth.h_dest, 6);
 	remote = bpf_map_lookup_elem(&vs_remotes, &mk);
-	if (!remote || !remote->addr) {
-		count(index, VS_C_TO_USER_NO_ROUTE);
-		return TC_ACT_OK;
-	}
+	if (!remote || !remote->addr)
+		return leave(skb, dev, VS_C_TO_USER_NO_ROUTE);
 	gso = skb->gso_segs > 1 || skb->gso_size;
-	if (!(remote->flags & VS_REMOTE_KERNEL_PEER) && (gso || csum_partial_pending(skb))) {
-		count(index, VS_C_TO_USER_PARTIAL_CSUM_TO_LEGACY);
-		return TC_ACT_OK;
-	}
+	if (!(remote->flags & VS_REMOTE_KERNEL_PEER) && (gso || csum_partial_pending(skb)))
+		return leave(skb, dev, VS_C_TO_USER_PARTIAL_CSUM_TO_LEGACY);
 	if (gso) {
 		/* Segments shrink by VS_ENCAP_LEN (no FIXED_GSO below), so they
 		 * fit when an inner segment fits the underlay; only TCP (UDP GSO
@@ -321,22 +337,16 @@ int vs_encap(struct __sk_buff *skb)
 
 		if (in.ip.protocol != IPPROTO_TCP ||
 		    bpf_skb_load_bytes(skb, 14 + ihl, &th, sizeof(th)) < 0 ||
-		    skb->gso_size + ihl + th.doff * 4 > cfg->underlay_mtu) {
-			count(index, VS_C_TO_USER_NO_FIT);
-			return TC_ACT_OK;
-		}
+		    skb->gso_size + ihl + th.doff * 4 > cfg->underlay_mtu)
+			return leave(skb, dev, VS_C_TO_USER_NO_FIT);
 	} else if (bpf_check_mtu(skb, cfg->underlay_ifindex, &mtu_len, VS_ENCAP_LEN, 0) !=
-		   BPF_MTU_CHK_RET_SUCCESS) {
-		count(index, VS_C_TO_USER_NO_FIT);
-		return TC_ACT_OK;
-	}
+		   BPF_MTU_CHK_RET_SUCCESS)
+		return leave(skb, dev, VS_C_TO_USER_NO_FIT);
 
 	if (bpf_skb_adjust_room(skb, VS_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
-				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)) < 0) {
-		count(index, VS_C_TO_USER_ERROR);
-		return TC_ACT_OK;
-	}
+				BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)) < 0)
+		return leave(skb, dev, VS_C_TO_USER_ERROR);
 
 	h.outer_eth.h_proto = bpf_htons(ETH_P_IP);     /* MACs: bpf_redirect_neigh */
 	ip.version = 4;
@@ -360,7 +370,7 @@ int vs_encap(struct __sk_buff *skb)
 	h.opcode = 0;
 	h.etherip[0] = 0x00;                            /* protocol.md 4.1 */
 	h.etherip[1] = 0x40;
-	__builtin_memcpy(h.vid, tap->vid, 16);
+	__builtin_memcpy(h.vid, dev->vid, 16);
 	h.inner_eth = in.eth;
 	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0) {
 		/* The room is there but the headers are not: nothing sane can go on. */
@@ -441,9 +451,15 @@ int vs_decap(struct __sk_buff *skb)
 			clamp_mss(skb, ETH_HLEN + ip.ihl * 4, cfg->mss, index);
 	}
 	count(index, VS_C_DECAPSULATED);
-	/* A super-frame is aggregated already: straight into the TAP.  Single
-	 * segments go where GRO can merge them, when the vnet has such a port. */
-	if (gso)
+	/* Floods enter the bridge by the TAP, as when the engine writes them
+	 * (the bridge sends them nowhere back to the network, and its snooping
+	 * and learning see them where they always did); so does everything
+	 * while the vnet's kernel port is on no bridge.  Unicast enters by P:
+	 * a super-frame, aggregated already, directly; single segments by
+	 * leaving Q, so that veth's GRO at P merges them. */
+	if ((h.inner_eth.h_dest[0] & 1) || !vnet->port_ifindex)
 		return bpf_redirect(vnet->tap_ifindex, BPF_F_INGRESS);
-	return bpf_redirect(vnet->rx_ifindex, vnet->rx_flags);
+	if (gso)
+		return bpf_redirect(vnet->port_ifindex, BPF_F_INGRESS);
+	return bpf_redirect(vnet->peer_ifindex, 0);
 }

@@ -11,9 +11,10 @@
 
 /* Bump when a map's layout changes: a newer engine then replaces what an
  * older one left attached instead of adopting it. */
-#define VS_LAYOUT_VERSION 1
+#define VS_LAYOUT_VERSION 2
 
 #define VS_MAX_VNETS 4096        /* vnets carried in the kernel */
+#define VS_MAX_DEVS (2 * VS_MAX_VNETS)   /* a TAP and a kernel port P per vnet */
 #define VS_MAX_REMOTES 131072    /* = LIMITS["varp"].total of core/bounds.py */
 #define VS_MAX_LOCALS 65536      /* = LIMITS["vif"].total */
 #define VS_MAX_SEEN 16384        /* (vnet, MAC, kind) last reported, LRU */
@@ -46,15 +47,27 @@ struct vs_vid {
 /* vs_vnets: vnet id -> where its decapsulated frames go */
 struct vs_vnet {
 	__u32 tap_ifindex;
-	__u32 rx_ifindex;        /* where single segments go: the TAP (a port with GRO could go here) */
-	__u32 rx_flags;          /* bpf_redirect flags: BPF_F_INGRESS for the TAP */
+	__u32 port_ifindex;      /* the kernel port's bridge end P when it is on the TAP's
+				  * bridge (super-frames enter the bridge there); 0: every
+				  * frame enters the TAP, as the engine would write it */
+	__u32 peer_ifindex;      /* the kernel port's other end Q: single segments leave by
+				  * it and reach P through veth's GRO */
 	__u32 index;             /* slot in vs_counters and vs_budget */
 };
 
-/* vs_taps: TAP ifindex -> its vnet */
-struct vs_tap {
+#define VS_DEV_TAP 0
+#define VS_DEV_PORT 1
+
+/* vs_devs: the egress devices the encapsulator sits on (a vnet's TAP and
+ * its kernel port P) -> their vnet */
+struct vs_dev {
 	__u8 vid[16];
 	__u32 index;
+	__u32 kind;              /* VS_DEV_TAP or VS_DEV_PORT */
+	__u32 other_ifindex;     /* a TAP: its port P when P is on its bridge (else 0); P:
+				  * its TAP, where P sends what it does not take.  A frame
+				  * that entered the bridge from the other is not sent
+				  * back to the network */
 	__u32 pad;
 };
 
@@ -107,6 +120,8 @@ enum vs_counter {
 	VS_C_MSS_CLAMPED,
 	VS_C_EVENTS_SUPPRESSED,
 	VS_C_EVENTS_LOST,
+	VS_C_DROPPED_LOOP,
+	VS_C_DROPPED_PORT_FLOOD,
 	VS_C_COUNT,
 };
 
