@@ -48,6 +48,7 @@ COUNTER_NAMES = (
     "events_lost",
     "dropped_loop",
     "dropped_port_flood",
+    "to_user_rx_merged",
 )
 
 CONFIG = struct.Struct("=4sIHHHHII")

@@ -423,6 +423,21 @@ int vs_decap(struct __sk_buff *skb)
 		count(index, VS_C_TO_USER_RX_NO_FIT);
 		return TC_ACT_OK;
 	}
+	/* A super-frame from a peer's encapsulator is one inner IPv4 packet
+	 * whose length covers the whole skb.  Datagrams merged by UDP GRO (a
+	 * NIC's GRO for the engine's UDP_GRO socket) each keep their own
+	 * headers, and the first inner length covers only the first: those
+	 * are the engine's to split. */
+	if (gso) {
+		struct iphdr inner;
+
+		if (h.inner_eth.h_proto != bpf_htons(ETH_P_IP) ||
+		    bpf_skb_load_bytes(skb, VS_HDR_LEN, &inner, sizeof(inner)) < 0 ||
+		    bpf_ntohs(inner.tot_len) != skb->len - VS_HDR_LEN) {
+			count(index, VS_C_TO_USER_RX_MERGED);
+			return TC_ACT_OK;
+		}
+	}
 
 	if (!(h.inner_eth.h_source[0] & 1)) {
 		__builtin_memcpy(mk.mac, h.inner_eth.h_source, 6);
