@@ -198,6 +198,15 @@ class Report:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(text)
 
+    def add(self, other: Report) -> None:
+        """Count ``other`` (another capture of the same thing) in this one."""
+        for name, value in vars(other).items():
+            if isinstance(value, int):
+                setattr(self, name, getattr(self, name) + value)
+        self.problems += other.problems[:MAX_PROBLEMS - len(self.problems)]
+        for src, n in other.by_source.items():
+            self.by_source[src] = self.by_source.get(src, 0) + n
+
     @property
     def legacy_framing(self) -> bool:
         """Data frames in the legacy framing were seen, and nothing in ours."""

@@ -240,3 +240,11 @@ def test_any_file_is_read_or_refused(blob):
         list(cc.read_pcap(blob))
     except cc.CaptureError:
         pass
+
+
+def test_reports_of_several_captures_add_up():
+    one = check(udp_1798(OURS, LEGACY, data(tcp_frame(b"x", partial=True))))
+    two = check(udp_1798(LEGACY, OURS, data(tcp_frame(b"y"))))
+    one.add(two)
+    assert (one.datagrams, one.data_frames, one.l4_checked, one.bad) == (2, 2, 2, 1)
+    assert one.by_source == {OURS: 1, LEGACY: 1} and len(one.problems) == 1
