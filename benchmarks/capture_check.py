@@ -13,6 +13,14 @@ check is that no such frame reaches it.  The outer checksums are not
 checked: a veth hands on checksum-partial datagrams, whose sum in a
 capture is only the pseudo-header's.
 
+A veth also hands on segmentation-offload packets whole, so a capture on
+one shows packets longer than the link's MTU that never existed on a wire:
+a UDP_SEGMENT train (datagrams of one size but the last, one payload after
+the other) is cut back into its datagrams, the size read from its first
+frame; a frame longer than the MTU inside one message is a TCP super-frame
+(tunnel segmentation) whose segments, and their checksums, the kernel that
+cuts it makes: counted (``gso_frames``), not checked.
+
     python3 benchmarks/capture_check.py FILE.pcap [--from ADDR ...]
 """
 
@@ -41,6 +49,7 @@ ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ETHERIP = 6, 17, 97
 MAX_PENDING = 4096           # datagrams waiting for fragments, per reassembler
 MAX_PROBLEMS = 20            # problems kept as text; all are counted
+MIN_FRAME = 60               # an Ethernet frame's minimum, without its FCS
 
 
 class CaptureError(ValueError):
@@ -182,12 +191,14 @@ class Report:
     packets: int = 0
     truncated: int = 0             # records the snap length cut: not checked
     datagrams: int = 0             # UDP 1798 datagrams and protocol 97 packets, whole
+    gso_packets: int = 0           # captured longer than the MTU: segmentation offload
     data_frames: int = 0           # frames in legacy data messages (id 2) and protocol 97
     varp: int = 0
     fast: int = 0                  # id-5 messages (our engines' fast framing)
     other: int = 0                 # any other message id, or one the codec refused
     ipv4_checked: int = 0          # inner IPv4 headers checked
     l4_checked: int = 0            # inner TCP and UDP checksums checked
+    gso_frames: int = 0            # inner super-frames: checksummed where they are cut
     incomplete: int = 0            # outer or inner datagrams missing fragments
     bad: int = 0
     problems: list[str] = field(default_factory=list)
@@ -216,8 +227,9 @@ class Report:
 class FrameChecker:
     """Checks the frames of data messages, inner fragments put back together."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, mtu: int):
         self.report = report
+        self.mtu = mtu
         self.inner = Reassembler()
 
     def check(self, frame: bytes, where: str) -> None:
@@ -239,6 +251,9 @@ class FrameChecker:
         if ones_sum(p.header) != 0xFFFF:
             self.report.problem(f"{where}: IPv4 header checksum {p.header[10:12].hex()} "
                                 f"({p.src} > {p.dst})")
+            return
+        if not p.fragment and len(p.header) + len(p.payload) > self.mtu:
+            self.report.gso_frames += 1
             return
         whole = self.inner.add(p)
         if whole is None or whole.proto not in (IPPROTO_TCP, IPPROTO_UDP):
@@ -266,12 +281,13 @@ class FrameChecker:
 
 
 def check_packets(packets: Iterable[Packet], sources: set[str] | None = None,
-                  port: int = codec.VARP_PORT) -> Report:
-    """The report of a capture's packets; with ``sources``, only the
-    datagrams sent from those addresses count."""
+                  port: int = codec.VARP_PORT, mtu: int = 1500) -> Report:
+    """The report of a capture's packets on a link of ``mtu`` whose domains
+    have ``mtu`` too; with ``sources``, only the datagrams sent from those
+    addresses count."""
     report = Report()
     outer = Reassembler()
-    frames = FrameChecker(report)
+    frames = FrameChecker(report, mtu)
     for pkt in packets:
         report.packets += 1
         if pkt.truncated:
@@ -290,12 +306,14 @@ def check_packets(packets: Iterable[Packet], sources: set[str] | None = None,
         whole = outer.add(p)
         if whole is None:
             continue
-        _datagram(whole, port, report, frames)
+        gso = not p.fragment and len(p.header) + len(p.payload) > mtu
+        report.gso_packets += gso
+        _datagram(whole, port, report, frames, gso)
     report.incomplete = outer.incomplete + frames.inner.incomplete
     return report
 
 
-def _datagram(p: Ipv4, port: int, report: Report, frames: FrameChecker) -> None:
+def _datagram(p: Ipv4, port: int, report: Report, frames: FrameChecker, gso: bool) -> None:
     where = f"{p.src} > {p.dst}"
     if p.proto == IPPROTO_ETHERIP:
         report.datagrams += 1
@@ -312,13 +330,43 @@ def _datagram(p: Ipv4, port: int, report: Report, frames: FrameChecker) -> None:
     sport, dport = struct.unpack_from("!HH", p.payload)
     if port not in (sport, dport):
         return
-    payload = p.payload[8:]
+    for payload in split_train(p.payload[8:], frames.mtu) if gso else [p.payload[8:]]:
+        _message(payload, where, p.src, report, frames)
+
+
+def split_train(payload: bytes, mtu: int) -> list[bytes]:
+    """The datagrams of a UDP_SEGMENT train captured whole: one size but the
+    last, the size that of its first data message (read from its frame's
+    IPv4 length); the payload as one datagram when that cannot be read."""
+    size = message_length(payload)
+    if size is None or size >= len(payload) or size > mtu:
+        return [payload]
+    return [payload[i:i + size] for i in range(0, len(payload), size)]
+
+
+def message_length(payload: bytes) -> int | None:
+    """The length of the data message that starts ``payload``, from its
+    frame's IPv4 total length (frames shorter than Ethernet's minimum padded)."""
+    if payload[:len(codec.DATA_PREFIX)] != codec.DATA_PREFIX:
+        return None
+    frame = payload[codec.DATA_HEADER_LEN:]
+    if len(frame) < codec.ETH_HEADER_LEN:
+        return None
+    ethertype, off = l3_start(frame)
+    if ethertype != ETH_IPV4 or len(frame) < off + 4:
+        return None
+    total = int.from_bytes(frame[off + 2:off + 4], "big")
+    return codec.DATA_HEADER_LEN + max(off + total, MIN_FRAME)
+
+
+def _message(payload: bytes, where: str, src: str, report: Report,
+             frames: FrameChecker) -> None:
     report.datagrams += 1
     try:
         ident = codec.msg_id(payload)
         if ident == codec.MSG_DATA:
             _vid, frame = codec.decode_data(payload)
-            _data_frame(frame, p.src, where, report, frames)
+            _data_frame(frame, src, where, report, frames)
             return
     except codec.DecodeError as e:
         report.other += 1
@@ -339,9 +387,9 @@ def _data_frame(frame: bytes, src: str, where: str, report: Report,
     frames.check(frame, where)
 
 
-def check_file(path: str, sources: set[str] | None = None) -> Report:
+def check_file(path: str, sources: set[str] | None = None, mtu: int = 1500) -> Report:
     with open(path, "rb") as f:
-        return check_packets(read_pcap(f.read()), sources)
+        return check_packets(read_pcap(f.read()), sources, mtu=mtu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,10 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pcap", nargs="+")
     p.add_argument("--from", dest="sources", action="append", metavar="ADDR",
                    help="count only datagrams from this address (repeatable)")
+    p.add_argument("--mtu", type=int, default=1500,
+                   help="the link's MTU, and the domains' (default %(default)s)")
     opts = p.parse_args(argv)
     bad = 0
     for path in opts.pcap:
-        report = check_file(path, set(opts.sources) if opts.sources else None)
+        report = check_file(path, set(opts.sources) if opts.sources else None, opts.mtu)
         print(json.dumps({"file": path, **vars(report)}, indent=2))
         bad += report.bad
     return 1 if bad else 0

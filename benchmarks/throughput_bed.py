@@ -28,6 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import capture_check  # noqa: E402  -- what a capture of the underlay carried
+import legacy_vnetd  # noqa: E402
 
 PREFIX = "xvb-"
 H1, H2, D1, D2 = (PREFIX + n for n in ("h1", "h2", "d1", "d2"))
@@ -57,10 +58,6 @@ REQUIRE_KERNEL_PATH = "XEND_VNET_REQUIRE_KERNEL_PATH"
 # Whatever a vnet datagram may be on the underlay: UDP 1798, IP protocol 97,
 # and the later fragments of a datagram (they carry no port).
 CAPTURE_FILTER = "udp port 1798 or ip proto 97 or (ip[6:2] & 0x1fff != 0)"
-# The legacy daemon wants a private /tmp (its control socket is /tmp/vnetd)
-# and a host name that is its address: what its run script does, here.
-LEGACY_WRAPPER = ('exec 3<"$3" && hostname "$1" && mount --bind "$2" /tmp && shift 3 '
-                  '&& exec /proc/self/fd/3 "$@"')
 ASK = ("import sys; from xend_vnet.engine_client import EngineClient; "
        "sys.stdout.write(EngineClient(sys.argv[1], timeout=10).request(sys.argv[2]))")
 # One run at a time owns the namespaces (latency.py shares the test bed).
@@ -225,15 +222,12 @@ class Testbed:
             sh(*in_ns(host, "ip", "link", "del", tap), check=False)
         binary, extra = self.legacy
         state = tempfile.mkdtemp(prefix="legacy-", dir=self.workdir)
-        # Read after the private /tmp is mounted, where the state directory is.
-        with open(os.path.join(state, "vnets.conf"), "w") as f:
-            for vid, *_ in CLEAR_VNETS:
-                f.write(f"(vnet.add (id {vid}))\n")
         dev, addr = UNDERLAY[host]
         argv = [a.format(device=dev, addr=addr) for a in extra.split()]
         self.engines[host] = self.start(
-            [*in_ns(host, "unshare", "-m", "-u", "sh", "-c", LEGACY_WRAPPER, "sh", addr, state,
-                    binary, "-f", "/tmp/vnets.conf", *argv)], f"legacy-{host}")
+            in_ns(host, *legacy_vnetd.command(binary, addr, state,
+                                              [v[0] for v in CLEAR_VNETS], argv)),
+            f"legacy-{host}")
         self._enslave_taps(host, tuple(v[1] for v in CLEAR_VNETS))
         self.running[host] = "legacy"
 

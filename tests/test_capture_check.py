@@ -248,3 +248,34 @@ def test_reports_of_several_captures_add_up():
     one.add(two)
     assert (one.datagrams, one.data_frames, one.l4_checked, one.bad) == (2, 2, 2, 1)
     assert one.by_source == {OURS: 1, LEGACY: 1} and len(one.problems) == 1
+
+
+def one_packet(src: str, dst: str, payload: bytes) -> bytes:
+    """A UDP 1798 datagram as a veth hands on a segmentation-offload packet:
+    one IPv4 packet, however long."""
+    udp = struct.pack("!HHHH", 1798, 1798, 8 + len(payload), 0) + payload
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ipv4(src, dst, 17, udp)
+
+
+def test_a_udp_segment_train_captured_whole_is_cut_back_into_its_datagrams():
+    full = [data(tcp_frame(bytes([i]) * 1380)) for i in range(3)]
+    last = data(tcp_frame(b"z" * 200))
+    assert len({len(m) for m in full}) == 1
+    report = check([one_packet(OURS, LEGACY, b"".join(full) + last)])
+    assert (report.gso_packets, report.datagrams, report.l4_checked, report.bad) == (1, 4, 4, 0)
+    middle = data(tcp_frame(b"\x01" * 1380, partial=True))
+    report = check([one_packet(OURS, LEGACY, full[0] + middle + full[2] + last)])
+    assert (report.datagrams, report.bad) == (4, 1)
+    # Frames shorter than Ethernet's minimum travel padded.
+    ack = tcp_frame(b"")
+    assert len(ack) == 54
+    padded = data(ack + bytes(6))
+    report = check([one_packet(OURS, LEGACY, padded * 30)])
+    assert (report.datagrams, report.l4_checked, report.bad) == (30, 30, 0)
+
+
+def test_a_super_frame_inside_one_message_is_counted_not_checked():
+    # Tunnel segmentation: the kernel that cuts it makes each segment's checksum.
+    report = check([one_packet(OURS, LEGACY, data(tcp_frame(b"s" * 9000, partial=True)))])
+    assert (report.gso_packets, report.gso_frames, report.l4_checked, report.bad) == (1, 1, 0, 0)
+    assert cc.split_train(b"\x00\x01" + bytes(3000), 1500) == [b"\x00\x01" + bytes(3000)]
