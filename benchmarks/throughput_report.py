@@ -24,6 +24,8 @@ from xend_vnet import sxp  # noqa: E402
 from xend_vnet.vnet_id import VnetId  # noqa: E402
 
 KERNEL_COUNTERS = ("encapsulated", "decapsulated")
+KERNEL_FIELDS = {"kernel_" + name: name for name in KERNEL_COUNTERS}
+KERNEL_TO_USER = "kernel_to_user"     # why each frame the kernel left went to the engine
 TO_USER = "to_user_"
 # The kernel-path targets: throughput at least this share of kernel VXLAN's
 # (underlay offloads on, off) and a median ping at most this multiple of its.
@@ -48,9 +50,11 @@ def median(values) -> float:
 # -- the kernel path's counters -------------------------------------------------------------
 
 def kernel_counters(stats_text: str) -> dict[str, dict[str, int]]:
-    """Per vnet (canonical id), the kernel path's counters in a ``(vnet.stats)``
-    reply: encapsulated, decapsulated and every ``to_user_<reason>``, wherever
-    they sit in the vnet's block."""
+    """Per vnet (canonical id), the kernel path's frame counters in a
+    ``(vnet.stats)`` reply: ``(kernel_encapsulated N)``,
+    ``(kernel_decapsulated N)`` and ``(kernel_to_user (REASON N) ...)``, as
+    encapsulated, decapsulated and to_user_REASON; none for a vnet it does
+    not carry."""
     out: dict[str, dict[str, int]] = {}
     for form in sxp.parse_all(stats_text):
         if not (isinstance(form, list) and form[:1] == ["vnet_stats"]):
@@ -59,21 +63,15 @@ def kernel_counters(stats_text: str) -> dict[str, dict[str, int]]:
         if vid is None:
             continue
         found: dict[str, int] = {}
-        _collect(form[1:], found)
+        for child in form[1:]:
+            if not (isinstance(child, list) and child):
+                continue
+            if child[0] in KERNEL_FIELDS and len(child) == 2:
+                found[KERNEL_FIELDS[child[0]]] = int(child[1])
+            elif child[0] == KERNEL_TO_USER:
+                found.update((TO_USER + reason, int(n)) for reason, n in child[1:])
         out[VnetId.parse(str(vid)).canonical] = found
     return out
-
-
-def _collect(children: list, found: dict[str, int]) -> None:
-    for child in children:
-        if not (isinstance(child, list) and child and isinstance(child[0], str)):
-            continue
-        name = child[0]
-        if (name in KERNEL_COUNTERS or name.startswith(TO_USER)) and len(child) == 2 \
-                and str(child[1]).isdigit():
-            found[name] = found.get(name, 0) + int(child[1])
-        else:
-            _collect(child[1:], found)
 
 
 def kernel_frames(before: list[str], after: list[str], vnet: str) -> dict[str, int]:

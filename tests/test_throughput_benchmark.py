@@ -30,10 +30,13 @@ Path, Watch = throughput.Path, throughput.Watch
 
 
 def stats(vnet: str, **counters) -> str:
-    """A ``(vnet.stats)`` reply with the kernel counters nested as a block."""
-    inner = " ".join(f"({k} {v})" for k, v in counters.items())
+    """A ``(vnet.stats)`` reply of an engine whose kernel path carries ``vnet``."""
+    frames = " ".join(f"(kernel_{k} {v})" for k, v in counters.items()
+                      if not k.startswith("to_user_"))
+    to_user = " ".join(f"({k[8:]} {v})" for k, v in counters.items() if k.startswith("to_user_"))
     return (f"(engine_stats (rx_datagrams 5))(vnet_stats (vnet {vnet}) (vnetif vnif0099) "
-            f"(rx_packets 3) (kernel {inner}) (dropped))")
+            f"(rx_packets 3) (dropped) {frames} (kernel_mss_clamped 2) "
+            f"(kernel_to_user {to_user}))")
 
 
 class RecordingBed:
@@ -168,14 +171,17 @@ def test_tcp_both_ways_records_a_failure_instead_of_ending_the_run():
     assert r["tcp_errors"] == ["iperf3 -R: connection refused"]
 
 
-def test_kernel_counters_found_flat_or_nested():
-    nested = stats("0099", encapsulated=7, decapsulated=3, to_user_no_route=2)
-    flat = "(vnet_stats (vnet 9d) (encapsulated 4) (to_user_flood 1) (to_user_fragment 2))"
-    counters = report.kernel_counters(nested + flat)
+def test_kernel_counters_of_each_vnet():
+    first = stats("0099", encapsulated=7, decapsulated=3, to_user_no_route=2)
+    other = stats("9d", encapsulated=4, decapsulated=0, to_user_flood=1, to_user_fragment=2)
+    user_space = "(vnet_stats (vnet 9a) (vnetif vnif009a) (rx_packets 9) (dropped))"
+    counters = report.kernel_counters(first + other + user_space)
     assert counters["0000:0000:0000:0000:0000:0000:0000:0099"] == {
         "encapsulated": 7, "decapsulated": 3, "to_user_no_route": 2}
-    assert report.kernel_frames([flat], [flat.replace("(encapsulated 4)", "(encapsulated 104)")],
-                                "9d") == {"kernel": 100, "user": 0}
+    assert counters["0000:0000:0000:0000:0000:0000:0000:009a"] == {}
+    grown = other.replace("(kernel_encapsulated 4)", "(kernel_encapsulated 104)").replace(
+        "(flood 1)", "(flood 2)")
+    assert report.kernel_frames([other], [grown], "9d") == {"kernel": 100, "user": 1}
     assert math.isnan(report.share({"kernel": 0, "user": 0}))
 
 
