@@ -43,6 +43,20 @@ def kernel_frames(d: EngineProcess, vnet: str) -> int:
     return sum(int(fields.get(name, 0)) for name in KERNEL_COUNTERS)
 
 
+def frames_out(d: EngineProcess, vnet: str) -> int:
+    """Frames of ``vnet`` sent toward the network, by the engine (tx_packets)
+    or by its kernel path (kernel_encapsulated)."""
+    fields = vnet_stats(d)[VnetId.parse(vnet).canonical]
+    return int(fields["tx_packets"]) + int(fields.get("kernel_encapsulated", 0))
+
+
+def frames_in(d: EngineProcess, vnet: str) -> int:
+    """Frames of ``vnet`` received from the network, by the engine (rx_packets)
+    or by its kernel path (kernel_decapsulated)."""
+    fields = vnet_stats(d)[VnetId.parse(vnet).canonical]
+    return int(fields["rx_packets"]) + int(fields.get("kernel_decapsulated", 0))
+
+
 def drops(d: EngineProcess) -> dict:
     """Engine-wide receive drops by reason, as ints."""
     return {k: int(v) for k, v in vnet_stats(d)["engine"].get("rx_dropped", {}).items()}

@@ -5,7 +5,9 @@ LAN sends it truncated headers, wrong versions, unknown ids and message
 families, oversized datagrams, a flood of VARP requests, and random bytes
 (hypothesis), by unicast and to the group.  Every datagram must end in
 exactly one counted outcome (counters.py), and the engine must keep
-serving.  Root (prefix ``xve-bad-``).
+serving.  Root (prefix ``xve-bad-``); every test runs with the engine on the
+kernel path, whose decapsulator leaves all of this to the engine, and with
+``--no-kernel-path`` (tests/conftest.py's ``data_path``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def varp(opcode: int, vid: bytes = VID97, mac: bytes = VIF_MAC, family: int = 2,
 
 
 @pytest.fixture(scope="module")
-def bad():
-    lab = Lab("xve-bad-")
+def bad(data_path):
+    lab = Lab("xve-bad-", data_path)
     try:
         lab.underlay()
         ns = lab.host("h", HOST)

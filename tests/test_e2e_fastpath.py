@@ -10,7 +10,8 @@ the four others: to db the frames cross as fast segments, to dc, dn and dp
 as plain frames, segmented and checksummed in software by a's engine; p
 checks every frame it gets.  Hosts a and b
 also carry the secured vnet 7b (conf), with domains sa and sb, whose
-super-frames cross sealed once each.
+super-frames cross sealed once each.  Every engine runs with
+``--no-kernel-path``: these are the user-space path's features.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 
 import pytest
 from e2e_helpers import ping
-from netns import REPO, Lab, call_in_netns, is_root, wait_for
+from netns import REPO, USER, Lab, call_in_netns, is_root, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
@@ -95,7 +96,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world():
-    lab = Lab("xv7-")
+    lab = Lab("xv7-", USER)
     try:
         w = World(lab)
         for src, d in (("da", "db"), ("da", "dc"), ("da", "dp"), ("da", "dn"), ("sa", "sb")):
