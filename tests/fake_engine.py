@@ -63,6 +63,7 @@ class FakeHost:
         self.deleted: list = []
         self.groups: list = []          # (addr, ttl) of varp.mcaddr
         self.peer_syncs: list = []      # the peers at each peers_changed
+        self.purged = 0                 # engine.purge calls
         for n in vnets:
             vid = VnetId.parse(str(n))
             self.core.add_vnet(vid, vid.default_vnetif)
@@ -125,6 +126,13 @@ class FakeHost:
 
     def now(self):
         return self.clock
+
+    def kernel_counters(self):
+        """No kernel path here: every vnet is in user space."""
+        return {}
+
+    def purge_kernel(self):
+        self.purged += 1
 
 
 class FakeEngine:

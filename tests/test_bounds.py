@@ -22,13 +22,22 @@ from xend_vnet.kernel_shim.core.engine import EngineCore, SendUdp
 from xend_vnet.kernel_shim.security import keys, keystore
 from xend_vnet.kernel_shim.wire import offload
 from xend_vnet.kernel_shim.wire.codec import encode_announce
-from xend_vnet.kernel_shim.wire.segments import CAP_TRAILER, PROBE_TRAILER, segment_sends
+from xend_vnet.kernel_shim.wire.segments import (
+    CAP_KERNEL,
+    CAP_PROBE,
+    CAP_TRAILER,
+    PROBE_TRAILER,
+    segment_sends,
+    trailer,
+)
 from xend_vnet.vnet_id import VnetId
 
 V2, V3, V4 = (VnetId.parse(str(n)) for n in (2, 3, 4))
 GROUP = "224.10.0.1"
 PEER = "192.0.2.2"
 MAC_A = bytes.fromhex("aa0000000001")
+BCAST = b"\xff" * 6
+KERNEL_PROBE_TRAILER = trailer(CAP_KERNEL | CAP_PROBE)
 
 
 def addr(i: int) -> str:
@@ -435,7 +444,8 @@ def test_a_thousand_vnets_stay_within_the_global_cap_with_a_reserve_each():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(("data", "announce", "probe", "segment", "tap")),
+@given(st.lists(st.tuples(st.sampled_from(("data", "announce", "probe", "segment", "tap",
+                                           "kernel_announce", "kernel_remote", "kernel_local")),
                           st.sampled_from((V2, V3, V97)), st.integers(0, 40),
                           st.integers(0, 6), st.floats(0, 2)), max_size=120))
 def test_no_sequence_of_packets_grows_a_table_past_its_bounds(packets):
@@ -445,6 +455,8 @@ def test_no_sequence_of_packets_grows_a_table_past_its_bounds(packets):
     c.add_vnet(V2, "vnif0002")
     c.add_vnet(V3, "vnif0003")
     c.peer_add("198.51.100.7")
+    c.mirror_tables()
+    c.set_kernel(V2, True)      # the kernel path's reports and peers (design.md 1.1)
     for t in c.bounded:
         t.limits = Limits(per_vnet=5, reserve=1, total=9, per_source=3)
     now = 1.0
@@ -453,16 +465,34 @@ def test_no_sequence_of_packets_grows_a_table_past_its_bounds(packets):
         source = addr(src)
         if kind == "data":
             c.receive_udp(data(vid, frame(MAC_A, mac(m))), source, GROUP, now)
-        elif kind in ("announce", "probe"):
-            trailer = CAP_TRAILER if kind == "announce" else PROBE_TRAILER
+        elif kind in ("announce", "probe", "kernel_announce"):
+            trailer = {"announce": CAP_TRAILER, "probe": PROBE_TRAILER,
+                       "kernel_announce": KERNEL_PROBE_TRAILER}[kind]
             c.receive_udp(encode_announce(vid.raw, mac(m), addr(m)) + trailer, source, GROUP,
                           now)
+        elif kind == "kernel_remote":
+            c.receive_tap(vid, frame(BCAST, mac(src)), now)     # a domain of ours to probe with
+            c.kernel_remote_seen(vid, mac(m), source, now)
+        elif kind == "kernel_local":
+            c.kernel_local_seen(vid, mac(m), now)
         elif kind == "segment":
             c.receive_udp(first_segment(vid, m), source, ME, now)
         else:
             c.receive_tap(vid, frame(mac(src), mac(m)), now)
         check_bounds(c)
     assert consistent(c)
+    mirrored = {}
+    for change in c.drain_table_changes():
+        key = (change.table, change.vid, change.mac, change.addr if change.table ==
+               "kernel_peer" else None)
+        if change.present:
+            mirrored[key] = change.addr
+        else:
+            mirrored.pop(key, None)
+    # What the changes made is what the tables hold (core/mirror.py).
+    assert sorted(mirrored.items()) == sorted(
+        ((e.table, e.vid, e.mac, e.addr if e.table == "kernel_peer" else None), e.addr)
+        for v in (V2, V3, V97) for e in c.table_entries(v))
 
 
 def test_resource_limits_in_security_md_match_the_code():

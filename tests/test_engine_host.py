@@ -17,8 +17,12 @@ from xend_vnet.kernel_shim.control.drop_log import DropLog, drop_counts
 from xend_vnet.kernel_shim.control.host import DataPathHost
 from xend_vnet.kernel_shim.core.engine import EngineCore
 from xend_vnet.kernel_shim.datapath.interface import DataPathError, PathStatus
+from xend_vnet.kernel_shim.datapath.kernel.path import KernelPath
+from xend_vnet.kernel_shim.datapath.loop import EventLoop
 from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanTable
 from xend_vnet.vnet_id import VnetId
+
+from fake_shim import FakeKernel
 
 V10 = VnetId.parse("10")
 
@@ -74,8 +78,13 @@ class FakePath:
 def host():
     core = EngineCore()
     addresses = SimpleNamespace(device="eth0")
-    return DataPathHost(core, FakePath("vnetd"), FakePath("vxlan"), addresses,
-                        version="vnetd test", control="/c", mtu=1500, varp_ttl=60.0)
+    userspace = FakePath("vnetd")
+    loop = EventLoop()
+    kernel = KernelPath(core, loop, userspace, FakeKernel().opener,
+                        off_reason="--no-kernel-path")
+    yield DataPathHost(core, userspace, FakePath("vxlan"), kernel, addresses,
+                       version="vnetd test", control="/c", mtu=1500, varp_ttl=60.0)
+    loop.close()
 
 
 def test_a_tap_refused_is_the_commands_error_as_it_is(host):
@@ -139,7 +148,7 @@ def test_status_children_in_order(host):
         "pid", "version", "started", "uptime", "group-joined", "mcaddr", "port", "address",
         "vnets", "vxlan-vnets", "vxlan-port", "peers", "remulticast", "etherip-receive",
         "offload", "tap-offload", "coalesced", "fast-peers", "control", "mtu", "mcast-ttl",
-        "varp-ttl", "rcvbuf", "sndbuf", "io-dropped"]
+        "varp-ttl", "rcvbuf", "sndbuf", "io-dropped", "kernel-path"]
     by = {c[0]: c[1:] for c in status}
     assert by["coalesced"] == ["3"] and by["varp-ttl"] == ["60"]
     assert by["io-dropped"] == [["frame_too_big", "2"], ["tap_lost", "1"]]

@@ -74,6 +74,11 @@ def _engine_options(g) -> None:
     g.add_argument("--min-gso-size", type=int, default=MIN_GSO_SIZE, metavar="BYTES",
                    help="drop TCP super-frames cut smaller than this, from a TAP or "
                         f"another engine (default {MIN_GSO_SIZE}; docs/security.md)")
+    g.add_argument("--no-kernel-path", action="store_true",
+                   help="carry every vnet in user space: do not load the TC eBPF programs "
+                        "that carry known unicast of clear vnets (design.md 1.1)")
+    g.add_argument("--kernel-object", metavar="PATH",
+                   help="the kernel path's compiled BPF object (default: the package's own)")
     g.add_argument("--no-default-vnets", action="store_true",
                    help="do not create vnets 2, 3 and 4 at start")
     g.add_argument("--varp-ttl", type=float, default=60.0, metavar="SECONDS",
@@ -251,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     opts.pid_file = os.path.abspath(opts.pid_file)
     if opts.file:
         opts.file = os.path.abspath(opts.file)
+    if opts.kernel_object:
+        opts.kernel_object = os.path.abspath(opts.kernel_object)
     ready = _detach(opts) if opts.daemon else -1
     process.setup_logging("vnetd", _log_level(opts), opts.log_file)
     engine = None
@@ -280,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         engine.shutdown()
         process.remove_pid_file(opts.pid_file)
         lock.close()
+    if engine.failure:
+        sys.stderr.write(f"vnetd: {engine.failure}\n")
+        return 1
     return 0
 
 

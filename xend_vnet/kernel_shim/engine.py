@@ -1,18 +1,25 @@
-"""The engine assembled: the core, its two data paths, the control socket and
+"""The engine assembled: the core, its data paths, the control socket and
 the startup file on one event loop (protocol.md 9.1, design.md 4-6).
 
 ``Engine(opts)`` builds everything without opening a socket; ``start``
-opens them, applies the default vnets and the ``-f`` file; ``run`` serves
-until SIGTERM or SIGINT (SIGHUP re-reads the file); ``shutdown`` closes
-every socket and leaves the persistent TAPs on their bridges (design.md 5).
-A periodic refresh follows the host's addresses, the VARP group, lost TAPs
+opens them, loads the kernel path (or adopts what the last engine left,
+design.md 1.1), applies the default vnets and the ``-f`` file; ``run``
+serves until SIGTERM or SIGINT (SIGHUP re-reads the file); ``shutdown``
+closes every socket and leaves the persistent TAPs on their bridges and the
+kernel path's programs in the kernel (design.md 5).  A periodic refresh
+follows the host's addresses, the VARP group, lost TAPs, the kernel path
 and the VXLAN devices.
+
+``XEND_VNET_REQUIRE_KERNEL_PATH=1`` in the environment makes a kernel path
+that cannot load fatal instead of a fall back to user space (``make test``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -26,6 +33,8 @@ from .control.host import DataPathHost
 from .control.server import ControlServer, ControlSocketError
 from .core.engine import CoreOptions, EngineCore
 from .datapath.addresses import HostAddresses
+from .datapath.kernel.path import KernelPath
+from .datapath.kernel.shim import KernelShim, ShimConfig
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
@@ -40,6 +49,7 @@ ADDRESS_REFRESH = 5.0      # seconds between looks at the host's addresses
 JOIN_RETRY = 1.0           # while the group is not joined (design.md 5)
 DROP_LOG_INTERVAL = 1.0    # drop reasons are logged at most this often
 REFRESH_ERROR_LOG_INTERVAL = 60.0
+REQUIRE_KERNEL_PATH = "XEND_VNET_REQUIRE_KERNEL_PATH"
 
 
 class StartupError(Exception):
@@ -68,9 +78,16 @@ class Engine:
             device=lambda: self.addresses.device,
             underlay_mtu=lambda: self.addresses.underlay_mtu,
             peers=lambda: [p.addr for p in self.core.peers])
-        self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.addresses,
-                                 version=VERSION_TEXT, control=opts.control, mtu=opts.mtu,
-                                 varp_ttl=opts.varp_ttl)
+        self.kernel = KernelPath(
+            self.core, self.loop, self.userspace,
+            functools.partial(KernelShim.open, object_path=opts.kernel_object),
+            off_reason="--no-kernel-path" if opts.no_kernel_path else None)
+        self.kernel_required = (os.environ.get(REQUIRE_KERNEL_PATH) == "1"
+                                and not opts.no_kernel_path)
+        self.failure: str | None = None     # why the engine stopped on its own
+        self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.kernel,
+                                 self.addresses, version=VERSION_TEXT, control=opts.control,
+                                 mtu=opts.mtu, varp_ttl=opts.varp_ttl)
         self.startup_file = StartupFile()
         self.drop_log = DropLog()
         self.control: ControlServer | None = None
@@ -121,6 +138,9 @@ class Engine:
             raise StartupError(f"cannot open UDP port {opts.port}: {e.strerror}") from None
         path.open_raw(self.addresses.device_index)
         path.join_group()
+        if not self._configure_kernel(time.monotonic()):
+            raise StartupError(self._kernel_fatal())
+        self.loop.add_timer(self.kernel.pending, self.kernel.sync)
         self.control = ControlServer(opts.control, self.handle_request, self.loop.selector,
                                      opts.allow_foreign_netns)
         try:
@@ -160,6 +180,27 @@ class Engine:
                 self.load_file(initial=False)
             else:
                 log.info("SIGHUP: no startup file (-f) to re-read")
+
+    def _kernel_config(self) -> ShimConfig | None:
+        """What the kernel path is loaded for; None while the host has no
+        underlay device or address yet."""
+        addresses = self.addresses
+        if not addresses.device or not addresses.local_address:
+            return None
+        return ShimConfig(underlay=addresses.device, local_addr=addresses.local_address,
+                          port=self.opts.port, mtu=self.opts.mtu)
+
+    def _configure_kernel(self, now: float) -> bool:
+        """Load the kernel path (again, when the underlay changed); False when
+        it cannot load and XEND_VNET_REQUIRE_KERNEL_PATH=1 forbids running
+        without it."""
+        loaded = self.kernel.configure(self._kernel_config(), now)
+        return loaded or not self.kernel_required
+
+    def _kernel_fatal(self) -> str:
+        return (f"the kernel path cannot load: {self.kernel.reason} "
+                f"({REQUIRE_KERNEL_PATH}=1 forbids running in user space only; "
+                "unset it, or start vnetd with --no-kernel-path)")
 
     def _on_core_timer(self, now: float) -> None:
         self.userspace.perform(self.core.handle_timer(now))
@@ -221,6 +262,11 @@ class Engine:
         if path.taps.lost:
             self._refresh_step("recreating the TAPs",
                                lambda: path.taps.recreate_lost(self.core.has_vnet))
+        if not self._configure_kernel(now):
+            self.failure = self._kernel_fatal()
+            log.error("%s", self.failure)
+            self.loop.stop()
+        self._refresh_step("refreshing the kernel path", lambda: self.kernel.refresh(now))
         if len(self.vxlan_vnets.table):
             self._refresh_step("checking the VXLAN devices", self.vxlan_vnets.refresh)
         path.check_group()

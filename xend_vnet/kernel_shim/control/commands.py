@@ -90,6 +90,12 @@ class EngineHost(Protocol):
     def now(self) -> float:
         """The clock the core is driven with (for ages in listings)."""
 
+    def kernel_counters(self) -> dict[VnetId, dict[str, int]]:
+        """The kernel path's counters of each vnet it carries (design.md 1.1)."""
+
+    def purge_kernel(self) -> None:
+        """Remove what the kernel path left in the kernel; CommandError on failure."""
+
 
 def error_reply(errno: int, message: str) -> str:
     return sxp.to_string(["err", ["errno", str(errno)], ["message", message]]) + "\n"
@@ -359,9 +365,8 @@ def _vnet_list(host: EngineHost, form: list) -> str:
 
 
 def _vnet_stats(host: EngineHost, form: list) -> str:
-    if sxp.child(form, "id") is None:
-        return listing.vnet_stats(host.core)
-    return listing.vnet_stats(host.core, [_existing(host, form)])
+    vnets = None if sxp.child(form, "id") is None else [_existing(host, form)]
+    return listing.vnet_stats(host.core, vnets, host.kernel_counters())
 
 
 def _vif_add(host: EngineHost, form: list) -> str:
@@ -441,6 +446,13 @@ def _engine_status(host: EngineHost, form: list) -> str:
     return sxp.to_string(["engine.status", *host.status()]) + "\n"
 
 
+def _engine_purge(host: EngineHost, form: list) -> str:
+    """Remove what outlives the engine in the kernel: the kernel path's
+    programs and maps (``vn rmmod --purge``, after its vnet.del of every vnet)."""
+    host.purge_kernel()
+    return ""
+
+
 _COMMANDS: dict[str, Callable[[EngineHost, list], str]] = {
     "vnet.add": _vnet_add,
     "vnet.del": _vnet_del,
@@ -458,4 +470,5 @@ _COMMANDS: dict[str, Callable[[EngineHost, list], str]] = {
     "varp.print": _varp_print,
     "varp.mcaddr": _varp_mcaddr,
     "engine.status": _engine_status,
+    "engine.purge": _engine_purge,
 }

@@ -2,9 +2,11 @@
 data path, the VARP group, the engine's status (design.md 4-6).
 
 A ``(data-path vnetd)`` vnet is a core vnet with a TAP on the user-space
-path; a ``(data-path vxlan)`` vnet is a kernel VXLAN device the core never
-sees.  The data paths raise their own ``DataPathError``; here it becomes
-the ``CommandError`` the caller reads, with the command's name where legacy
+path, its known unicast carried by the kernel path when it is clear and
+that path is loaded (datapath/kernel/path.py, design.md 1.1); a
+``(data-path vxlan)`` vnet is a kernel VXLAN device the core never sees.
+The data paths raise their own ``DataPathError``; here it becomes the
+``CommandError`` the caller reads, with the command's name where legacy
 gave one.
 """
 
@@ -21,6 +23,8 @@ from ...vnet_id import VnetId
 from ..core.engine import EngineCore
 from ..datapath.addresses import HostAddresses
 from ..datapath.interface import DataPath, DataPathError
+from ..datapath.kernel.path import KernelPath
+from ..datapath.kernel.shim import KernelPathUnavailable
 from ..datapath.userspace import UserSpacePath
 from ..datapath.vxlan.table import VxlanTable
 from ..datapath.vxlan.vnets import VxlanVnets
@@ -39,14 +43,15 @@ def _refused_as_command(prefix: str = "") -> Iterator[None]:
 
 
 class DataPathHost:
-    """What the commands act on: the core and the two data paths."""
+    """What the commands act on: the core and the three data paths."""
 
     def __init__(self, core: EngineCore, userspace: UserSpacePath, vxlan_vnets: VxlanVnets,
-                 addresses: HostAddresses, *, version: str, control: str, mtu: int,
-                 varp_ttl: float):
+                 kernel: KernelPath, addresses: HostAddresses, *, version: str, control: str,
+                 mtu: int, varp_ttl: float):
         self.core = core
         self.userspace = userspace
         self.vxlan_vnets = vxlan_vnets
+        self.kernel = kernel
         self.addresses = addresses
         self.version = version
         self.control = control      # the control socket's path (engine.status)
@@ -58,7 +63,7 @@ class DataPathHost:
 
     @property
     def paths(self) -> tuple[DataPath, ...]:
-        return (self.userspace, self.vxlan_vnets)
+        return (self.kernel, self.userspace, self.vxlan_vnets)
 
     @property
     def device(self) -> str:
@@ -78,7 +83,9 @@ class DataPathHost:
 
     def create_vnet(self, vid: VnetId, ifname: str, security: str,
                     key: bytes | None) -> None:
-        """Create or reattach the vnet's persistent TAP, then add the vnet to the core."""
+        """Create or reattach the vnet's persistent TAP, add the vnet to the
+        core, then put it on the kernel path if it goes there (never refused:
+        otherwise it stays in user space, and the status says why)."""
         with _refused_as_command():
             self.userspace.attach(vid, ifname)
         try:
@@ -89,7 +96,9 @@ class DataPathHost:
         except BaseException:
             self.userspace.undo_attach(vid)
             raise
-        log.info("vnet %s up on %s, security %s", vid.canonical, ifname, security)
+        self.kernel.attach(vid, ifname)
+        log.info("vnet %s up on %s, security %s, %s", vid.canonical, ifname, security,
+                 self.vnet_path(vid))
 
     def create_vxlan_vnet(self, vid: VnetId, ifname: str) -> None:
         """Create (or take over) the vnet's kernel VXLAN device (docs/vxlan.md)."""
@@ -102,6 +111,7 @@ class DataPathHost:
             with _refused_as_command("vnet.del: "):
                 self.vxlan_vnets.detach(vid)
             return
+        self.kernel.detach(vid)
         self.core.remove_vnet(vid)
         with _refused_as_command():
             self.userspace.detach(vid)
@@ -118,6 +128,36 @@ class DataPathHost:
         self.core.set_mcaddr(addr)
         with _refused_as_command("varp.mcaddr: "):
             self.vxlan_vnets.move_group(addr)
+
+    def vnet_path(self, vid: VnetId) -> str:
+        """``kernel``, or ``user space: <why not the kernel>`` (vn status)."""
+        if self.kernel.status(vid) is not None:
+            return "kernel"
+        return "user space: " + self.kernel.why_not(vid)
+
+    def kernel_counters(self) -> dict[VnetId, dict[str, int]]:
+        return self.kernel.vnet_counters()
+
+    def purge_kernel(self) -> None:
+        """Remove what the kernel path left in the kernel (vn rmmod --purge)."""
+        try:
+            self.kernel.purge()
+        except KernelPathUnavailable as e:
+            raise CommandError(errno.EIO, f"engine.purge: {e.reason}") from None
+
+    def _kernel_status(self) -> list:
+        kernel = self.kernel
+        if kernel.loaded:
+            state = "loaded" + (", adopted from the previous engine" if kernel.adopted else "")
+        else:
+            state = "unavailable: " + kernel.reason
+        paths = [["vnet-path", ["id", v.vid.canonical], ["vnetif", v.ifname],
+                  ["path", self.vnet_path(v.vid)]] for v in self.core.vnets()]
+        paths += [["vnet-path", ["id", v.vid.canonical], ["vnetif", v.ifname],
+                   ["path", "kernel VXLAN device (data-path vxlan)"]]
+                  for v in self.vxlan.vnets()]
+        paths.sort(key=lambda p: p[1][1])
+        return [["kernel-path", state], *paths]
 
     def status(self) -> list:
         """Children of the (engine.status) reply (design.md 6)."""
@@ -152,4 +192,5 @@ class DataPathHost:
             ["rcvbuf", str(udp.rcvbuf)],
             ["sndbuf", str(udp.sndbuf)],
             ["io-dropped"] + [[k, str(v)] for k, v in sorted(core.counters.io_dropped.items())],
+            *self._kernel_status(),
         ]

@@ -4,7 +4,10 @@ Ids are always the full 39-character form (the 3.3+ truncation bug of
 protocol.md 8.6 is not reproduced), times are jiffies at HZ=1000 as vnetd
 printed them.  Two legacy bugs of the peer listing are fixed: rx_packets
 prints the rx counter and the port prints as stored.  ``vnet.stats`` is
-ours, in the same one-child-per-line style.
+ours, in the same one-child-per-line style; a vnet on the kernel path
+(design.md 1.1) adds the programs' counters as ``kernel_*``, with
+``(kernel_to_user (REASON N) ...)`` saying why each frame the kernel did
+not carry went to the engine.
 """
 
 from __future__ import annotations
@@ -142,7 +145,20 @@ def _with_reasons(name: str, table: dict[str, int]) -> str:
     return "(" + " ".join([name] + [f"({r} {n})" for r, n in sorted(table.items())]) + ")"
 
 
-def vnet_stats_block(vnet: Vnet) -> str:
+TO_USER = "to_user_"
+
+
+def _kernel_lines(kernel: Mapping[str, int]) -> list[str]:
+    """The kernel path's counters of a vnet: ``(kernel_NAME N)``, and the
+    frames it left to the engine by reason (only reasons counted)."""
+    lines = [f"(kernel_{name} {n})" for name, n in kernel.items()
+             if not name.startswith(TO_USER)]
+    to_user = {name[len(TO_USER):]: n for name, n in kernel.items()
+               if name.startswith(TO_USER) and n}
+    return lines + [_with_reasons("kernel_to_user", to_user)]
+
+
+def vnet_stats_block(vnet: Vnet, kernel: Mapping[str, int] | None = None) -> str:
     c = vnet.counters
     return _block("(vnet_stats", [
         f"(vnet {vnet.vid.canonical})",
@@ -150,6 +166,7 @@ def vnet_stats_block(vnet: Vnet) -> str:
         *(f"({name} {value})" for name, value in c.fields()),
         _with_reasons("dropped", c.dropped),
         _with_reasons("refused", c.refused),
+        *(_kernel_lines(kernel) if kernel is not None else ()),
     ])
 
 
@@ -160,13 +177,17 @@ def engine_stats_block(core: EngineCore) -> str:
         f"(vfwd_window_full {core.duplicates.overflows})",
         _with_reasons("rx_dropped", c.rx_dropped),
         _with_reasons("tap_dropped", c.tap_dropped),
+        _with_reasons("kernel_ignored", c.kernel_ignored),
         _with_reasons("refused", core.refused()),
     ])
 
 
-def vnet_stats(core: EngineCore, vnets: list[Vnet] | None = None) -> str:
+def vnet_stats(core: EngineCore, vnets: list[Vnet] | None = None,
+               kernel: Mapping[VnetId, Mapping[str, int]] | None = None) -> str:
     """``(vnet.stats)``: the engine block and one block per vnet; with given
-    vnets (``(vnet.stats (id ..))``) only theirs."""
-    if vnets is not None:
-        return "".join(vnet_stats_block(v) for v in vnets)
-    return engine_stats_block(core) + "".join(vnet_stats_block(v) for v in core.vnets())
+    vnets (``(vnet.stats (id ..))``) only theirs.  ``kernel``: the kernel
+    path's counters of the vnets it carries."""
+    kernel = kernel or {}
+    blocks = "".join(vnet_stats_block(v, kernel.get(v.vid))
+                     for v in (core.vnets() if vnets is None else vnets))
+    return blocks if vnets is not None else engine_stats_block(core) + blocks

@@ -17,7 +17,7 @@ the same numbers (a unit test compares them).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import NamedTuple
 
 from .counters import count
@@ -34,6 +34,7 @@ LIMITS: dict[str, Limits] = {
     "varp": Limits(per_vnet=4096, reserve=64, total=131072, per_source=1024),
     "vif": Limits(per_vnet=1024, reserve=16, total=65536),
     "caps": Limits(per_vnet=256, reserve=4, total=8192, per_source=4),
+    "kernel_peers": Limits(per_vnet=256, reserve=4, total=8192, per_source=4),
     "probes": Limits(per_vnet=256, reserve=4, total=8192),
     "answers": Limits(per_vnet=256, reserve=4, total=8192, per_source=4),
     "reassembly": Limits(per_vnet=64, reserve=1, total=1024, per_source=16),
@@ -71,6 +72,9 @@ class BoundedTable(OrderedDict):
         self._sources: dict[tuple, dict] = {}       # (vnet, source) -> its keys, oldest first
         self._overrides: dict[Hashable, int] = {}
         self._shared = 0            # entries above their vnet's reserve
+        # Told of every entry that goes, however it goes (a table that a
+        # data path mirrors, core/mirror.py); None: nobody asks.
+        self.on_remove: Callable[[Hashable, Entry], None] | None = None
         self._why = {r: f"{kind}_{r}" for r in ("vnet_full", "source_full", "table_full")}
 
     # -- bounds ----------------------------------------------------------------
@@ -151,6 +155,8 @@ class BoundedTable(OrderedDict):
             del skeys[key]
             if not skeys:
                 del self._sources[(part, entry.source)]
+        if self.on_remove is not None:
+            self.on_remove(key, entry)
         return entry
 
     def oldest_of(self, part: Hashable, source: Hashable) -> Hashable | None:
@@ -185,6 +191,9 @@ class BoundedTable(OrderedDict):
         self._overrides.pop(part, None)
 
     def flush(self) -> None:
+        if self.on_remove is not None:
+            for key, entry in self.items():
+                self.on_remove(key, entry)
         self.clear()
         self._parts.clear()
         self._sources.clear()

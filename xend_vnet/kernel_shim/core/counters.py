@@ -12,7 +12,9 @@ counted in ``vfwd_duplicates`` (protocol.md 7, loop safety).  Proto-97 packets
 (``EngineCore.receive_etherip``) count the same way, and in ``rx_etherip``.  Frames
 read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
 ``dropped`` when the vnet is known).  Sends and writes the I/O adapters
-could not make count in ``io_dropped`` (engine.status), by reason.
+could not make count in ``io_dropped`` (engine.status), by reason.  What
+the kernel path reports (design.md 1.1) is no datagram: a report taken
+counts in ``kernel_seen``, one refused in ``kernel_ignored`` by reason.
 
 Entries a bounded table refused (core/bounds.py, docs/security.md "Resource
 limits") count in the vnet's ``refused``, or in the table's own when no vnet
@@ -67,6 +69,9 @@ class EngineCounters:
 
     __slots__ = (
         "io_dropped",
+        "kernel_ignored",
+        "kernel_probes",
+        "kernel_seen",
         "rx_bytes",
         "rx_data",
         "rx_datagrams",
@@ -102,13 +107,17 @@ class EngineCounters:
         self.rx_fast = 0
         self.rx_fast_frames = 0
         self.tx_fast = 0
+        self.kernel_seen = 0        # sources the kernel path reported (design.md 1.1)
+        self.kernel_probes = 0      # announces asking whether a host's kernel path takes a vnet
+        self.kernel_ignored: dict[str, int] = {}    # reports not taken, by reason
         self.rx_dropped: dict[str, int] = {}
         self.tap_dropped: dict[str, int] = {}
         self.io_dropped: dict[str, int] = {}    # by the I/O adapters (engine.status)
 
     FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
               "tx_bytes", "vfwd_rx", "vfwd_tx", "vfwd_resent", "vfwd_duplicates",
-              "rx_etherip", "varp_replies", "rx_fast", "rx_fast_frames", "tx_fast")
+              "rx_etherip", "varp_replies", "rx_fast", "rx_fast_frames", "tx_fast",
+              "kernel_seen", "kernel_probes")
 
     def fields(self) -> list[tuple[str, int]]:
         """The numeric counters in listing order."""

@@ -25,6 +25,14 @@ hosts there learn it too.  Beyond legacy, a short duplicate window keyed on
 (original sender, UDP payload) drops the copies that a mesh of peers or two
 forwarders on one subnet would otherwise relay forever (``vfwd.py``).
 Etherip without UDP (IP protocol 97, protocol.md 4.3) is accepted on receive.
+
+The kernel path (design.md 1.1): known unicast of the clear vnets it carries
+never reaches the core, so the kernel reports the sources it sees
+(``kernel_remote_seen``, ``kernel_local_seen``), which teach the tables as a
+datagram or a TAP frame would, within the same bounds; the tables report
+their changes back for its maps (``mirror_tables``, core/mirror.py).  Which
+engines decapsulate a vnet in their kernel is learned from the announces'
+``CAP_KERNEL`` bit (``KernelPeers``), probed for when unknown.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from ..security.keystore import Generation, SecurityContext, VnetKeys
 from ..wire import codec
 from ..wire.codec import MSG_VFWD, DecodeError
 from ..wire.offload import MIN_GSO_SIZE, check_vnet_hdr
-from ..wire.segments import CAP_TRAILER, SEGMENT_PREFIXES
+from ..wire.segments import CAP_KERNEL, CAP_PROBE, CAP_SEGMENTS, SEGMENT_PREFIXES, trailer
 from .actions import (
     Action,
     DeliverFrame,
@@ -50,12 +58,13 @@ from .actions import (
 )
 from .bounds import LIMITS, BoundedTable
 from .counters import EngineCounters, VnetCounters, count
-from .peer_caps import PeerCapabilities
+from .mirror import KERNEL_PEER, VARP, VIF, TableChange
+from .peer_caps import KernelPeers, PeerCapabilities
 from .peer_table import PeerTable
 from .reassembly import Reassembler
 from .receive import ReceivePath
 from .transmit import SendPath
-from .varp_cache import VarpCache
+from .varp_cache import REACHABLE, VarpCache
 from .vfwd import DuplicateWindow, remulticast_packet
 from .vif_table import VifTable
 
@@ -80,7 +89,7 @@ class CoreOptions:
 
 
 class Vnet:
-    __slots__ = ("counters", "ifname", "keys", "security", "vid")
+    __slots__ = ("counters", "ifname", "kernel", "keys", "security", "vid")
 
     def __init__(self, vid: VnetId, ifname: str, security: str,
                  keys: VnetKeys | None = None):
@@ -88,6 +97,7 @@ class Vnet:
         self.ifname = ifname
         self.security = security
         self.keys = keys            # None for security none
+        self.kernel = False         # the kernel path carries its known unicast
         self.counters = VnetCounters()
 
 
@@ -126,15 +136,23 @@ class EngineCore(ReceivePath, SendPath):
         self._foreign_group: dict[str, bool] = {}
         self.caps = PeerCapabilities()          # claimed by clear traffic
         self.sealed_caps = PeerCapabilities()   # proven by verified secured traffic
-        # Appended to our clear announces: we take segments (wire/segments.py).
-        self._trailer = CAP_TRAILER if self.options.offload else b""
+        self.kernel_peers = KernelPeers()       # engines whose kernel path takes a vnet
+        # Appended to our announces (wire/segments.py): we take segments, and
+        # by vnet (its ``kernel``) our kernel path decapsulates its unicast.
+        segments = CAP_SEGMENTS if self.options.offload else 0
+        self._trailer = trailer(segments)
+        self._trailers = (self._trailer, trailer(segments | CAP_KERNEL))
+        self._probe_trailers = (trailer(segments | CAP_PROBE),
+                                trailer(segments | CAP_KERNEL | CAP_PROBE))
+        # What the tables report to a data path that mirrors them (core/mirror.py).
+        self.table_changes: list[TableChange] | None = None
         self.reassembler = Reassembler(self.options.min_gso_size)
         self._frame_id = 0
         # Every table packets or domains fill (bounds.py, docs/security.md
         # "Resource limits"): each reserves room for every vnet.
         self.bounded: list[BoundedTable] = [
             self.varp.table, self.vifs.table, *self.caps.tables(), *self.sealed_caps.tables(),
-            self.reassembler.table, self.duplicates.table]
+            *self.kernel_peers.tables(), self.reassembler.table, self.duplicates.table]
 
     # -- configuration ---------------------------------------------------------
 
@@ -226,6 +244,7 @@ class EngineCore(ReceivePath, SendPath):
         self.vifs.remove_vnet(vid.raw)
         self.caps.remove_vnet(vid.raw)
         self.sealed_caps.remove_vnet(vid.raw)
+        self.kernel_peers.remove_vnet(vid.raw)
         self.reassembler.remove_vnet(vid.raw)
         self._count_vnets()
 
@@ -268,6 +287,131 @@ class EngineCore(ReceivePath, SendPath):
         """KeyError when ``addr`` is not a peer."""
         self.peers.remove(addr)
 
+    # -- the kernel path (design.md 1.1) ------------------------------------------
+
+    def mirror_tables(self) -> None:
+        """From now on, report every change of the VARP cache, the vif table
+        and the kernel peers (core/mirror.py); ``drain_table_changes`` takes them."""
+        if self.table_changes is None:
+            self.table_changes = []
+            for table in (self.varp, self.vifs, self.kernel_peers):
+                table.mirror(self.table_changes)
+
+    def drain_table_changes(self) -> list[TableChange]:
+        """The changes reported since the last call, oldest first."""
+        changes = self.table_changes
+        if not changes:
+            return []
+        out = changes[:]
+        changes.clear()         # the tables append to this very list
+        return out
+
+    def table_entries(self, vid: VnetId) -> list[TableChange]:
+        """What the tables hold for the vnet now, as changes that make it
+        (a mirror filled from nothing, or checked against the kernel's)."""
+        vraw = vid.raw
+        out = []
+        for key in self.varp.table.keys_of(vraw):
+            entry = self.varp.table[key]
+            if entry.state == REACHABLE:
+                out.append(TableChange(VARP, vid, key[1], entry.addr, True))
+        out += [TableChange(VIF, vid, key[1], None, True) for key in self.vifs.table.keys_of(vraw)]
+        out += [TableChange(KERNEL_PEER, vid, b"", addr, True)
+                for addr in self.kernel_peers.addresses(vraw)]
+        return out
+
+    def idle_entries(self, now: float, varp_age: float, vif_age: float) -> list[TableChange]:
+        """Reachable VARP entries not refreshed for ``varp_age`` seconds and
+        vifs not for ``vif_age``, oldest first: read from the front of the
+        tables (kept in refresh order), so the work is what is found."""
+        out = []
+        horizon = now - varp_age
+        for (vraw, mac), entry in self.varp.table.items():
+            if entry.stamp > horizon:
+                break
+            if entry.state == REACHABLE:
+                out.append(TableChange(VARP, VnetId(vraw), mac, entry.addr, True))
+        horizon = now - vif_age
+        for (vraw, mac), entry in self.vifs.table.items():
+            if entry.stamp > horizon:
+                break
+            out.append(TableChange(VIF, VnetId(vraw), mac, None, True))
+        return out
+
+    def set_kernel(self, vid: VnetId, on: bool) -> None:
+        """The kernel path carries the vnet's known unicast (on) or no longer:
+        its announces say so (``CAP_KERNEL``).  KeyError: no such vnet;
+        ValueError: a secured vnet (design.md 7: never in the kernel)."""
+        vnet = self._vnets[vid.raw]
+        if on and vnet.keys is not None:
+            raise ValueError(f"vnet {vid} is secured: its frames never go through the kernel path")
+        vnet.kernel = on
+        if not on:
+            self.kernel_peers.remove_vnet(vid.raw)
+
+    def kernel_peer(self, vid: VnetId, addr: str, now: float) -> bool:
+        """Whether the engine at ``addr`` decapsulates the vnet in its kernel."""
+        return self.kernel_peers.known(vid.raw, addr, now)
+
+    def _kernel_event_vnet(self, vid: VnetId, mac: bytes, now: float) -> Vnet | None:
+        """The clear vnet a kernel report is about, or None (counted)."""
+        vnet = self._vnets.get(vid.raw)
+        why = None
+        if vnet is None:
+            why = "unknown_vnet"
+        elif vnet.keys is not None:
+            why = "secured"         # never learns from outside the ICV (design.md 7)
+        elif mac[0] & 1:
+            why = "group_source"
+        if why is not None:
+            count(self.counters.kernel_ignored, why)
+            return None
+        self.counters.kernel_seen += 1
+        if self._next_sweep is None:
+            self._arm(now)
+        return vnet
+
+    def kernel_remote_seen(self, vid: VnetId, mac: bytes, addr: str,
+                           now: float) -> list[Action]:
+        """The kernel path decapsulated a frame from ``mac`` of ``vid`` sent
+        from ``addr``: learned as from a data datagram, within the same bounds
+        (the kernel reports a source it has not at that address, and a known
+        one again now and then, which keeps its entry alive)."""
+        if addr in self.own_addresses or not is_host_address(addr):
+            count(self.counters.kernel_ignored, "bad_address")
+            return []
+        vnet = self._kernel_event_vnet(vid, mac, now)
+        if vnet is None:
+            return []
+        actions: list = []
+        self._learn(vid.raw, mac, addr, now, vnet.counters)
+        if vnet.kernel:
+            self._probe_kernel(vnet, addr, now, actions)
+        return actions
+
+    def kernel_local_seen(self, vid: VnetId, mac: bytes, now: float) -> list[Action]:
+        """The kernel path took a frame from the vnet's TAP sent by ``mac``: a
+        local domain, recorded (and announced when new, design.md 8) as a
+        frame read off the TAP is."""
+        vnet = self._kernel_event_vnet(vid, mac, now)
+        if vnet is None:
+            return []
+        actions: list = []
+        if self.vifs.update(vid.raw, mac, now, vnet.counters.refused):
+            self._domain_arrived(vnet, mac, now, actions)
+        return actions
+
+    def kernel_adopt(self, vid: VnetId, mac: bytes, addr: str, kernel_peer: bool,
+                     now: float) -> list[Action]:
+        """A remote entry a previous engine left in the kernel's maps: taken as
+        if just seen there (``kernel_remote_seen``), its ``kernel_peer`` as if
+        announced."""
+        vnet = self._vnets.get(vid.raw)
+        if (kernel_peer and vnet is not None and vnet.kernel and is_host_address(addr)
+                and addr not in self.own_addresses):
+            self.kernel_peers.heard(vid.raw, addr, True, now, addr, vnet.counters.refused)
+        return self.kernel_remote_seen(vid, mac, addr, now)
+
     # -- timers ----------------------------------------------------------------
 
     def next_timer(self) -> float | None:
@@ -284,6 +428,7 @@ class EngineCore(ReceivePath, SendPath):
                 vnet.keys.sweep()
         self.caps.sweep(now)
         self.sealed_caps.sweep(now)
+        self.kernel_peers.sweep(now)
         self.reassembler.sweep(now)
         self._next_sweep = None
         if len(self.varp) or len(self.vifs):

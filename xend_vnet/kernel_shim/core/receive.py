@@ -13,6 +13,10 @@ the capability they need is learned from the trailer our engines add to
 their announces, and a probe (an announce asking for an answer) is answered
 with an announce of one of our domains.  Without ``CoreOptions.offload``
 id 5 is an unknown id, as for legacy hosts.
+
+On a vnet the kernel path carries, announces also say whether their engine
+decapsulates the vnet in its kernel (``CAP_KERNEL``, ``KernelPeers``), and a
+sender learned there whose kernel path is not known yet is probed for it.
 """
 
 from __future__ import annotations
@@ -39,16 +43,18 @@ from ..wire.codec import (
 )
 from ..wire.offload import PACKET_ETH_SRC, VNET_HDR_LEN
 from ..wire.segments import (
+    CAP_KERNEL,
+    CAP_PROBE,
+    CAP_SEGMENTS,
     FAST_SEALED,
     MSG_FAST,
     SEGMENT_VNET,
-    asks_answer,
     decode_sealed_inner,
-    has_capability,
+    trailer_bits,
 )
 from .actions import DeliverFrame, DeliverOffload
 from .counters import EngineCounters, VnetCounters, count
-from .peer_caps import PeerCapabilities
+from .peer_caps import KernelPeers, PeerCapabilities
 from .reassembly import Reassembler
 from .varp_cache import VarpCache
 from .vif_table import VifTable
@@ -69,12 +75,14 @@ class ReceivePath:
     vifs: VifTable
     caps: PeerCapabilities
     sealed_caps: PeerCapabilities
+    kernel_peers: KernelPeers
     reassembler: Reassembler
     mcaddr: str
     own_addresses: set[str]
     self_address: str | None
     _vnets: dict[bytes, Vnet]
     _trailer: bytes
+    _trailers: tuple[bytes, bytes]
 
     def _dispatch(self, ident: int, payload: bytes, src_ip: str, now: float,
                   actions: list) -> None:
@@ -111,6 +119,8 @@ class ReceivePath:
         vc = vnet.counters
         if src is not None:
             self._learn(vnet.vid.raw, frame[ETH_SRC], src, now, vc)
+            if vnet.kernel:
+                self._probe_kernel(vnet, src, now, actions)
         vc.rx_packets += 1
         vc.rx_bytes += len(frame)
         self.counters.rx_data += 1
@@ -122,6 +132,8 @@ class ReceivePath:
         super-frame from another engine), to a TAP with offloads."""
         vc = vnet.counters
         self._learn(vnet.vid.raw, packet[PACKET_ETH_SRC], src, now, vc)
+        if vnet.kernel:
+            self._probe_kernel(vnet, src, now, actions)
         vc.rx_packets += 1
         vc.rx_bytes += len(packet) - VNET_HDR_LEN
         self.counters.rx_fast_frames += 1
@@ -170,12 +182,20 @@ class ReceivePath:
     def _heard_announce(self, vnet: Vnet, announce: bytes, addr: str, caps: PeerCapabilities,
                         now: float, actions: list, source: str) -> None:
         """The trailer of an announce learned at ``addr`` from ``source``: it
-        takes segments, and a probe asks for our capability back
-        (wire/segments.py); both within the vnet's and the source's bounds."""
-        if self._trailer and has_capability(announce):
+        takes segments, its kernel path decapsulates the vnet (or no longer),
+        and a probe asks for our capabilities back (wire/segments.py); all
+        within the vnet's and the source's bounds."""
+        bits = trailer_bits(announce)
+        if vnet.kernel:     # only clear vnets: nothing unauthenticated touches a secured one
+            self.kernel_peers.heard(vnet.vid.raw, addr, bits & CAP_KERNEL != 0, now, source,
+                                    vnet.counters.refused)
+        if not bits:
+            return
+        if self._trailer and bits & CAP_SEGMENTS:
             caps.heard(addr, now, vnet.vid.raw, source, vnet.counters.refused)
-            if asks_answer(announce):
-                self._answer_probe(vnet, addr, caps, now, actions, source)
+        if bits & CAP_PROBE and bits & (CAP_SEGMENTS | CAP_KERNEL) and (
+                self._trailer or vnet.kernel):
+            self._answer_probe(vnet, addr, caps, now, actions, source)
 
     def _answer_probe(self, vnet: Vnet, addr: str, caps: PeerCapabilities, now: float,
                       actions: list, source: str) -> None:
@@ -188,7 +208,7 @@ class ReceivePath:
         mac = self.vifs.any_mac(vnet.vid.raw)
         if mac is None:
             return      # no domain of ours here: nothing true to announce
-        answer = self._announce(vnet, mac, self._trailer, now)
+        answer = self._announce(vnet, mac, self._trailers[vnet.kernel], now)
         self.counters.varp_replies += 1
         self._send(addr, answer, actions)
 

@@ -40,13 +40,12 @@ from ..wire.offload import plain_frames
 from ..wire.segments import (
     FAST_SEALED,
     FAST_SEGMENT,
-    PROBE_TRAILER,
     UDP_IP_OVERHEAD,
     encode_sealed_inner,
 )
 from .actions import SendFast, SendTrain, SendUdp
 from .counters import EngineCounters, count
-from .peer_caps import PeerCapabilities
+from .peer_caps import KernelPeers, PeerCapabilities
 from .peer_table import PeerTable
 from .varp_cache import VarpCache
 from .vif_table import VifTable
@@ -64,11 +63,14 @@ class SendPath:
     peers: PeerTable
     caps: PeerCapabilities
     sealed_caps: PeerCapabilities
+    kernel_peers: KernelPeers
     mcaddr: str
     port: int
     self_address: str | None
     underlay_mtu: int
     _trailer: bytes
+    _trailers: tuple[bytes, bytes]          # by ``Vnet.kernel``
+    _probe_trailers: tuple[bytes, bytes]
     _frame_id: int
     _care_of_addr: str | None
     _care_of_raw: bytes
@@ -82,12 +84,7 @@ class SendPath:
         src = frame[ETH_SRC]
         # A unicast source (group bit clear) is a domain of ours.
         if not frame[6] & 1 and self.vifs.update(vraw, src, now, vc.refused):
-            # A domain arrived (design.md 8): whatever we had learned about
-            # this MAC is stale, and the others learn its new place.
-            self.varp.forget(vraw, src)
-            if self.self_address is not None:
-                vc.announced += 1
-                self._send_group(self._announce(vnet, src, self._trailer, now), actions)
+            self._domain_arrived(vnet, src, now, actions)
         if packet is not None:
             self._send_offloaded(vnet, frame, packet, now, actions)
             return actions
@@ -102,6 +99,29 @@ class SendPath:
         vc.flooded += 1                                      # protocol.md 5
         self._send_group(payload, actions)
         return actions
+
+    def _domain_arrived(self, vnet: Vnet, mac: bytes, now: float, actions: list) -> None:
+        """A MAC new in the vif table: a domain arrived (design.md 8).  Whatever
+        we had learned about it is stale, and the others learn its new place."""
+        self.varp.forget(vnet.vid.raw, mac)
+        if self.self_address is not None:
+            vnet.counters.announced += 1
+            self._send_group(self._announce(vnet, mac, self._trailers[vnet.kernel], now),
+                             actions)
+
+    def _probe_kernel(self, vnet: Vnet, addr: str, now: float, actions: list) -> None:
+        """Ask ``addr``, a sender on a vnet our kernel path carries, whether its
+        kernel path does too, when that is not known or about to run out
+        (``KernelPeers``): a true announce of one of our domains there with the
+        probe bit, which our engines answer and legacy hosts only learn from."""
+        if self.self_address is None:
+            return
+        mac = self.vifs.any_mac(vnet.vid.raw)
+        if mac is None or not self.kernel_peers.probe_due(vnet.vid.raw, addr, now,
+                                                          vnet.counters.refused):
+            return      # no domain of ours here: nothing true to announce
+        self.counters.kernel_probes += 1
+        self._send(addr, self._announce(vnet, mac, self._probe_trailers[1], now), actions)
 
     def _seal(self, vnet: Vnet, message: bytes, now: float) -> bytes:
         """``message`` as it leaves ``vnet``: sealed with our care-of address when
@@ -156,7 +176,8 @@ class SendPath:
                 and self.self_address is not None):
             # A true announce of the sending domain, asking for an answer;
             # never a VARP request (design.md 8).  Sealed on secured vnets.
-            self._send(addr, self._announce(vnet, frame[ETH_SRC], PROBE_TRAILER, now), actions)
+            self._send(addr, self._announce(vnet, frame[ETH_SRC],
+                                            self._probe_trailers[vnet.kernel], now), actions)
         return False
 
     def _send_plain(self, vnet: Vnet, addr: str | None, packet: bytes, now: float,

@@ -14,9 +14,11 @@ the first to give way to a learned entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
+from ...vnet_id import VnetId
 from .bounds import BoundedTable, Entry
+from .mirror import VARP, TableChange
 
 INCOMPLETE = 1
 REACHABLE = 2
@@ -46,9 +48,23 @@ class VarpEntry(Entry):
 class VarpCache:
     def __init__(self, ttl: float = 60.0) -> None:
         self.table = BoundedTable("varp", ttl)
+        self.changes: list[TableChange] | None = None     # core/mirror.py
 
     def __len__(self) -> int:
         return len(self.table)
+
+    def mirror(self, changes: list[TableChange]) -> None:
+        """Report every reachable entry made, moved or gone to ``changes``."""
+        self.changes = changes
+        self.table.on_remove = self._removed
+
+    def _removed(self, key: Hashable, entry: VarpEntry) -> None:
+        if entry.state == REACHABLE:
+            self.changes.append(TableChange(VARP, VnetId(key[0]), key[1], entry.addr, False))
+
+    def _reached(self, vnet: bytes, mac: bytes, addr: str) -> None:
+        if self.changes is not None:
+            self.changes.append(TableChange(VARP, VnetId(vnet), mac, addr, True))
 
     def learn(self, vnet: bytes, mac: bytes, addr: str, now: float,
               source: str | None = None, counts: dict[str, int] | None = None) -> bool:
@@ -67,6 +83,7 @@ class VarpCache:
             if entry.source == source:
                 entry.addr = addr
                 entry.state = REACHABLE
+                self._reached(vnet, mac, addr)
                 return True
             table.remove(key)           # taught by another source now
         if source != LOOKUP and table.full(vnet, source) is not None:
@@ -76,6 +93,7 @@ class VarpCache:
         if not table.room(vnet, source, now, counts):
             return False
         table.insert(key, VarpEntry(vnet, source, addr, REACHABLE, now))
+        self._reached(vnet, mac, addr)
         return True
 
     def resolve(self, vnet: bytes, mac: bytes, now: float,

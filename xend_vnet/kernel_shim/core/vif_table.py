@@ -11,9 +11,11 @@ announces) nothing new.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
+from ...vnet_id import VnetId
 from .bounds import BoundedTable, Entry
+from .mirror import VIF, TableChange
 
 Key = tuple[bytes, bytes]   # (16-byte vnet id, 6-byte MAC)
 
@@ -22,6 +24,15 @@ class VifTable:
     def __init__(self, ttl: float = 60.0) -> None:
         self.table = BoundedTable("vif", ttl)
         self.sweeps = 0
+        self.changes: list[TableChange] | None = None     # core/mirror.py
+
+    def mirror(self, changes: list[TableChange]) -> None:
+        """Report every entry made or gone to ``changes``."""
+        self.changes = changes
+        self.table.on_remove = self._removed
+
+    def _removed(self, key: Hashable, _entry: Entry) -> None:
+        self.changes.append(TableChange(VIF, VnetId(key[0]), key[1], None, False))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -44,6 +55,8 @@ class VifTable:
         if not table.room(vnet, None, now, counts):
             return False
         table.insert(key, Entry(vnet, None, now))
+        if self.changes is not None:
+            self.changes.append(TableChange(VIF, VnetId(vnet), mac, None, True))
         return True
 
     def remove(self, vnet: bytes, mac: bytes) -> bool:

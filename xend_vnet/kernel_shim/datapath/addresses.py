@@ -75,6 +75,10 @@ class HostAddresses:
         self.device = device or ""       # shown as (device ...) by varp.list
         self.device_index = 0            # of --device (0: the route decides)
         self.underlay_mtu = DEFAULT_UNDERLAY_MTU
+        # The host's own address the engine's packets leave from and arrive
+        # at: the care-of address, or behind NAT (--address not one of ours)
+        # the underlay's (the kernel path's outer source, design.md 1.1).
+        self.local_address: str | None = None
 
     def refresh(self) -> bool:
         """Read the host again and apply it; True when the underlay MTU changed."""
@@ -96,6 +100,8 @@ class HostAddresses:
         if address != self.core.self_address:
             log.info("care-of address %s", address or "(none yet)")
             self.core.self_address = address
+        self.local_address = (address if address in self.core.own_addresses
+                              else care_of_address(underlay, None))
         return changed
 
     def source(self) -> str | None:

@@ -44,6 +44,12 @@ capability only from sealed announces and verified sealed frames, kept
 apart from what clear traffic claims (design.md 7: nothing unauthenticated
 changes its state).
 
+A second bit, ``CAP_KERNEL``, says the announcing engine's kernel path
+decapsulates the announced vnet's known unicast (design.md 1.1): it rides on
+the announces of clear vnets the kernel path carries, with or without the
+segment bit (an engine with ``--no-offload`` sends it alone), and the probe
+bit asks for it the same way.
+
 Frames that must go plain (to legacy hosts, every flood to the group,
 secured vnets) leave with complete checksums and no GSO: ``plain_frames``
 finishes the partial checksum or segments the TCP super-frame in software,
@@ -61,11 +67,19 @@ from .offload import MIN_GSO_SIZE, check_packet
 MSG_FAST = 5
 FAST_SEGMENT = 1
 FAST_SEALED = 2
-CAP_SEGMENTS = 1                 # the only capability bit so far
+CAP_SEGMENTS = 1                 # takes id-5 segments
+CAP_KERNEL = 2                   # its kernel path decapsulates this vnet's unicast (design.md 1.1)
 CAP_PROBE = 0x8000               # "tell me yours": answer with an announce of your own
 CAP_MAGIC = b"XVNF"
-CAP_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS)   # version 1, bits
-PROBE_TRAILER = CAP_MAGIC + struct.pack("!HH", 1, CAP_SEGMENTS | CAP_PROBE)
+
+
+def trailer(bits: int) -> bytes:
+    """The 8-byte trailer with capability ``bits`` (version 1); no bits, no trailer."""
+    return CAP_MAGIC + struct.pack("!HH", 1, bits) if bits else b""
+
+
+CAP_TRAILER = trailer(CAP_SEGMENTS)
+PROBE_TRAILER = trailer(CAP_SEGMENTS | CAP_PROBE)
 
 SEGMENT_HEADER_LEN = 28
 SEGMENT_VNET = slice(4, 20)      # the vnet id in a segment's header
@@ -84,7 +98,8 @@ SEGMENT_PREFIXES = (struct.pack("!HH", MSG_FAST, FAST_SEGMENT), _SEALED_PREFIX)
 
 # -- capability trailer of VARP announces ----------------------------------------------
 
-def _trailer_bits(payload: bytes) -> int:
+def trailer_bits(payload: bytes) -> int:
+    """The capability bits of a VARP announce's trailer; 0 without one."""
     if (payload[VARP_HEADER_LEN:VARP_HEADER_LEN + 4] != CAP_MAGIC
             or len(payload) < VARP_HEADER_LEN + len(CAP_TRAILER)):
         return 0
@@ -93,12 +108,12 @@ def _trailer_bits(payload: bytes) -> int:
 
 def has_capability(payload: bytes) -> bool:
     """Whether a VARP announce carries our trailer with the segment capability."""
-    return _trailer_bits(payload) & CAP_SEGMENTS != 0
+    return trailer_bits(payload) & CAP_SEGMENTS != 0
 
 
 def asks_answer(payload: bytes) -> bool:
     """Whether a VARP announce is a probe: its sender wants our capability back."""
-    return _trailer_bits(payload) & CAP_PROBE != 0
+    return trailer_bits(payload) & CAP_PROBE != 0
 
 
 # -- segments ------------------------------------------------------------------------

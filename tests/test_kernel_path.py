@@ -1,0 +1,460 @@
+"""The engine as the kernel path's control plane (datapath/kernel/path.py,
+design.md 1.1), without root: the shim is tests/fake_shim.py, TAPs are
+pipes, the UDP socket records, the core, the user-space path, the host
+and the command layer are the real ones."""
+
+from __future__ import annotations
+
+import errno
+import os
+from types import SimpleNamespace
+
+import pytest
+from core_helpers import data, frame
+from fake_shim import FakeKernel, LocalSeen, RemoteSeen, ShimConfig
+from security_helpers import write_key
+
+from xend_vnet import sxp
+from xend_vnet.kernel_shim.control import commands
+from xend_vnet.kernel_shim.control.host import DataPathHost
+from xend_vnet.kernel_shim.core.engine import CoreOptions, EngineCore
+from xend_vnet.kernel_shim.datapath import taps as taps_mod
+from xend_vnet.kernel_shim.datapath.kernel.path import KernelPath
+from xend_vnet.kernel_shim.datapath.loop import EventLoop
+from xend_vnet.kernel_shim.datapath.tap import TapDevice, TapError
+from xend_vnet.kernel_shim.datapath.trains import TrainSender
+from xend_vnet.kernel_shim.datapath.userspace import UserSpacePath
+from xend_vnet.kernel_shim.datapath.vxlan.vnets import VxlanVnets
+from xend_vnet.kernel_shim.wire import segments
+from xend_vnet.kernel_shim.wire.codec import encode_announce
+from xend_vnet.vnet_id import VnetId
+
+ME = "192.0.2.1"
+HOST_B = "192.0.2.2"
+HOST_C = "192.0.2.3"
+GROUP = "224.10.0.1"
+V2, V5, V97 = (VnetId.parse(n) for n in ("2", "5", "97"))
+MAC_A = bytes.fromhex("aa0000000001")      # a domain of ours
+MAC_B = bytes.fromhex("aa0000000002")      # on HOST_B
+MAC_C = bytes.fromhex("aa0000000003")
+BCAST = b"\xff" * 6
+CONFIG = ShimConfig(underlay="eth0", local_addr=ME, port=1798, mtu=1500)
+KERNEL_TRAILER = segments.trailer(segments.CAP_KERNEL)
+
+
+class RecordingSocket:
+    """The engine's UDP socket as the status reads it; sends recorded."""
+
+    joined, mcaddr, port, mcast_ttl, rcvbuf, sndbuf = True, GROUP, 1798, 1, 1, 1
+
+    def __init__(self):
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def send_to(self, payload: bytes, addr: tuple) -> None:
+        self.sent.append((payload, addr))
+
+
+class PipeTaps:
+    """open_tap and delete_tap on pipes, each TAP with its own ifindex, kept
+    while the device lives (a persistent TAP)."""
+
+    def __init__(self):
+        self.pipes: dict[str, tuple[int, int]] = {}
+        self.index: dict[str, int] = {}
+        self.next_index = 10
+
+    def open_tap(self, ifname: str, mtu: int, offload: bool) -> TapDevice:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        self.pipes[ifname] = (r, w)
+        if ifname not in self.index:
+            self.next_index += 1
+            self.index[ifname] = self.next_index
+        return TapDevice(ifname, r, self.index[ifname], created=True)
+
+    def delete_tap(self, tap: TapDevice) -> None:
+        """Gone for good: made again, it is another device."""
+        self.index.pop(tap.ifname, None)
+        tap.close()
+
+    def close(self) -> None:
+        for r, w in self.pipes.values():
+            for fd in (r, w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class World:
+    """One engine's host over a fake kernel, driven like the event loop does."""
+
+    def __init__(self, kernel: FakeKernel, *, off_reason: str | None = None, varp_ttl=60.0,
+                 vnets=(V2,)):
+        self.kernel = kernel
+        self.loop = EventLoop()
+        self.core = core = EngineCore(CoreOptions(varp_ttl=varp_ttl, vif_ttl=varp_ttl))
+        core.own_addresses = {ME}
+        core.self_address = ME
+        self.userspace = path = UserSpacePath(core, self.loop, port=1798, mcast_ttl=1,
+                                              mtu=1500, tap_offload=False)
+        path.udp = self.socket = RecordingSocket()
+        path.trains = TrainSender(path.udp, path.dropped)
+        self.path = KernelPath(core, self.loop, path, kernel.opener, off_reason=off_reason,
+                               clock=lambda: self.now)
+        self.loop.add_timer(core.next_timer,
+                            lambda now: path.perform(core.handle_timer(now)))
+        self.loop.add_timer(self.path.pending, self.path.sync)
+        vxlan = VxlanVnets(4789, 1500, group=lambda: GROUP, mcast_ttl=lambda: 1,
+                           device=lambda: "eth0", underlay_mtu=lambda: 1500,
+                           peers=lambda: [])
+        self.host = DataPathHost(core, path, vxlan, self.path,
+                                 SimpleNamespace(device="eth0"), version="test", control="/c",
+                                 mtu=1500, varp_ttl=varp_ttl)
+        self.now = 1.0
+        self.path.configure(CONFIG, self.now)
+        for vid in vnets:
+            self.command(f"(vnet.add (id {vid.last_field:x}))")
+
+    def command(self, text: str) -> str:
+        reply = commands.execute(self.host, text)
+        assert not reply.startswith("(err"), reply
+        self.turn()
+        return reply
+
+    def turn(self, dt: float = 0.0) -> None:
+        """One wakeup of the event loop: ready sources, then due timers."""
+        self.now += dt
+        for key, mask in self.loop.selector.select(0):
+            key.data(mask, self.now)
+        for deadline, fire in self.loop._timers:
+            at = deadline()
+            if at is not None and at <= self.now:
+                fire(self.now)
+
+    def udp(self, payload: bytes, src: str = HOST_B, dst: str = ME) -> None:
+        self.userspace.perform(self.core.receive_udp(payload, src, dst, self.now))
+        self.turn()
+
+    def tap(self, vid: VnetId, fr: bytes) -> None:
+        self.userspace.perform(self.core.receive_tap(vid, fr, self.now))
+        self.turn()
+
+    def events(self, *events) -> None:
+        self.kernel.push(*events)
+        self.turn()
+
+    def sent(self) -> list[tuple[bytes, str]]:
+        out = [(p, a[0]) for p, a in self.socket.sent]
+        self.socket.sent.clear()
+        return out
+
+    def status(self) -> dict:
+        form = sxp.parse_one(self.command("(engine.status)"))
+        out = {"vnet-path": {}}
+        for c in form[1:]:
+            if c[0] == "vnet-path":
+                out["vnet-path"][sxp.child_value(c, "vnetif")] = sxp.child_value(c, "path")
+            elif len(c) == 2:
+                out[c[0]] = c[1]
+        return out
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+@pytest.fixture
+def taps(monkeypatch):
+    fake = PipeTaps()
+    monkeypatch.setattr(taps_mod, "open_tap", fake.open_tap)
+    monkeypatch.setattr(taps_mod, "delete_tap", fake.delete_tap)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def kernel():
+    k = FakeKernel()
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def world(taps, kernel):
+    w = World(kernel)
+    kernel.calls.clear()
+    yield w
+    w.close()
+
+
+def b_data(mac: bytes = MAC_B) -> bytes:
+    return data(V2, frame(MAC_A, mac))
+
+
+# -- vnets on the kernel path ----------------------------------------------------------------
+
+def test_a_clear_vnet_goes_on_the_kernel_path_a_secured_one_never(taps, kernel, tmp_path):
+    key = write_key(str(tmp_path / "k"))
+    w = World(kernel, vnets=())
+    w.command("(vnet.add (id 2))")
+    w.command(f"(vnet.add (id 97) (security auth) (key-file {key}))")
+    tap2 = w.userspace.taps.by_vid[V2]
+    assert kernel.attached == {V2: tap2.index}
+    assert ("attach", V97, w.userspace.taps.by_vid[V97].index) not in kernel.calls
+    assert w.core.vnet(V2).kernel and not w.core.vnet(V97).kernel
+    st = w.status()
+    assert st["kernel-path"] == "loaded"
+    assert st["vnet-path"] == {"vnif0002": "kernel", "vnif0097": "user space: secured vnet"}
+    # Events for the secured vnet (a forged or stale report) teach nothing.
+    w.events(RemoteSeen(V97, MAC_B, HOST_B), LocalSeen(V97, MAC_A))
+    assert w.core.counters.kernel_ignored == {"secured": 2}
+    assert len(w.core.varp) == len(w.core.vifs) == 0
+    w.command("(vnet.del (id 2))")
+    assert kernel.attached == {} and ("detach", V2) in kernel.calls
+    w.close()
+
+
+def test_learned_remotes_and_local_domains_reach_the_maps(world, kernel):
+    world.udp(b_data())
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    world.tap(V2, frame(BCAST, MAC_A))
+    assert kernel.locals == {(V2, MAC_A)}
+    # B's engine announces its kernel path: the entry says so.
+    world.udp(encode_announce(V2.raw, MAC_C, HOST_B) + KERNEL_TRAILER, dst=GROUP)
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, True), (V2, MAC_C): (HOST_B, True)}
+    # It moves to C, a legacy host: moved and not a kernel peer there.
+    world.udp(b_data(), src=HOST_C)
+    assert kernel.remotes[(V2, MAC_B)] == (HOST_C, False)
+    # B announces again without the bit (its kernel path is off now).
+    world.udp(encode_announce(V2.raw, MAC_C, HOST_B), dst=GROUP)
+    assert kernel.remotes[(V2, MAC_C)] == (HOST_B, False)
+    world.command("(varp.flush)")
+    assert kernel.remotes == {}
+    world.command(f"(vif.del (vnet 2) (vmac {':'.join(f'{b:02x}' for b in MAC_A)}))")
+    assert kernel.locals == set()
+
+
+def test_what_the_kernel_sees_is_learned_and_announced(world, kernel):
+    """A domain that arrives and sends only known unicast (carried by the
+    kernel) is still noticed: the engine announces it (design.md 8)."""
+    world.events(LocalSeen(V2, MAC_A))
+    announces = [(p, a) for p, a in world.sent() if p[:4] == b"\x00\x01\x00\x02"]
+    assert announces == [(encode_announce(V2.raw, MAC_A, ME) + KERNEL_TRAILER, GROUP)]
+    assert kernel.locals == {(V2, MAC_A)}
+    world.events(RemoteSeen(V2, MAC_B, HOST_B))
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    # B's kernel path is not known: it is asked, once.
+    probe = encode_announce(V2.raw, MAC_A, ME) + segments.trailer(
+        segments.CAP_KERNEL | segments.CAP_PROBE)
+    assert world.sent() == [(probe, HOST_B)]
+    world.events(RemoteSeen(V2, MAC_C, HOST_B))
+    assert world.sent() == []
+    assert world.core.counters.kernel_seen == 3
+
+
+def test_kernel_reports_stay_within_the_bounds_of_learning(world, kernel):
+    world.core.set_limit(V2, "varp", 2)
+    world.core.set_limit(V2, "vif", 1)
+    world.events(*(RemoteSeen(V2, bytes([2, 0, 0, 0, 0, i]), HOST_B) for i in range(5)),
+                 *(LocalSeen(V2, bytes([2, 0, 0, 0, 1, i])) for i in range(3)))
+    assert len(kernel.remotes) == 2 and len(kernel.locals) == 1
+    assert world.core.vnet(V2).counters.refused == {"varp_vnet_full": 3, "vif_vnet_full": 2}
+
+
+def test_entries_only_the_kernel_uses_are_reported_again_and_kept(taps, kernel):
+    """Ageing (path.py): half a TTL without a refresh takes an entry out of the
+    kernel's map; the kernel reports it at its next frame, which refreshes it,
+    and it goes back.  One that is never reported again ages as in user space."""
+    w = World(kernel, varp_ttl=60.0)
+    w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B),
+             RemoteSeen(V2, MAC_C, HOST_B))
+    w.sent()
+    assert kernel.locals == {(V2, MAC_A)} and len(kernel.remotes) == 2
+    w.turn(31.0)
+    w.path.refresh(w.now)
+    assert kernel.locals == set() and kernel.remotes == {}
+    w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B))   # still in use
+    assert kernel.locals == {(V2, MAC_A)} and kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    assert w.core.vnet(V2).counters.announced == 1           # a refresh, not an arrival
+    for _ in range(6):                                       # a sweep and more go by
+        w.turn(15.0)
+        w.path.refresh(w.now)
+        w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B))
+    assert (V2.raw, MAC_A) in w.core.vifs and w.core.varp.get(V2.raw, MAC_B) is not None
+    assert w.core.varp.get(V2.raw, MAC_C) is None            # never reported: aged out
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    assert w.core.vnet(V2).counters.announced == 1
+    w.close()
+
+
+def test_a_failed_map_update_is_counted_and_made_right_at_the_refresh(world, kernel):
+    kernel.refuse["set_remote"] = "set_remote: ENOMEM"
+    world.udp(b_data())
+    assert kernel.remotes == {}
+    assert world.core.counters.io_dropped["kernel_map_failed"] == 1
+    del kernel.refuse["set_remote"]
+    world.path.refresh(world.now)
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+
+
+def test_vnet_stats_show_the_kernel_counters_and_why_frames_went_up(world, kernel):
+    kernel.counters[V2].update(encapsulated=900, decapsulated=800, to_user_flood=7,
+                               to_user_no_route=0, to_user_no_fit=3)
+    forms = sxp.parse_all(world.command("(vnet.stats)"))
+    (v2,) = [f for f in forms if sxp.child_value(f, "vnetif") == "vnif0002"]
+    assert sxp.child_value(v2, "kernel_encapsulated") == "900"
+    assert sxp.child_value(v2, "kernel_decapsulated") == "800"
+    assert sxp.child(v2, "kernel_to_user") == ["kernel_to_user", ["flood", "7"],
+                                               ["no_fit", "3"]]
+    only = sxp.parse_all(world.command("(vnet.stats (id 2))"))
+    assert sxp.child_value(only[0], "kernel_encapsulated") == "900"
+    assert world.path.counters() == {"kernel-encapsulated": 900, "kernel-decapsulated": 800}
+
+
+def test_the_event_fd_is_watched_by_the_event_loop(world, kernel):
+    assert kernel.shim.event_fd() in world.loop.selector.get_map()
+    kernel.push(RemoteSeen(V2, MAC_B, HOST_B))
+    world.turn()
+    assert (V2, MAC_B) in kernel.remotes
+
+
+# -- when it cannot be used ------------------------------------------------------------------
+
+@pytest.mark.parametrize("reason", [
+    "no compiled object: /nowhere/vnet_shim.bpf.o (build the package with clang installed)",
+    "libbpf.so.1 not found",
+    "clsact refused: Operation not supported",
+    "load refused: EPERM (needs CAP_BPF and CAP_NET_ADMIN)",
+    "verifier said: R1 invalid mem access"])
+def test_a_path_that_cannot_load_leaves_every_vnet_in_user_space(taps, kernel, reason):
+    kernel.refuse["open"] = reason
+    w = World(kernel)
+    st = w.status()
+    assert st["kernel-path"] == "unavailable: " + reason
+    assert st["vnet-path"] == {"vnif0002": "user space: " + reason}
+    w.udp(b_data())
+    assert w.core.table_changes is None         # nothing mirrored, nothing recorded
+    assert w.core.varp.get(V2.raw, MAC_B) is not None
+    w.close()
+
+
+def test_no_kernel_path_never_opens_the_shim(taps, kernel):
+    w = World(kernel, off_reason="--no-kernel-path")
+    assert kernel.calls == []
+    assert w.status()["vnet-path"] == {"vnif0002": "user space: --no-kernel-path"}
+    w.close()
+
+
+def test_a_vxlan_vnet_is_named_for_its_own_kernel_path(world, monkeypatch):
+    def attach(vid, ifname):
+        from xend_vnet.kernel_shim.datapath.vxlan.table import VxlanVnet, vni_of
+        world.host.vxlan_vnets.table.add(VxlanVnet(vid, ifname, vni_of(vid), 1450))
+    monkeypatch.setattr(world.host.vxlan_vnets, "attach", attach)
+    world.command("(vnet.add (id 5) (data-path vxlan))")
+    assert world.status()["vnet-path"]["vnif0005"] == "kernel VXLAN device (data-path vxlan)"
+    assert V5 not in world.kernel.attached
+
+
+def test_attach_refused_for_one_vnet_keeps_the_others(taps, kernel):
+    w = World(kernel, vnets=())
+    kernel.refuse["attach"] = "attach 0000:...:0005: clsact refused: File exists"
+    w.command("(vnet.add (id 5))")
+    del kernel.refuse["attach"]
+    w.command("(vnet.add (id 2))")
+    assert w.status()["vnet-path"] == {
+        "vnif0002": "kernel",
+        "vnif0005": "user space: attach 0000:...:0005: clsact refused: File exists"}
+    w.close()
+
+
+# -- restarts ------------------------------------------------------------------------------
+
+def test_a_restarted_engine_adopts_what_the_last_one_left(taps, kernel):
+    """The kernel held vnets 2 and 5; the new engine adds 2 again: its entries
+    become learned ones (and its domain is announced again, as at any
+    restart), entries past the new bounds go; 5, never added, is detached
+    after a VARP TTL."""
+    first = World(kernel, vnets=(V2, V5))
+    first.udp(encode_announce(V2.raw, MAC_B, HOST_B) + KERNEL_TRAILER, dst=GROUP)
+    first.udp(b_data(MAC_C), src=HOST_C)
+    first.tap(V2, frame(BCAST, MAC_A))
+    first.path.close()
+    first.close()
+    assert kernel.attached.keys() == {V2, V5} and len(kernel.remotes) == 2
+    kept = dict(kernel.remotes)
+    kernel.calls.clear()
+
+    second = World(kernel, vnets=())
+    second.core.set_limit(V2, "varp", 1)
+    assert second.path.adopted
+    second.command("(vnet.add (id 2))")
+    assert kernel.attached.keys() == {V2, V5}
+    assert len(kernel.remotes) == 1 and kernel.locals == {(V2, MAC_A)}
+    ((key, value),) = kernel.remotes.items()
+    assert kept[key] == value and second.core.varp.get(V2.raw, key[1]).addr == value[0]
+    assert second.core.kernel_peer(V2, HOST_B, second.now) == (value[0] == HOST_B)
+    assert [p for p, a in second.sent() if a == GROUP] == [
+        encode_announce(V2.raw, MAC_A, ME) + KERNEL_TRAILER]
+    assert not [c for c in kernel.ops("set_remote", "set_local")]   # nothing rewritten
+    assert second.status()["kernel-path"] == "loaded, adopted from the previous engine"
+    second.turn(59.0)
+    second.path.refresh(second.now)
+    assert V5 in kernel.attached
+    second.turn(2.0)
+    second.path.refresh(second.now)
+    assert kernel.attached.keys() == {V2} and ("detach", V5) in kernel.calls
+    second.close()
+
+
+def test_an_adopted_vnet_added_again_as_secured_leaves_the_kernel(taps, kernel, tmp_path):
+    first = World(kernel, vnets=(V97,))
+    first.udp(data(V97, frame(MAC_A, MAC_B)))
+    first.path.close()
+    first.close()
+    key = write_key(str(tmp_path / "k"))
+    second = World(kernel, vnets=())
+    second.command(f"(vnet.add (id 97) (security conf) (key-file {key}))")
+    assert kernel.attached == {} and kernel.remotes == {}
+    second.close()
+
+
+def test_purge_removes_the_kernel_path_and_the_engine_runs_on(world, kernel):
+    world.udp(b_data())
+    world.command("(engine.purge)")
+    assert not kernel.loaded and kernel.attached == {}
+    assert world.status()["vnet-path"] == {"vnif0002": "user space: purged (vn rmmod --purge)"}
+    world.udp(b_data(MAC_C))                  # user space carries on
+    assert world.core.varp.get(V2.raw, MAC_C) is not None
+
+
+def test_a_new_underlay_loads_the_path_again(world, kernel):
+    world.udp(b_data())
+    world.path.configure(ShimConfig("eth1", ME, 1798, 1500), world.now)
+    assert ("purge",) in kernel.calls and kernel.configs[-1].underlay == "eth1"
+    assert kernel.attached == {V2: world.userspace.taps.by_vid[V2].index}
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    world.path.configure(ShimConfig("eth1", "192.0.2.9", 1798, 1500), world.now)
+    assert kernel.ops("close") and kernel.attached.keys() == {V2}
+
+
+def test_a_recreated_tap_is_attached_anew(world, kernel, taps):
+    tap = world.userspace.taps.by_vid[V2]
+    world.udp(b_data())
+    world.userspace.taps.lose(V2, tap, TapError(errno.EBADFD, "TAP vnif0002 failed"))
+    del taps.index["vnif0002"]                # deleted from outside: a new device
+    world.userspace.taps.recreate_lost(world.core.has_vnet)
+    world.path.refresh(world.now)
+    new = world.userspace.taps.by_vid[V2].index
+    assert new != tap.index and kernel.attached == {V2: new}
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+
+
+def test_vfwd_learned_remotes_are_mirrored_floods_stay_in_user_space(world, kernel):
+    """A MAC learned through a peer's VFWD is reached directly at its
+    original sender, in user space as in the kernel (protocol.md 7)."""
+    from xend_vnet.kernel_shim.wire import codec
+    world.core.peer_add("198.51.100.7")
+    inner = codec.inner_udp_packet(data(V2, frame(BCAST, MAC_B)), GROUP, 1798,
+                                   "203.0.113.5")
+    world.udp(codec.encode_vfwd(inner), src="198.51.100.7")
+    assert kernel.remotes == {(V2, MAC_B): ("203.0.113.5", False)}

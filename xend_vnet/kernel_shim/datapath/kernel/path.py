@@ -1,0 +1,570 @@
+"""The kernel path: the engine as the control plane of the TC eBPF programs
+that carry the known unicast of clear vnets (design.md 1.1, architecture.md 4).
+
+A ``(data-path vnetd)`` vnet keeps its TAP and the engine's UDP socket (the
+user-space path, userspace.py); the kernel path accelerates it.  Once the
+TAP is attached, the shim (shim.py) encapsulates at the TAP's egress what
+goes to a MAC its remote map holds and decapsulates at the underlay's
+ingress the vnet's data for our address; whatever else it meets (floods,
+unknown unicast, non-IP, fragments, frames that do not fit, a super-frame
+toward a host that does not decapsulate in its kernel) goes on to the TAP
+or the UDP socket, to the engine, as before, and is counted by reason.
+Secured vnets are never attached (design.md 7).
+
+What it keeps in step:
+
+* the shim's maps with the core's tables: the VARP cache's reachable
+  entries (``set_remote``, with ``kernel_peer`` when the engine there
+  announced ``CAP_KERNEL`` for the vnet) and the vif table (``set_local``),
+  from the changes the core reports (core/mirror.py), applied after every
+  wakeup of the event loop;
+* the core's tables with what the kernel sees: a source it does not hold
+  (``RemoteSeen``, ``LocalSeen``) is taught to the core as a datagram or a
+  TAP frame would teach it, within the same bounds;
+* ageing: the kernel reports only what its maps lack, so an entry the
+  kernel alone uses is taken out of its map once it is half a TTL old; the
+  kernel reports it again at its next frame (a local one, or a frame from
+  the remote), which refreshes it in the core, and it goes back.  Meanwhile
+  its frames take the user-space path, which still knows it.  An entry whose
+  MAC sends nothing ages as on the user-space path (protocol.md 3.5, 3.6).
+
+Restarts (design.md 5): ``close`` leaves programs and maps in the kernel, so
+known unicast flows while no engine runs; the next ``open`` adopts them.
+A vnet added again takes what the kernel held for it as learned (and
+announces its local domains again, as any restart does); one not added
+within a VARP TTL is detached; ``purge`` (``vn rmmod --purge``) removes it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from ....vnet_id import VnetId
+from ...core.counters import count
+from ...core.engine import EngineCore
+from ...core.mirror import KERNEL_PEER, VARP, VIF, TableChange
+from ..interface import PathStatus
+from ..loop import EventLoop
+from ..userspace import UserSpacePath
+from .shim import KernelPathUnavailable, KernelShim, RemoteSeen, ShimConfig
+
+log = logging.getLogger("vnetd")
+
+ERROR_LOG_INTERVAL = 10.0     # a failing map update is logged at most this often
+
+Opener = Callable[[ShimConfig], KernelShim]
+RemoteKey = tuple[VnetId, bytes]
+
+
+class KernelPath:
+    """The kernel path of an engine: one shim, the vnets attached to it, and
+    what its maps hold as far as the engine knows (a DataPath)."""
+
+    name = "kernel"
+
+    def __init__(self, core: EngineCore, loop: EventLoop, userspace: UserSpacePath,
+                 opener: Opener, *, off_reason: str | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.core = core
+        self.clock = clock                # the one the core is driven with
+        self.loop = loop
+        self.userspace = userspace
+        self.opener = opener
+        self.off_reason = off_reason      # why it may not be used at all (--no-kernel-path)
+        self.shim: KernelShim | None = None
+        self.config: ShimConfig | None = None
+        self.reason = off_reason or "not loaded yet: no underlay address"
+        self.adopted = False
+        self.dropped = core.counters.io_dropped
+        self._attached: dict[VnetId, int] = {}          # vnet -> TAP ifindex
+        self._refused: dict[VnetId, str] = {}           # vnet -> why not in the kernel
+        # What the shim's maps hold for our vnets, as far as we know.
+        self._remotes: dict[RemoteKey, tuple[str, bool]] = {}
+        self._locals: set[RemoteKey] = set()
+        self._macs_at: dict[tuple[VnetId, str], set[bytes]] = {}   # for kernel_peer changes
+        # Taken out to be reported again (ageing, above): key -> address.
+        self._withdrawn_remotes: dict[RemoteKey, str] = {}
+        self._withdrawn_locals: set[RemoteKey] = set()
+        # Left by the previous engine, until its vnets are added again: by vnet,
+        # its TAP's ifindex, its remote entries (MAC -> address, kernel_peer)
+        # and its local MACs.
+        self._left: dict[VnetId, int] = {}
+        self._left_remotes: dict[VnetId, dict[bytes, tuple[str, bool]]] = {}
+        self._left_locals: dict[VnetId, set[bytes]] = {}
+        self._left_until = 0.0
+        self._no_tap: set[VnetId] = set()               # to attach once the TAP is back
+        self._dirty: set[VnetId] = set()                # to reconcile at the next refresh
+        self._next_error_log = 0.0
+
+    # -- loading ---------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self.shim is not None
+
+    def configure(self, config: ShimConfig | None, now: float) -> bool:
+        """Load the shim for ``config`` (None: no underlay address yet), or
+        load it again when the underlay or the address changed; False when
+        it was tried and could not load (``reason`` says why)."""
+        if self.off_reason is not None or config == self.config:
+            return True
+        if config is None:
+            return True       # keep what runs until an address is known again
+        if self.shim is not None:
+            log.info("kernel path: the underlay is now %s, %s: loading again",
+                     config.underlay, config.local_addr)
+            # Another device: what is on the old one goes (the new load
+            # would not find it); the same one: it is adopted again.
+            self._close_shim(purge=config.underlay != self.config.underlay)
+        self.config = config
+        try:
+            shim = self.opener(config)
+        except KernelPathUnavailable as e:
+            self.reason = e.reason
+            log.warning("kernel path unavailable: %s; every vnet runs in user space", e.reason)
+            return False
+        self.shim = shim
+        self.core.mirror_tables()
+        self.loop.register(shim.event_fd(), self._on_events)
+        self._adopt(now)
+        return True
+
+    def _adopt(self, now: float) -> None:
+        """What the previous engine (or our own previous load) left, kept
+        until its vnets are added again (``attach``) or for a VARP TTL."""
+        shim = self.shim
+        try:
+            left = shim.attached()
+            remotes = shim.remotes()
+            locals_ = shim.locals()
+        except KernelPathUnavailable as e:
+            self._failed("reading the kernel's maps", e)
+            left, remotes, locals_ = {}, {}, set()
+        self.adopted = bool(left)
+        self._left = dict(left)
+        self._left_remotes = {vid: {} for vid in left}
+        for (vid, mac), value in remotes.items():
+            self._left_remotes.setdefault(vid, {})[mac] = value
+        self._left_locals = {vid: set() for vid in left}
+        for vid, mac in locals_:
+            self._left_locals.setdefault(vid, set()).add(mac)
+        self._left_until = now + self.core.options.varp_ttl
+        self._remotes.clear()
+        self._locals.clear()
+        self._macs_at.clear()
+        self._withdrawn_remotes.clear()
+        self._withdrawn_locals.clear()
+        attached, self._attached = self._attached, {}
+        log.info("kernel path loaded%s", f", adopting {len(left)} vnets" if left else "")
+        for vid in attached:         # loaded again: the vnets we carried go back
+            self._attach(vid, now)
+
+    # -- DataPath --------------------------------------------------------------------------
+
+    def attach(self, vid: VnetId, ifname: str) -> None:
+        """Put a vnet the core has just added (its TAP ``ifname`` open) on the
+        kernel path, unless it is secured or the path is not loaded; never
+        raises: a refusal leaves the vnet in user space with the reason."""
+        self._attach(vid, self.clock())
+
+    def _attach(self, vid: VnetId, now: float) -> None:
+        self._refused.pop(vid, None)
+        self._no_tap.discard(vid)
+        vnet = self.core.vnet(vid)
+        shim = self.shim
+        if shim is None or vnet is None:
+            return
+        if vnet.keys is not None:
+            self._refused[vid] = "secured vnet"
+            self._drop_left(vid)
+            return
+        tap = self.userspace.taps.by_vid.get(vid)
+        if tap is None:
+            self._refused[vid] = "its TAP is missing (made again at the next refresh)"
+            self._no_tap.add(vid)
+            return
+        self.sync()             # the other vnets' changes first: this one's are made whole below
+        try:
+            shim.attach(vid, tap.index)
+        except KernelPathUnavailable as e:
+            self._refused[vid] = e.reason
+            log.warning("vnet %s stays in user space: %s", vid.canonical, e.reason)
+            return
+        self._attached[vid] = tap.index
+        self.core.set_kernel(vid, True)
+        held: dict[bytes, tuple[str, bool]] = {}
+        held_locals: set[bytes] = set()
+        left_on = self._left.pop(vid, None)
+        if left_on is not None:
+            # Added again after a restart: what the kernel held is taken as learned.
+            held = self._left_remotes.pop(vid, {})
+            held_locals = self._left_locals.pop(vid, set())
+            actions: list = []
+            for mac, (addr, peer) in held.items():
+                actions += self.core.kernel_adopt(vid, mac, addr, peer, now)
+            for mac in held_locals:
+                actions += self.core.kernel_local_seen(vid, mac, now)
+            if actions:
+                self.userspace.perform(actions)
+        if left_on != tap.index:
+            held, held_locals = {}, set()   # on another TAP: the shim emptied its maps
+        self._reconcile(vid, now, {(vid, mac): v for mac, v in held.items()},
+                        {(vid, mac) for mac in held_locals})
+        self.sync()
+
+    def detach(self, vid: VnetId) -> None:
+        """Take the vnet off the kernel path, its map entries with it (vnet.del)."""
+        self._refused.pop(vid, None)
+        self._drop_left(vid)
+        if self._attached.pop(vid, None) is None:
+            return
+        if self.core.has_vnet(vid):
+            self.core.set_kernel(vid, False)
+        self._forget(vid)
+        if self.shim is not None:
+            try:
+                self.shim.detach(vid)
+            except KernelPathUnavailable as e:
+                self._failed(f"detaching vnet {vid.canonical}", e)
+
+    def _forget(self, vid: VnetId) -> None:
+        """Drop what we knew of the vnet's map entries (the shim drops them)."""
+        for key in [k for k in self._remotes if k[0] == vid]:
+            addr, _ = self._remotes.pop(key)
+            self._unindex(vid, key[1], addr)
+        self._locals = {k for k in self._locals if k[0] != vid}
+        self._withdrawn_remotes = {k: a for k, a in self._withdrawn_remotes.items()
+                                   if k[0] != vid}
+        self._withdrawn_locals = {k for k in self._withdrawn_locals if k[0] != vid}
+        self._dirty.discard(vid)
+
+    def _drop_left(self, vid: VnetId) -> None:
+        """The previous engine's entries of a vnet this engine will not carry."""
+        if self._left.pop(vid, None) is None:
+            return
+        self._left_remotes.pop(vid, None)
+        self._left_locals.pop(vid, None)
+        if self.shim is not None:
+            try:
+                self.shim.detach(vid)
+            except KernelPathUnavailable as e:
+                self._failed(f"detaching vnet {vid.canonical}", e)
+            else:
+                log.info("kernel path: vnet %s, left by the previous engine, detached",
+                         vid.canonical)
+
+    def table_changed(self, changes: Sequence[TableChange]) -> None:
+        """Apply the core's table changes to the maps of the vnets attached."""
+        attached = self._attached
+        for change in changes:
+            vid = change.vid
+            if vid not in attached:
+                continue
+            if change.table == VARP:
+                if change.present:
+                    self._set_remote(vid, change.mac, change.addr)
+                else:
+                    self._del_remote(vid, change.mac)
+            elif change.table == VIF:
+                if change.present:
+                    self._set_local(vid, change.mac)
+                else:
+                    self._del_local(vid, change.mac)
+            elif change.table == KERNEL_PEER:
+                for mac in list(self._macs_at.get((vid, change.addr), ())):
+                    self._set_remote(vid, mac, change.addr)
+
+    def sync(self, _now: float = 0.0) -> None:
+        """Apply what the core reported since the last call (after every wakeup)."""
+        changes = self.core.drain_table_changes()
+        if changes and self._attached:
+            self.table_changed(changes)
+
+    def pending(self) -> float | None:
+        """The event loop's deadline for ``sync``: now when changes wait."""
+        return 0.0 if self.core.table_changes else None
+
+    def counters(self) -> dict[str, int]:
+        """Totals over the vnets attached (engine.status)."""
+        totals = {"kernel-encapsulated": 0, "kernel-decapsulated": 0}
+        for values in self.vnet_counters().values():
+            totals["kernel-encapsulated"] += values.get("encapsulated", 0)
+            totals["kernel-decapsulated"] += values.get("decapsulated", 0)
+        return totals
+
+    def vnet_counters(self) -> dict[VnetId, dict[str, int]]:
+        """The programs' counters of each vnet attached (vnet.stats)."""
+        if self.shim is None or not self._attached:
+            return {}
+        try:
+            found = self.shim.counters()
+        except KernelPathUnavailable as e:
+            self._failed("reading the counters", e)
+            return {}
+        return {vid: values for vid, values in found.items() if vid in self._attached}
+
+    def status(self, vid: VnetId) -> PathStatus | None:
+        if vid in self._attached:
+            return PathStatus(self.name, "kernel")
+        return None
+
+    def why_not(self, vid: VnetId) -> str:
+        """Why a vnet of the core is not on the kernel path (for ``vn status``)."""
+        if self.shim is None:
+            return self.reason
+        return self._refused.get(vid, "not attached")
+
+    def close(self) -> None:
+        """The engine stops: programs and maps stay in the kernel (design.md 5)."""
+        if self.shim is not None:
+            self._close_shim()
+            log.info("kernel path left in place for the next engine")
+
+    def _close_shim(self, purge: bool = False) -> None:
+        shim, self.shim = self.shim, None
+        try:
+            self.loop.unregister(shim.event_fd())
+        except (KeyError, ValueError, OSError):
+            pass
+        self.config = None
+        self.reason = "closed"
+        if purge:
+            try:
+                shim.purge()
+                return
+            except KernelPathUnavailable as e:
+                log.warning("kernel path: cannot remove it from the old underlay: %s", e.reason)
+        shim.close()
+
+    def purge(self) -> None:
+        """Remove everything the kernel path put in the kernel; the engine
+        goes on in user space (``vn rmmod --purge``)."""
+        shim = self.shim
+        if shim is None:
+            return
+        for vid in list(self._attached):
+            if self.core.has_vnet(vid):
+                self.core.set_kernel(vid, False)
+            self._forget(vid)
+        self._attached.clear()
+        self._refused.clear()
+        self._no_tap.clear()
+        self._left.clear()
+        self._left_remotes.clear()
+        self._left_locals.clear()
+        self.shim = None
+        try:
+            self.loop.unregister(shim.event_fd())
+        except (KeyError, ValueError, OSError):
+            pass
+        self.off_reason = self.reason = "purged (vn rmmod --purge)"
+        try:
+            shim.purge()
+        except KernelPathUnavailable as e:
+            log.error("kernel path: purge failed: %s", e.reason)
+            raise
+        log.info("kernel path purged")
+
+    # -- what the kernel reports -----------------------------------------------------------
+
+    def _on_events(self, _mask: int, now: float) -> None:
+        shim = self.shim
+        if shim is None:
+            return
+        try:
+            events = shim.events()
+        except KernelPathUnavailable as e:
+            self._failed("reading its events", e)
+            return
+        core = self.core
+        actions: list = []
+        for event in events:
+            key = (event.vid, event.mac)
+            if event.__class__ is RemoteSeen:
+                actions += core.kernel_remote_seen(event.vid, event.mac, event.addr, now)
+                addr = self._withdrawn_remotes.pop(key, None)
+                if addr == event.addr and event.vid in self._attached:
+                    self._back(VARP, key)
+            else:
+                actions += core.kernel_local_seen(event.vid, event.mac, now)
+                if key in self._withdrawn_locals:
+                    self._withdrawn_locals.discard(key)
+                    self._back(VIF, key)
+        if actions:
+            self.userspace.perform(actions)
+        self.sync()
+
+    def _back(self, table: str, key: RemoteKey) -> None:
+        """A withdrawn entry the kernel reported again: in the maps again, if
+        the core still holds it (the report refreshed it)."""
+        vid, mac = key
+        if table == VARP:
+            entry = self.core.varp.get(vid.raw, mac)
+            if entry is not None and entry.addr is not None:
+                self._set_remote(vid, mac, entry.addr)
+        elif (vid.raw, mac) in self.core.vifs:
+            self._set_local(vid, mac)
+
+    # -- the periodic refresh --------------------------------------------------------------
+
+    def refresh(self, now: float) -> None:
+        """Follow recreated TAPs, retry what failed, detach what the previous
+        engine left and nobody added, withdraw entries the kernel alone uses."""
+        if self.shim is None:
+            return
+        taps = self.userspace.taps.by_vid
+        for vid, index in list(self._attached.items()):
+            tap = taps.get(vid)
+            if tap is not None and tap.index != index:
+                log.info("vnet %s: its TAP %s was made again: attached anew", vid.canonical,
+                         tap.ifname)
+                self._attached.pop(vid)
+                self._forget(vid)
+                self._attach(vid, now)
+        for vid in list(self._no_tap):
+            if vid in taps:
+                self._attach(vid, now)
+        for vid in list(self._dirty):
+            if vid in self._attached:
+                self._reconcile(vid, now)
+        if self._left and now >= self._left_until:
+            for vid in list(self._left):
+                self._drop_left(vid)
+        self._withdraw_idle(now)
+
+    def _withdraw_idle(self, now: float) -> None:
+        opts = self.core.options
+        for change in self.core.idle_entries(now, opts.varp_ttl / 2, opts.vif_ttl / 2):
+            key = (change.vid, change.mac)
+            if change.vid not in self._attached:
+                continue
+            if change.table == VARP:
+                if key in self._remotes and self._del_remote(change.vid, change.mac):
+                    self._withdrawn_remotes[key] = change.addr
+            elif key in self._locals and self._del_local(change.vid, change.mac):
+                self._withdrawn_locals.add(key)
+
+    # -- the maps ----------------------------------------------------------------------------
+
+    def _reconcile(self, vid: VnetId, now: float,
+                   remotes: dict[RemoteKey, tuple[str, bool]] | None = None,
+                   locals_: set[RemoteKey] | None = None) -> None:
+        """Make the vnet's map entries what the core's tables say, from what
+        the maps hold (given, at an attach: nothing, or what a previous engine
+        left; else read, after a failed update)."""
+        self._dirty.discard(vid)
+        if remotes is None or locals_ is None:
+            try:
+                remotes = {k: v for k, v in self.shim.remotes().items() if k[0] == vid}
+                locals_ = {k for k in self.shim.locals() if k[0] == vid}
+            except KernelPathUnavailable as e:
+                self._failed(f"reading the maps of vnet {vid.canonical}", e, vid)
+                return
+        for key in [k for k in self._remotes if k[0] == vid]:
+            self._unindex(vid, key[1], self._remotes.pop(key)[0])
+        self._locals = {k for k in self._locals if k[0] != vid}
+        self._remotes.update(remotes)
+        for (v, mac), (addr, _) in remotes.items():
+            self._index(v, mac, addr)
+        self._locals |= locals_
+        wanted_remotes: dict[RemoteKey, str] = {}
+        wanted_locals: set[RemoteKey] = set()
+        for change in self.core.table_entries(vid):
+            if change.table == VARP:
+                wanted_remotes[(vid, change.mac)] = change.addr
+            elif change.table == VIF:
+                wanted_locals.add((vid, change.mac))
+        for key in list(remotes):
+            if key not in wanted_remotes:
+                self._del_remote(*key)
+        for key in locals_ - wanted_locals:
+            self._del_local(*key)
+        for (v, mac), addr in wanted_remotes.items():
+            self._set_remote(v, mac, addr, now)
+        for key in wanted_locals:
+            self._set_local(*key)
+
+    def _index(self, vid: VnetId, mac: bytes, addr: str) -> None:
+        self._macs_at.setdefault((vid, addr), set()).add(mac)
+
+    def _unindex(self, vid: VnetId, mac: bytes, addr: str) -> None:
+        macs = self._macs_at.get((vid, addr))
+        if macs is not None:
+            macs.discard(mac)
+            if not macs:
+                del self._macs_at[(vid, addr)]
+
+    def _set_remote(self, vid: VnetId, mac: bytes, addr: str,
+                    now: float | None = None) -> None:
+        key = (vid, mac)
+        peer = self.core.kernel_peer(vid, addr, self.clock() if now is None else now)
+        old = self._remotes.get(key)
+        self._withdrawn_remotes.pop(key, None)
+        if old == (addr, peer):
+            return
+        try:
+            self.shim.set_remote(vid, mac, addr, kernel_peer=peer)
+        except KernelPathUnavailable as e:
+            self._failed("set_remote", e, vid)
+            return
+        if old is not None:
+            self._unindex(vid, mac, old[0])
+        self._remotes[key] = (addr, peer)
+        self._index(vid, mac, addr)
+
+    def _del_remote(self, vid: VnetId, mac: bytes) -> bool:
+        key = (vid, mac)
+        self._withdrawn_remotes.pop(key, None)
+        old = self._remotes.pop(key, None)
+        if old is None:
+            return False
+        self._unindex(vid, mac, old[0])
+        try:
+            self.shim.del_remote(vid, mac)
+        except KernelPathUnavailable as e:
+            self._failed("del_remote", e, vid)      # reconciled at the next refresh
+            return False
+        return True
+
+    def _set_local(self, vid: VnetId, mac: bytes) -> None:
+        key = (vid, mac)
+        self._withdrawn_locals.discard(key)
+        if key in self._locals:
+            return
+        try:
+            self.shim.set_local(vid, mac)
+        except KernelPathUnavailable as e:
+            self._failed("set_local", e, vid)
+            return
+        self._locals.add(key)
+
+    def _del_local(self, vid: VnetId, mac: bytes) -> bool:
+        key = (vid, mac)
+        self._withdrawn_locals.discard(key)
+        if key not in self._locals:
+            return False
+        self._locals.discard(key)
+        try:
+            self.shim.del_local(vid, mac)
+        except KernelPathUnavailable as e:
+            self._failed("del_local", e, vid)
+            return False
+        return True
+
+    def _failed(self, what: str, e: KernelPathUnavailable, vid: VnetId | None = None) -> None:
+        """A shim call failed: counted, logged at most every ERROR_LOG_INTERVAL,
+        and the vnet's entries made right again at the next refresh."""
+        count(self.dropped, "kernel_map_failed")
+        if vid is not None:
+            self._dirty.add(vid)
+        now = self.clock()
+        if now >= self._next_error_log:
+            self._next_error_log = now + ERROR_LOG_INTERVAL
+            log.error("kernel path: %s failed: %s", what, e.reason)
+
+    # -- for tests and listings ----------------------------------------------------------------
+
+    def attached_vnets(self) -> Iterable[VnetId]:
+        return list(self._attached)
