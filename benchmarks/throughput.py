@@ -88,12 +88,16 @@ from throughput_report import NAIVE, kernel_frames, summarize, table, targets  #
 class Watch(NamedTuple):
     """What to watch while a path is sampled: a capture of ``capture``'s
     underlay counting datagrams from ``sources``, and the kernel counters of
-    vnet ``vnet`` in the engines of ``engines``."""
+    vnet ``vnet`` in the engines of ``engines``.  ``checksums``: the frames'
+    checksums are judged (toward a legacy host; between our engines a frame
+    may leave with its checksum for the underlay's device to fill, which the
+    receiving kernel trusts)."""
 
     capture: str
     sources: tuple
     engines: tuple
     vnet: str
+    checksums: bool = False
 
 
 class Path(NamedTuple):
@@ -166,7 +170,7 @@ def legacy_paths(offloads: bool, mixed: bool, vnet_mtu: int, pings: int) -> tupl
             rows.append(Path(f"mixed-{mtu}-{tag}", f"kernel path to legacy{_tx(offloads)}",
                              D1, D2, addr, mtu, "mixed", offloads, legacy, pings=pings,
                              both_ways=True,
-                             watch=Watch(H2, (UNDERLAY[H1][1],), (H1,), vid)))
+                             watch=Watch(H2, (UNDERLAY[H1][1],), (H1,), vid, True)))
         else:
             rows.append(Path(legacy, f"legacy C vnetd{_tx(offloads)}", D1, D2, addr, mtu,
                              "legacy", offloads, pings=pings, both_ways=True))
@@ -200,7 +204,7 @@ class Watcher:
                 total = report
             else:
                 total.add(report)
-        return {"capture": vars(total),
+        return {"capture": vars(total), "checksums": self.watch.checksums,
                 "frames": kernel_frames(self.before, after, self.watch.vnet)}
 
 

@@ -74,19 +74,33 @@ def kernel_counters(stats_text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def kernel_frames(before: list[str], after: list[str], vnet: str) -> dict[str, int]:
-    """Data frames of ``vnet`` the kernel path handled and handed to user space
-    between two ``(vnet.stats)`` readings of each engine (lists in the same
-    order), all engines together."""
+def kernel_frames(before: list[str], after: list[str], vnet: str) -> dict:
+    """Data frames of ``vnet`` the kernel path handled (``kernel``) and handed
+    to the engines (``user``, and by reason in ``to_user``) between two
+    ``(vnet.stats)`` readings of each engine (lists in the same order), all
+    engines together."""
     vid = VnetId.parse(vnet).canonical
-    totals = {"kernel": 0, "user": 0}
+    totals: dict = {"kernel": 0, "user": 0, "to_user": {}}
     for old_text, new_text in zip(before, after):
         old = kernel_counters(old_text).get(vid, {})
         new = kernel_counters(new_text).get(vid, {})
         for name, value in new.items():
             grew = value - old.get(name, 0)
-            totals["kernel" if name in KERNEL_COUNTERS else "user"] += grew
+            if name in KERNEL_COUNTERS:
+                totals["kernel"] += grew
+            elif grew:
+                totals["user"] += grew
+                reason = name[len(TO_USER):]
+                totals["to_user"][reason] = totals["to_user"].get(reason, 0) + grew
     return totals
+
+
+def add_frames(total: dict, more: dict) -> None:
+    """Count the frames ``more`` (kernel_frames) in ``total``."""
+    total["kernel"] += more["kernel"]
+    total["user"] += more["user"]
+    for reason, n in more["to_user"].items():
+        total["to_user"][reason] = total["to_user"].get(reason, 0) + n
 
 
 def share(frames: dict[str, int]) -> float:
@@ -117,12 +131,12 @@ def summarize(path, samples: list[dict], rcvbuf: int) -> dict:
                                 if s.get(k, {}).get("error")]
     if path.watch is not None:
         capture = capture_check.Report()
-        frames = {"kernel": 0, "user": 0}
+        frames: dict = {"kernel": 0, "user": 0, "to_user": {}}
         for s in samples:
             capture.add(capture_check.Report(**s["capture"]))
-            for k in frames:
-                frames[k] += s["frames"][k]
+            add_frames(frames, s["frames"])
         result["capture"] = vars(capture)
+        result["checksums"] = path.watch.checksums
         result["frames"] = frames
         result["kernel_share"] = share(frames)
     return result
@@ -151,11 +165,13 @@ def table(results: dict) -> str:
         for r in watched:
             reverse = r.get("reverse_gbit_per_second")
             cap = r.get("capture")
+            judged = cap if r.get("checksums") else None
             lines.append(
                 f"{r['label']:<34} {'-' if reverse is None else f'{reverse:.3f}':>8} "
                 f"{_percent(r.get('kernel_share')):>9} "
                 f"{cap['data_frames'] if cap else '-':>8} {cap['fast'] if cap else '-':>6} "
-                f"{cap['l4_checked'] if cap else '-':>10} {cap['bad'] if cap else '-':>8}")
+                f"{judged['l4_checked'] if judged else '-':>10} "
+                f"{judged['bad'] if judged else '-':>8}")
     return "\n".join(lines)
 
 
@@ -201,12 +217,17 @@ def kernel_targets(results: dict) -> list[tuple[str, bool]]:
         if r.get("role") in ("kernel", "mixed") and "capture" in r:
             cap = r["capture"]
             kshare = r["kernel_share"]
+            frames = r["frames"]
+            reasons = sorted(frames["to_user"].items(), key=lambda kv: -kv[1])[:3]
             out.append((f"target 4, {r['label']} (MTU {r['mtu']}): the underlay carried "
                         f"{cap['data_frames']} legacy data frames (UDP 1798, etherip) and "
-                        f"{cap['fast']} id-5 messages; {_percent(kshare)} % of "
-                        f"{r['frames']['kernel'] + r['frames']['user']} data frames in the "
-                        f"kernel (at least {100 * KERNEL_SHARE:g})",
-                        cap["data_frames"] > 0 and cap["fast"] == 0
+                        f"{cap['fast']} id-5 messages (at most 1 %); {_percent(kshare)} % of "
+                        f"{frames['kernel'] + frames['user']} data frames in the kernel "
+                        f"(at least {100 * KERNEL_SHARE:g})"
+                        + ("; to the engine: " + ", ".join(f"{k} {n}" for k, n in reasons)
+                           if reasons else ""),
+                        cap["data_frames"] > 0
+                        and cap["fast"] <= (1 - KERNEL_SHARE) * cap["data_frames"]
                         and not math.isnan(kshare) and kshare >= KERNEL_SHARE))
     return out
 
