@@ -67,8 +67,9 @@ class Bed:
                     conf = os.path.join(self.lab.tmp, f"h{i}.conf")
                     with open(conf, "w") as f:
                         f.write(f"(vnet.add (id {VID}))\n")
-                    self.lab.start_vnetd(h, "--no-default-vnets", "--mtu", str(mtu),
-                                         "-f", conf, *engine_args)
+                    # The peer drives this host's shim: vnetd must not load its own.
+                    self.lab.start_vnetd(h, "--no-default-vnets", "--no-kernel-path",
+                                         "--mtu", str(mtu), "-f", conf, *engine_args)
                     tap = peer.call("ifindex", name=TAP)
                 else:
                     tap = peer.call("tap", name=TAP, mtu=mtu)

@@ -264,3 +264,52 @@ def test_purge_removes_ours_only(bed):
     rc, seqs, out = ping(bed.lab, bed.domains[0], "10.0.0.2", count=3)
     assert rc == 0 and seqs == [1, 2, 3], out
 
+
+
+LEGACY_VNETD = "/work/legacy-build/tools/vnet/vnetd/vnetd"
+LEGACY_RUN = "/work/shared/tools/legacy-vnetd/run"
+
+
+def test_interop_with_the_legacy_vnetd(bed):
+    """h1's kernel path against a legacy C vnetd on a third host (vnet 4,
+    which both create at start): pings and TCP both ways, the legacy host
+    marked kernel_peer=False so it only gets complete checksums."""
+    if not (os.path.exists(LEGACY_VNETD) and os.path.exists(LEGACY_RUN)):
+        pytest.skip("legacy vnetd not built on this machine")
+    from kernel_shim_bed import PeerProc
+    lab = type(bed.lab)("kbl")
+    try:
+        lab.underlay()
+        h1 = lab.host("h1", "192.0.2.1")
+        h2 = lab.host("h2", "192.0.2.2")
+        lab.start_vnetd(h1)
+        state = os.path.join(lab.tmp, "legacy")
+        os.makedirs(state)
+        lab.spawn(h2, "sh", LEGACY_RUN, LEGACY_VNETD, "192.0.2.2", state,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while lab.ns_sh(h2, "ip", "link", "show", "vnif0004", check=False).returncode:
+            assert time.monotonic() < deadline, "legacy vnetd made no vnif0004"
+            time.sleep(0.2)
+        lab.ns_sh(h2, "ip", "link", "set", "vnif0004", "up")
+        lab.bridge(h1, "vnet4", "vnif0004")
+        lab.bridge(h2, "vnet4", "vnif0004")
+        d1 = lab.domain("d1", h1, "vnet4", "10.0.4.1", mac="02:00:00:00:04:01")
+        d2 = lab.domain("d2", h2, "vnet4", "10.0.4.2", mac="02:00:00:00:04:02")
+        peer = PeerProc(lab, h1)
+        peer.call("open", underlay="eth0", local="192.0.2.1")
+        peer.call("attach", vid="4", tap_ifindex=peer.call("ifindex", name="vnif0004"))
+        peer.call("set_remote", vid="4", mac="02:00:00:00:04:02", addr="192.0.2.2",
+                  kernel_peer=False)
+        rc, seqs, out = ping(lab, d1, "10.0.4.2", count=5)
+        assert rc == 0 and seqs == [1, 2, 3, 4, 5], out
+        tcp_transfer(lab, d1, d2, "10.0.4.2", 5_000_000)
+        tcp_transfer(lab, d2, d1, "10.0.4.1", 5_000_000)
+        rc, seqs, out = ping(lab, d1, "10.0.4.2", count=3, size=1472)
+        assert rc == 0 and seqs == [1, 2, 3], out
+        (c,) = peer.call("counters").values()
+        assert c["encapsulated"] >= 5 and c["decapsulated"] > 100
+        assert c["to_user_partial_csum_to_legacy"] > 0 and c["to_user_no_fit"] >= 3
+        assert tcp_in_csum_errors(bed, d2) == 0
+    finally:
+        lab.close()

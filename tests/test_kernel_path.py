@@ -458,3 +458,47 @@ def test_vfwd_learned_remotes_are_mirrored_floods_stay_in_user_space(world, kern
                                    "203.0.113.5")
     world.udp(codec.encode_vfwd(inner), src="198.51.100.7")
     assert kernel.remotes == {(V2, MAC_B): ("203.0.113.5", False)}
+
+
+# -- the engine: loading, the environment switch ---------------------------------------------
+
+@pytest.fixture
+def engine_for(tmp_path, monkeypatch, kernel):
+    """An Engine (not started) whose kernel path opens the fake kernel."""
+    from xend_vnet.kernel_shim import daemon
+    from xend_vnet.kernel_shim import engine as engine_mod
+
+    def make(*argv, require: bool = False):
+        if require:
+            monkeypatch.setenv(engine_mod.REQUIRE_KERNEL_PATH, "1")
+        else:
+            monkeypatch.delenv(engine_mod.REQUIRE_KERNEL_PATH, raising=False)
+        opts = daemon.parse_args(["--epoch-file", str(tmp_path / "epoch"),
+                                  "--no-default-vnets", *argv])
+        e = engine_mod.Engine(opts)
+        e.kernel.opener = kernel.opener
+        e.addresses.device = "eth0"
+        e.addresses.local_address = ME
+        return e
+    return make
+
+
+def test_the_engine_loads_its_kernel_path_for_the_underlay_and_address(engine_for, kernel):
+    e = engine_for("--port", "1800", "--mtu", "1400")
+    assert e._configure_kernel(1.0)
+    assert kernel.configs == [ShimConfig("eth0", ME, 1800, 1400)]
+    e.addresses.local_address = None        # no address yet: nothing to load, no failure
+    assert e._configure_kernel(2.0) and len(kernel.configs) == 1
+
+
+def test_a_required_kernel_path_that_cannot_load_is_fatal(engine_for, kernel):
+    kernel.refuse["open"] = "no compiled object: /x.o (build the package with clang installed)"
+    assert engine_for()._configure_kernel(1.0)          # a fallback, the status says why
+    e = engine_for(require=True)
+    assert not e._configure_kernel(1.0)
+    assert e._kernel_fatal().startswith("the kernel path cannot load: no compiled object: /x.o")
+    assert "XEND_VNET_REQUIRE_KERNEL_PATH=1" in e._kernel_fatal()
+    # --no-kernel-path is what the operator asked for: never fatal, never opened.
+    kernel.calls.clear()
+    assert engine_for("--no-kernel-path", require=True)._configure_kernel(1.0)
+    assert kernel.calls == []

@@ -144,6 +144,9 @@ def test_parameters_follow_vnetd_options():
             assert launcher.parse_params({key: "yes" if action.nargs == 0 else "7"}) == expected
     assert launcher.parse_params({"varp_device": "eth1", "no_offload": "no"}) == [
         "--device", "eth1"]
+    # vn insmod no_kernel_path=yes: user space only (design.md 1.1).
+    assert launcher.parse_params({"no_kernel_path": "yes", "kernel_object": "/x.o"}) == [
+        "--no-kernel-path", "--kernel-object", "/x.o"]
 
 
 def test_a_new_vnetd_option_is_a_parameter_at_once():
@@ -230,6 +233,8 @@ def test_stop_with_purge_deletes_every_vnet_first(tmp_path, sleeper):
         assert launcher.stop_engine(control, purge=True) is True
         assert [f[1][1][-4:] for f in engine.sent("vnet.del")] == ["0002", "0097"]
         assert engine.vnets == {}
+        # Then what the kernel path left in the kernel (design.md 1.1).
+        assert engine.sent("engine.purge") == [["engine.purge"]]
         assert p.wait(5) == 0
     finally:
         engine.close()

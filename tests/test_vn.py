@@ -222,6 +222,27 @@ def test_status_running(engine, capsys):
     assert "    port 1798" in lines and "    address 192.0.2.1" in lines
 
 
+def test_status_says_which_path_carries_each_vnet(engine, capsys):
+    """design.md 1.1: kernel, or user space and why."""
+    engine.replies["engine.status"] = (
+        "(engine.status (pid 1) (uptime 5) (group-joined yes) (mcaddr 224.10.0.1) (vnets 3)"
+        " (kernel-path loaded)"
+        " (vnet-path (id 0000:0000:0000:0000:0000:0000:0000:0002) (vnetif vnif0002)"
+        " (path kernel))"
+        " (vnet-path (id 0000:0000:0000:0000:0000:0000:0000:0097) (vnetif vnif0097)"
+        " (path 'user space: secured vnet'))"
+        " (vnet-path (id 0000:0000:0000:0000:0000:0000:0000:0098) (vnetif vnet98x)"
+        " (path 'kernel VXLAN device (data-path vxlan)')))")
+    _, out, _ = run_vn(engine, capsys, "status")
+    assert out.splitlines()[1:] == [
+        "    mcaddr 224.10.0.1",
+        "    kernel-path loaded",
+        "    vnet paths:",
+        "      vnif0002  kernel",
+        "      vnif0097  user space: secured vnet",
+        "      vnet98x   kernel VXLAN device (data-path vxlan)"]
+
+
 def test_status_group_not_joined(engine, capsys):
     engine.replies["engine.status"] = (
         "(engine.status (pid 1) (uptime 5) (group-joined no) (mcaddr 224.10.0.9) (vnets 1))")
@@ -352,6 +373,21 @@ def test_insmod_bad_parameters(engine, capsys):
     assert (status, err) == (1, "vn: invalid parameter 'varp_mcaddr': expected name=value\n")
     status, _, err = run_vn(engine, capsys, "insmod", "bogus=1")
     assert status == 1 and err.startswith("vn: unknown parameter bogus")
+
+
+def test_insmod_takes_vnetd_options_as_they_are(monkeypatch, engine, capsys):
+    """vn insmod --no-kernel-path is vn insmod no_kernel_path=yes (design.md 1.1)."""
+    asked = []
+    monkeypatch.setattr(launcher, "ensure_engine",
+                        lambda control, params: asked.append(params))
+    assert run_vn(engine, capsys, "insmod", "--no-kernel-path", "--mtu", "1400",
+                  "--kernel-object=/x.o", "port=1799")[0] == 0
+    assert asked == [{"no_kernel_path": "yes", "mtu": "1400", "kernel_object": "/x.o",
+                      "port": "1799"}]
+    status, _, err = run_vn(engine, capsys, "insmod", "--bogus")
+    assert status == 1 and "unknown vnetd option --bogus" in err
+    status, _, err = run_vn(engine, capsys, "insmod", "--mtu")
+    assert status == 1 and "needs a value" in err
 
 
 RUNNING = ("(engine.status (pid 1) (mcaddr 224.10.0.1) (port 1798) (address 192.0.2.1) "

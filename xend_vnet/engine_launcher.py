@@ -124,6 +124,12 @@ def parse_params(params: dict[str, str]) -> list[str]:
     return options
 
 
+def takes_value(name: str) -> bool | None:
+    """Whether parameter ``name`` takes a value (False: a flag); None: unknown."""
+    action = _PARAMS.get(name)
+    return None if action is None else not _is_flag(action)
+
+
 def param_names() -> list[str]:
     """Every parameter name ``vn insmod`` accepts (``vn insmod --list-params``)."""
     return sorted(set(_PARAMS) | {"vnet_encaps"})
@@ -385,12 +391,14 @@ def _systemd_managed(pid: int) -> bool:
 
 def purge_vnets(control_path: str) -> None:
     """Delete every vnet, so the engine removes their persistent TAPs (design.md 5);
-    those xend-vnet stores too (force: the operator asked for all of them)."""
+    those xend-vnet stores too (force: the operator asked for all of them).
+    Then the kernel path's programs and maps go too (engine.purge, design.md 1.1)."""
     client = EngineClient(control_path)
     for form in client.call(["vnet.list"]):
         vid = sxp.child_value(form, "id")
         if isinstance(form, list) and form[:1] == ["vnet"] and isinstance(vid, str):
             client.call(["vnet.del", ["id", vid], ["force"]])
+    client.call(["engine.purge"])
 
 
 def stop_engine(control_path: str, purge: bool, timeout: float = STOP_TIMEOUT) -> bool:

@@ -31,7 +31,7 @@ DEFAULT_EPOCH_FILE = "/var/lib/xend-vnet/vnetd.epoch"
 # A frame plus the largest encapsulation (VFWD of a secured message) must fit
 # in one UDP datagram (65,507 bytes).
 MAX_MTU = 65000
-LOCK_DIR = "/run/xend-vnet"        # root-owned: per-namespace engine locks
+LOCK_DIR = process.RUN_DIR         # root-owned: per-namespace engine locks
 DETACH_TIMEOUT = 30.0      # --daemon: how long the caller waits for the engine
 
 

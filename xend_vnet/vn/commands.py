@@ -35,6 +35,10 @@ class Command:
     options: tuple[Option, ...] = ()
     args: tuple[str, ...] = ()  # required positionals
     more: str | None = None  # name of optional trailing positionals, if any
+    # Words that are not the command's own options are positionals, options
+    # or not, in their order (insmod: vnetd's own options, ``--no-kernel-path``,
+    # beside ``name=value``); for commands whose own options take no value.
+    pass_options: bool = False
 
     def usage(self) -> str:
         parts = [o.usage() for o in self.options] + [f"<{a}>" for a in self.args]
@@ -45,10 +49,19 @@ class Command:
     def parse(self, argv: Sequence[str]) -> tuple[Opts, list[str]]:
         shortopts = "".join(o.short + (":" if o.value else "") for o in self.options)
         longopts = [o.long + ("=" if o.value else "") for o in self.options]
+        argv = list(argv)
+        passed: list[str] = []
+        if self.pass_options:
+            # In their order, after the command's own options (getopt sees those only).
+            own = {f"--{o.long}" for o in self.options}
+            passed = [w for w in argv if w.split("=", 1)[0] not in own
+                      and not (len(w) == 2 and w[0] == "-" and w[1] in shortopts)]
+            argv = [w for w in argv if w not in passed]
         try:
-            pairs, rest = getopt.getopt(list(argv), shortopts, longopts)
+            pairs, rest = getopt.getopt(argv, shortopts, longopts)
         except getopt.GetoptError as e:
             raise UsageError(f"{self.name}: {e.msg}") from None
+        rest += passed
         opts: Opts = {o.name: (None if o.value else False) for o in self.options}
         for flag, value in pairs:
             for o in self.options:
@@ -100,9 +113,10 @@ allow_foreign_netns and more (--list-params names them all).
 With systemd as PID 1 and vnetd.service installed, the default engine is
 started with systemctl. When vnetd already runs, a different varp_mcaddr or
 mcast_ttl is applied to it; any other parameter that differs is an error
-(stop it first with vn rmmod).
+(stop it first with vn rmmod).  vnetd's options may be given as they are
+too: vn insmod --no-kernel-path is vn insmod no_kernel_path=yes.
     -L, --list-params  Print the parameter names, one a line, and exit.""",
-            (Option("list-params", "L"),), more="param=value"),
+            (Option("list-params", "L"),), more="param=value", pass_options=True),
     Command("rmmod", module.op_rmmod, "Stop vnetd.",
             """Stop vnetd. Its TAP and VXLAN devices stay for the next start, unless
     -p, --purge        Delete every vnet first, so its device goes too.""",

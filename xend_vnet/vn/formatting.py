@@ -78,11 +78,24 @@ def format_status(form: sxp.Sxpr) -> str:
     if vnets is not None:
         summary.append(f"{vnets} vnet{'' if vnets == 1 else 's'}")
     lines = [f"running ({', '.join(summary)})"]
-    shown = {"pid", "uptime", "vnets", *_JOINED_KEYS}
+    shown = {"pid", "uptime", "vnets", "vnet-path", *_JOINED_KEYS}
     for c in sxp.children(form):
         if isinstance(c, list) and c and isinstance(c[0], str) and c[0] not in shown:
             lines.append("    " + " ".join(sxp.to_string(x) for x in c))
+    lines += _vnet_paths(form)
     return "\n".join(lines) + "\n"
+
+
+def _vnet_paths(form: sxp.Sxpr) -> list[str]:
+    """``(vnet-path (id ..) (vnetif ..) (path ..))`` children as a table: which
+    path carries each vnet and, in user space, why (design.md 1.1)."""
+    rows = [(str(sxp.child_value(c, "vnetif", "?")), str(sxp.child_value(c, "path", "?")))
+            for c in sxp.children(form)
+            if isinstance(c, list) and c[:1] == ["vnet-path"]]
+    if not rows:
+        return []
+    width = max(len(name) for name, _ in rows)
+    return ["    vnet paths:"] + [f"      {name:<{width}}  {path}" for name, path in rows]
 
 
 _STATS_ID_KEYS = ("id", "vnet")

@@ -10,9 +10,25 @@ from .session import Opts, UsageError, Vn
 
 
 def parse_params(words: Sequence[str]) -> dict[str, str]:
-    """``insmod`` parameters ``name=value`` (as for the legacy module)."""
+    """``insmod`` parameters ``name=value`` (as for the legacy module), or
+    vnetd's own options: ``--flag``, ``--name=value`` or ``--name value``."""
     params: dict[str, str] = {}
-    for w in words:
+    words = list(words)
+    while words:
+        w = words.pop(0)
+        if w.startswith("--"):
+            name, eq, value = w[2:].partition("=")
+            key = name.replace("-", "_")
+            if not eq:
+                takes = launcher.takes_value(key)
+                if takes is None:
+                    raise UsageError(f"unknown vnetd option {w} (vn insmod --list-params "
+                                     "names them, as name=value)")
+                if takes and not words:
+                    raise UsageError(f"vnetd option {w} needs a value")
+                value = words.pop(0) if takes else "yes"
+            params[key] = value
+            continue
         name, eq, value = w.partition("=")
         if not eq or not name:
             raise UsageError(f"invalid parameter {w!r}: expected name=value")

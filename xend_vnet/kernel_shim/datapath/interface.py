@@ -1,12 +1,16 @@
 """The data path as an interface: what carries a vnet's frames (design.md 4).
 
-Two paths implement it: the user-space path (``userspace.py``: a TAP per
-vnet, every frame through the engine core and its UDP socket) and the
-kernel VXLAN path (``vxlan/vnets.py``: a VXLAN device per vnet, docs/vxlan.md).
-The control layer picks one per vnet at ``vnet.add`` and drives it through
-this interface.  A kernel data path for the legacy wire format would be a
-third: it mirrors the core's tables (learned and aged VARP entries, the vif
-MACs of each vnet) into its maps through ``table_changed``.
+Three paths implement it: the user-space path (``userspace.py``: a TAP per
+vnet, every frame through the engine core and its UDP socket), the kernel
+path (``kernel/path.py``: the known unicast of the user-space path's clear
+vnets in TC eBPF programs, design.md 1.1) and the kernel VXLAN path
+(``vxlan/vnets.py``: a VXLAN device per vnet, docs/vxlan.md).  The control
+layer picks the user-space or the VXLAN path per vnet at ``vnet.add``, and
+puts a clear vnet of the first on the kernel path too; it drives them
+through this interface.  The kernel path mirrors the core's tables
+(learned, moved and aged VARP entries, the vif MACs of each vnet, which
+engines decapsulate in their kernel) into its maps through
+``table_changed`` (core/mirror.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from ...vnet_id import VnetId
+from ..core.mirror import TableChange
+
+__all__ = ["DataPath", "DataPathError", "PathStatus", "TableChange"]
 
 
 class DataPathError(Exception):
@@ -27,26 +34,17 @@ class DataPathError(Exception):
         super().__init__(message)
 
 
-class TableChange(NamedTuple):
-    """One change of the core's tables, for a path that keeps its own copy."""
-
-    table: str          # "varp" (a cache entry) or "vif" (a local MAC of the vnet)
-    vid: VnetId
-    mac: bytes
-    addr: str | None    # the care-of address of a VARP entry; None: the entry went
-
-
 class PathStatus(NamedTuple):
     """Which path carries a vnet, and why (for the operator)."""
 
-    path: str     # the (data-path ...) value of vnet.add: "vnetd" or "vxlan"
+    path: str     # the path's name: "vnetd", "kernel" or "vxlan"
     reason: str
 
 
 class DataPath(Protocol):
     """What the control layer needs of a data path."""
 
-    name: str     # the (data-path ...) value that selects it
+    name: str     # the (data-path ...) value that selects it; "kernel" for the kernel path
 
     def attach(self, vid: VnetId, ifname: str) -> None:
         """Carry the vnet's frames on device ``ifname``, made or taken over;
@@ -57,7 +55,8 @@ class DataPath(Protocol):
         DataPathError when the device cannot be deleted."""
 
     def table_changed(self, changes: Sequence[TableChange]) -> None:
-        """The core learned, moved or aged VARP entries or vif MACs."""
+        """The core made, moved or dropped VARP entries, vif MACs or kernel
+        peers (core/mirror.py), in that order."""
 
     def counters(self) -> dict[str, int]:
         """The path's own counters by name (its engine.status children)."""
