@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from netns import Lab, call_in_netns, is_root, socket_in_netns, wait_for
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
 
+SO_RCVBUFFORCE = 33      # linux/asm-generic/socket.h; Python does not name it
 V97 = "0000:0000:0000:0000:0000:0000:0000:0097"
 V98 = "0000:0000:0000:0000:0000:0000:0000:0098"
 HOSTS = {  # name: (address, vnet, extra vnetd args)
@@ -120,7 +122,7 @@ def test_unicast_after_learning(world):
     c_rx0 = frames_in(c, V97)
     rc, seqs, out = ping(lab, world.ns["da"], "10.97.0.2", count=20, interval=0.05)
     assert rc == 0 and seqs == list(range(1, 21)), out
-    assert frames_out(a, V97) - tx0 >= 20
+    assert frames_out(a, V97) - tx0 >= 20        # by the engine or its kernel path
     assert counter(a, V97, "flooded") - flooded0 <= 1   # at most an ARP refresh
     # Host c is in vnet 97 too but receives none of this unicast exchange.
     assert frames_in(c, V97) - c_rx0 <= 1
@@ -137,6 +139,9 @@ def test_a_burst_into_an_idle_engine_arrives_whole(world):
     tx = socket_in_netns(world.ns["da"])
     got: list[int] = []
     try:
+        # Room for the whole burst, should it all arrive before this test
+        # reads (as it does when the kernel path carries it, design.md 1.1).
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
         rx.bind(("10.97.0.2", 7001))
         rx.settimeout(3)
         time.sleep(0.2)                              # both engines go idle
@@ -214,13 +219,13 @@ def test_other_vnet_sees_none_of_it(world):
     # Host d is on the same LAN and in the same group, but only in vnet 98: the
     # floods of vnet 97 reach its engine and are dropped there, counted.
     dropped0 = drops(d).get("unknown_vnet", 0)
-    rx0 = counter(d, V98, "rx_packets")
+    rx0 = frames_in(d, V98)
     dd_rx0 = lab.link_stat(world.ns["dd"], "eth0", "rx_packets")
     ping(lab, world.ns["da"], "10.97.0.77", count=2, interval=0.5)   # ARP floods
     rc, _seqs, out = ping(lab, world.ns["da"], "10.97.0.2", count=3, interval=0.1)
     assert rc == 0, out
     assert drops(d).get("unknown_vnet", 0) > dropped0
-    assert counter(d, V98, "rx_packets") == rx0
+    assert frames_in(d, V98) == rx0
     assert lab.link_stat(world.ns["dd"], "eth0", "rx_packets") == dd_rx0
     rc, _seqs, out = ping(lab, world.ns["dd"], "10.97.0.1", count=2, interval=0.2)
     assert rc != 0, out

@@ -11,7 +11,9 @@ as plain frames, segmented and checksummed in software by a's engine; p
 checks every frame it gets.  Hosts a and b
 also carry the secured vnet 7b (conf), with domains sa and sb, whose
 super-frames cross sealed once each.  Every engine runs with
-``--no-kernel-path``: these are the user-space path's features.
+``--no-kernel-path`` (``Lab(prefix, USER)``): this is the user-space path's
+framing, which the kernel path would otherwise carry (design.md 1.1;
+tests/test_e2e_kernel_path.py).
 """
 
 from __future__ import annotations

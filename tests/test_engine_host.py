@@ -148,7 +148,8 @@ def test_status_children_in_order(host):
         "pid", "version", "started", "uptime", "group-joined", "mcaddr", "port", "address",
         "vnets", "vxlan-vnets", "vxlan-port", "peers", "remulticast", "etherip-receive",
         "offload", "tap-offload", "coalesced", "fast-peers", "control", "mtu", "mcast-ttl",
-        "varp-ttl", "rcvbuf", "sndbuf", "io-dropped", "kernel-path"]
+        "varp-ttl", "rcvbuf", "sndbuf", "io-dropped", "kernel-path", "kernel-encapsulated",
+        "kernel-decapsulated"]
     by = {c[0]: c[1:] for c in status}
     assert by["coalesced"] == ["3"] and by["varp-ttl"] == ["60"]
     assert by["io-dropped"] == [["frame_too_big", "2"], ["tap_lost", "1"]]

@@ -309,6 +309,8 @@ def test_vnet_stats_show_the_kernel_counters_and_why_frames_went_up(world, kerne
     only = sxp.parse_all(world.command("(vnet.stats (id 2))"))
     assert sxp.child_value(only[0], "kernel_encapsulated") == "900"
     assert world.path.counters() == {"kernel-encapsulated": 900, "kernel-decapsulated": 800}
+    st = world.status()
+    assert (st["kernel-encapsulated"], st["kernel-decapsulated"]) == ("900", "800")
 
 
 def test_the_event_fd_is_watched_by_the_event_loop(world, kernel):
@@ -502,3 +504,63 @@ def test_a_required_kernel_path_that_cannot_load_is_fatal(engine_for, kernel):
     kernel.calls.clear()
     assert engine_for("--no-kernel-path", require=True)._configure_kernel(1.0)
     assert kernel.calls == []
+
+
+# -- failures never stop the engine ------------------------------------------------------------
+
+def test_events_that_cannot_be_read_leave_the_loop_until_the_refresh(world, kernel):
+    kernel.refuse["events"] = "events: EIO"
+    kernel.push(RemoteSeen(V2, MAC_B, HOST_B))
+    world.turn()
+    assert kernel.shim.event_fd() not in world.loop.selector.get_map()   # no busy loop
+    assert world.core.counters.io_dropped["kernel_map_failed"] == 1
+    del kernel.refuse["events"]
+    world.path.refresh(world.now)
+    world.turn()
+    assert (V2, MAC_B) in kernel.remotes
+
+
+def test_a_bug_applying_changes_is_counted_and_the_maps_made_whole(world, kernel, monkeypatch):
+    def broken(changes):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(world.path, "table_changed", broken)
+    world.udp(b_data())
+    assert world.core.counters.io_dropped["kernel_path_error"] == 1
+    assert kernel.remotes == {}
+    monkeypatch.undo()
+    world.path.refresh(world.now)
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+
+
+def test_an_attach_that_fails_unexpectedly_leaves_the_vnet_up_in_user_space(taps, kernel,
+                                                                          monkeypatch):
+    w = World(kernel, vnets=())
+
+    def broken(vid, ifindex):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(kernel.shim, "attach", broken)
+    assert w.command("(vnet.add (id 2))") == ""
+    assert w.core.has_vnet(V2)
+    assert w.status()["vnet-path"] == {
+        "vnif0002": "user space: attach failed: RuntimeError('a bug')"}
+    w.close()
+
+
+def test_losing_the_kernel_path_while_running_is_announced_at_once(world, kernel):
+    """Others must stop sending what only a kernel path takes: each local
+    domain is announced again without the bit (and with it when it is back)."""
+    world.tap(V2, frame(BCAST, MAC_A))
+    world.sent()
+    plain = encode_announce(V2.raw, MAC_A, ME)
+    kernel.refuse["open"] = "load refused: EPERM (needs CAP_BPF and CAP_NET_ADMIN)"
+    assert not world.path.configure(ShimConfig("eth0", "192.0.2.9", 1798, 1500), world.now)
+    assert (plain, GROUP) in world.sent()
+    assert world.status()["vnet-path"] == {
+        "vnif0002": "user space: load refused: EPERM (needs CAP_BPF and CAP_NET_ADMIN)"}
+    assert not world.core.vnet(V2).kernel
+    del kernel.refuse["open"]
+    assert world.path.configure(CONFIG, world.now)
+    assert (plain + KERNEL_TRAILER, GROUP) in world.sent()
+    assert world.status()["vnet-path"] == {"vnif0002": "kernel"}
+    world.command("(engine.purge)")
+    assert (plain, GROUP) in world.sent()

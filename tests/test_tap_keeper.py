@@ -4,6 +4,7 @@ without root: the descriptors it keeps are pipes, which is all it needs."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import time
 
@@ -76,11 +77,36 @@ def test_what_is_not_a_keepers_socket_is_ignored(control):
         f.write("not a socket")
     assert tap_keeper.take_over(control) == {}
     os.unlink(tap_keeper.keeper_path(control))
-    # A socket nobody listens on (a keeper that died): nothing, no error.
+    # A socket nobody listens on (a keeper that died): nothing, and it goes.
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.bind(tap_keeper.keeper_path(control))
     s.close()
     assert tap_keeper.take_over(control) == {}
+    assert not os.path.exists(tap_keeper.keeper_path(control))
+
+
+def keeper_pid(path: str) -> int:
+    """The keeper this test started, found by its command line."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if entry.isdigit() and path.encode() in f.read().split(b"\0"):
+                    return int(entry)
+        except OSError:
+            continue        # gone meanwhile, or not a process
+    raise AssertionError(f"no keeper for {path}")
+
+
+def test_a_keeper_killed_removes_its_socket(control):
+    (r, w), = pipes(1)
+    assert tap_keeper.hand_over(control, {"vnif0002": r}, keep_time=30) is None
+    os.close(r)
+    os.kill(keeper_pid(tap_keeper.keeper_path(control)), signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while os.path.exists(tap_keeper.keeper_path(control)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(tap_keeper.keeper_path(control))
+    os.close(w)
 
 
 def test_a_keeper_that_cannot_listen_says_why(tmp_path):

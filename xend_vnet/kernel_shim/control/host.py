@@ -157,7 +157,8 @@ class DataPathHost:
                    ["path", "kernel VXLAN device (data-path vxlan)"]]
                   for v in self.vxlan.vnets()]
         paths.sort(key=lambda p: p[1][1])
-        return [["kernel-path", state], *paths]
+        totals = [[name, str(n)] for name, n in kernel.counters().items()]
+        return [["kernel-path", state], *totals, *paths]
 
     def status(self) -> list:
         """Children of the (engine.status) reply (design.md 6)."""

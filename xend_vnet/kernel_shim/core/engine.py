@@ -338,16 +338,25 @@ class EngineCore(ReceivePath, SendPath):
             out.append(TableChange(VIF, VnetId(vraw), mac, None, True))
         return out
 
-    def set_kernel(self, vid: VnetId, on: bool) -> None:
+    def set_kernel(self, vid: VnetId, on: bool, now: float | None = None) -> list[Action]:
         """The kernel path carries the vnet's known unicast (on) or no longer:
-        its announces say so (``CAP_KERNEL``).  KeyError: no such vnet;
+        its announces say so (``CAP_KERNEL``).  With ``now``, a change is
+        announced at once for each of the vnet's domains, so no engine goes on
+        sending it what only a kernel path takes.  KeyError: no such vnet;
         ValueError: a secured vnet (design.md 7: never in the kernel)."""
         vnet = self._vnets[vid.raw]
         if on and vnet.keys is not None:
             raise ValueError(f"vnet {vid} is secured: its frames never go through the kernel path")
+        changed = vnet.kernel != on
         vnet.kernel = on
         if not on:
             self.kernel_peers.remove_vnet(vid.raw)
+        actions: list = []
+        if changed and now is not None and self.self_address is not None:
+            trailer = self._trailers[on]
+            for _, mac in self.vifs.table.keys_of(vid.raw):
+                self._send_group(self._announce(vnet, mac, trailer, now), actions)
+        return actions
 
     def kernel_peer(self, vid: VnetId, addr: str, now: float) -> bool:
         """Whether the engine at ``addr`` decapsulates the vnet in its kernel."""

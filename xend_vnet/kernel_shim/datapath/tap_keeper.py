@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -113,7 +114,11 @@ def take_over(directory: str) -> dict[str, int]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(TAKE_TIMEOUT)
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)       # a keeper that was killed: nothing was kept for us
+            return {}
         if not _same_side(sock):
             log.warning("the TAP keeper on %s is not ours: ignored", path)
             return {}
@@ -157,6 +162,10 @@ def _listen(path: str) -> socket.socket:
     return sock
 
 
+def _stop(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def keep(path: str, taps: dict[str, int], keep_time: float, ready_fd: int) -> int:
     """The keeper: listen, tell the engine, give the TAPs to the first caller
     of our side, or end after ``keep_time``."""
@@ -166,6 +175,8 @@ def keep(path: str, taps: dict[str, int], keep_time: float, ready_fd: int) -> in
         os.write(ready_fd, f"cannot listen on {path}: {e.strerror}".encode())
         return 1
     inode = os.lstat(path).st_ino
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop)       # killed: the socket goes too (finally, below)
     os.write(ready_fd, b"ok")
     os.close(ready_fd)
     deadline = time.monotonic() + keep_time

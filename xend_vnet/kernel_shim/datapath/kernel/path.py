@@ -96,6 +96,7 @@ class KernelPath:
         self._left_until = 0.0
         self._no_tap: set[VnetId] = set()               # to attach once the TAP is back
         self._dirty: set[VnetId] = set()                # to reconcile at the next refresh
+        self._watching = False                          # the event fd is on the loop
         self._next_error_log = 0.0
 
     # -- loading ---------------------------------------------------------------------
@@ -117,6 +118,7 @@ class KernelPath:
                      config.underlay, config.local_addr)
             # Another device: what is on the old one goes (the new load
             # would not find it); the same one: it is adopted again.
+            self._leave_all()
             self._close_shim(purge=config.underlay != self.config.underlay)
         self.config = config
         try:
@@ -127,7 +129,7 @@ class KernelPath:
             return False
         self.shim = shim
         self.core.mirror_tables()
-        self.loop.register(shim.event_fd(), self._on_events)
+        self._watch_events(True)
         self._adopt(now)
         return True
 
@@ -151,15 +153,9 @@ class KernelPath:
         for vid, mac in locals_:
             self._left_locals.setdefault(vid, set()).add(mac)
         self._left_until = now + self.core.options.varp_ttl
-        self._remotes.clear()
-        self._locals.clear()
-        self._macs_at.clear()
-        self._withdrawn_remotes.clear()
-        self._withdrawn_locals.clear()
-        attached, self._attached = self._attached, {}
         log.info("kernel path loaded%s", f", adopting {len(left)} vnets" if left else "")
-        for vid in attached:         # loaded again: the vnets we carried go back
-            self._attach(vid, now)
+        for vnet in self.core.vnets():      # loaded again: every vnet that may goes on it
+            self._attach(vnet.vid, now)
 
     # -- DataPath --------------------------------------------------------------------------
 
@@ -167,7 +163,14 @@ class KernelPath:
         """Put a vnet the core has just added (its TAP ``ifname`` open) on the
         kernel path, unless it is secured or the path is not loaded; never
         raises: a refusal leaves the vnet in user space with the reason."""
-        self._attach(vid, self.clock())
+        try:
+            self._attach(vid, self.clock())
+        except Exception as e:  # noqa: BLE001 -- the vnet is up: it stays in user space
+            self._error(f"attaching vnet {vid.canonical}")
+            if vid in self._attached:
+                self._dirty.add(vid)        # attached: its maps made whole at the refresh
+            else:
+                self._refused[vid] = f"attach failed: {e!r}"
 
     def _attach(self, vid: VnetId, now: float) -> None:
         self._refused.pop(vid, None)
@@ -193,7 +196,7 @@ class KernelPath:
             log.warning("vnet %s stays in user space: %s", vid.canonical, e.reason)
             return
         self._attached[vid] = tap.index
-        self.core.set_kernel(vid, True)
+        self.userspace.perform(self.core.set_kernel(vid, True, now))
         held: dict[bytes, tuple[str, bool]] = {}
         held_locals: set[bytes] = set()
         left_on = self._left.pop(vid, None)
@@ -277,10 +280,15 @@ class KernelPath:
                     self._set_remote(vid, mac, change.addr)
 
     def sync(self, _now: float = 0.0) -> None:
-        """Apply what the core reported since the last call (after every wakeup)."""
+        """Apply what the core reported since the last call (after every wakeup);
+        a failure never stops the engine: the maps are made whole at the refresh."""
         changes = self.core.drain_table_changes()
         if changes and self._attached:
-            self.table_changed(changes)
+            try:
+                self.table_changed(changes)
+            except Exception:  # noqa: BLE001 -- a bug here must not stop the data path
+                self._error("applying the table changes")
+                self._dirty.update(self._attached)
 
     def pending(self) -> float | None:
         """The event loop's deadline for ``sync``: now when changes wait."""
@@ -306,7 +314,7 @@ class KernelPath:
         return {vid: values for vid, values in found.items() if vid in self._attached}
 
     def status(self, vid: VnetId) -> PathStatus | None:
-        if vid in self._attached:
+        if self.shim is not None and vid in self._attached:
             return PathStatus(self.name, "kernel")
         return None
 
@@ -322,12 +330,25 @@ class KernelPath:
             self._close_shim()
             log.info("kernel path left in place for the next engine")
 
+    def _leave_all(self) -> None:
+        """Every vnet back to user space alone, and said so to the others
+        (``EngineCore.set_kernel``): the kernel path goes away while we run."""
+        now = self.clock()
+        for vid in list(self._attached):
+            if self.core.has_vnet(vid):
+                self.userspace.perform(self.core.set_kernel(vid, False, now))
+            self._forget(vid)
+        self._attached.clear()
+        self._refused.clear()
+        self._no_tap.clear()
+        self._dirty.clear()
+        self._left.clear()
+        self._left_remotes.clear()
+        self._left_locals.clear()
+
     def _close_shim(self, purge: bool = False) -> None:
+        self._watch_events(False)
         shim, self.shim = self.shim, None
-        try:
-            self.loop.unregister(shim.event_fd())
-        except (KeyError, ValueError, OSError):
-            pass
         self.config = None
         self.reason = "closed"
         if purge:
@@ -344,21 +365,9 @@ class KernelPath:
         shim = self.shim
         if shim is None:
             return
-        for vid in list(self._attached):
-            if self.core.has_vnet(vid):
-                self.core.set_kernel(vid, False)
-            self._forget(vid)
-        self._attached.clear()
-        self._refused.clear()
-        self._no_tap.clear()
-        self._left.clear()
-        self._left_remotes.clear()
-        self._left_locals.clear()
+        self._leave_all()
+        self._watch_events(False)
         self.shim = None
-        try:
-            self.loop.unregister(shim.event_fd())
-        except (KeyError, ValueError, OSError):
-            pass
         self.off_reason = self.reason = "purged (vn rmmod --purge)"
         try:
             shim.purge()
@@ -376,25 +385,44 @@ class KernelPath:
         try:
             events = shim.events()
         except KernelPathUnavailable as e:
+            # Not read, the fd stays readable: off the loop until the refresh.
             self._failed("reading its events", e)
+            self._watch_events(False)
             return
         core = self.core
         actions: list = []
         for event in events:
             key = (event.vid, event.mac)
-            if event.__class__ is RemoteSeen:
-                actions += core.kernel_remote_seen(event.vid, event.mac, event.addr, now)
-                addr = self._withdrawn_remotes.pop(key, None)
-                if addr == event.addr and event.vid in self._attached:
-                    self._back(VARP, key)
-            else:
-                actions += core.kernel_local_seen(event.vid, event.mac, now)
-                if key in self._withdrawn_locals:
-                    self._withdrawn_locals.discard(key)
-                    self._back(VIF, key)
+            try:
+                if event.__class__ is RemoteSeen:
+                    actions += core.kernel_remote_seen(event.vid, event.mac, event.addr, now)
+                    addr = self._withdrawn_remotes.pop(key, None)
+                    if addr == event.addr and event.vid in self._attached:
+                        self._back(VARP, key)
+                else:
+                    actions += core.kernel_local_seen(event.vid, event.mac, now)
+                    if key in self._withdrawn_locals:
+                        self._withdrawn_locals.discard(key)
+                        self._back(VIF, key)
+            except Exception:  # noqa: BLE001 -- one bad report must not stop the engine
+                self._error("a report of the kernel path")
         if actions:
             self.userspace.perform(actions)
         self.sync()
+
+    def _watch_events(self, on: bool) -> None:
+        """The shim's event fd on the event loop, or off it."""
+        if on == self._watching or self.shim is None:
+            return
+        fd = self.shim.event_fd()
+        if on:
+            self.loop.register(fd, self._on_events)
+        else:
+            try:
+                self.loop.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        self._watching = on
 
     def _back(self, table: str, key: RemoteKey) -> None:
         """A withdrawn entry the kernel reported again: in the maps again, if
@@ -414,6 +442,7 @@ class KernelPath:
         engine left and nobody added, withdraw entries the kernel alone uses."""
         if self.shim is None:
             return
+        self._watch_events(True)
         taps = self.userspace.taps.by_vid
         for vid, index in list(self._attached.items()):
             tap = taps.get(vid)
@@ -552,6 +581,15 @@ class KernelPath:
             self._failed("del_local", e, vid)
             return False
         return True
+
+    def _error(self, what: str) -> None:
+        """An unexpected failure (a bug): counted, logged with its traceback at
+        most every ERROR_LOG_INTERVAL; the engine goes on."""
+        count(self.dropped, "kernel_path_error")
+        now = self.clock()
+        if now >= self._next_error_log:
+            self._next_error_log = now + ERROR_LOG_INTERVAL
+            log.exception("kernel path: error on %s", what)
 
     def _failed(self, what: str, e: KernelPathUnavailable, vid: VnetId | None = None) -> None:
         """A shim call failed: counted, logged at most every ERROR_LOG_INTERVAL,
