@@ -9,7 +9,11 @@ import struct
 import subprocess
 import sys
 
-from netns import EngineProcess, Lab
+from netns import KERNEL, USER, EngineProcess, Lab
+
+from xend_vnet.vnet_id import VnetId
+
+KERNEL_COUNTERS = ("kernel_encapsulated", "kernel_decapsulated")
 
 
 def _value(child: list):
@@ -32,22 +36,50 @@ def counter(d: EngineProcess, vnet: str, name: str) -> int:
     return int(vnet_stats(d)[vnet][name])
 
 
+def kernel_frames(d: EngineProcess, vnet: str) -> int:
+    """Frames of ``vnet`` the kernel path has encapsulated and decapsulated
+    so far (``vnet.stats``); 0 while it carries none of them."""
+    fields = vnet_stats(d)[VnetId.parse(vnet).canonical]
+    return sum(int(fields.get(name, 0)) for name in KERNEL_COUNTERS)
+
+
 def frames_out(d: EngineProcess, vnet: str) -> int:
-    """Frames the host sent for the vnet: through the engine (``tx_packets``)
-    and in its kernel path (``kernel_encapsulated``, design.md 1.1)."""
-    stats = vnet_stats(d)[vnet]
-    return int(stats["tx_packets"]) + int(stats.get("kernel_encapsulated", 0))
+    """Frames of ``vnet`` sent toward the network, by the engine (tx_packets)
+    or by its kernel path (kernel_encapsulated)."""
+    fields = vnet_stats(d)[VnetId.parse(vnet).canonical]
+    return int(fields["tx_packets"]) + int(fields.get("kernel_encapsulated", 0))
 
 
 def frames_in(d: EngineProcess, vnet: str) -> int:
-    """Frames the host received for the vnet, through the engine or its kernel path."""
-    stats = vnet_stats(d)[vnet]
-    return int(stats["rx_packets"]) + int(stats.get("kernel_decapsulated", 0))
+    """Frames of ``vnet`` received from the network, by the engine (rx_packets)
+    or by its kernel path (kernel_decapsulated)."""
+    fields = vnet_stats(d)[VnetId.parse(vnet).canonical]
+    return int(fields["rx_packets"]) + int(fields.get("kernel_decapsulated", 0))
 
 
 def drops(d: EngineProcess) -> dict:
     """Engine-wide receive drops by reason, as ints."""
     return {k: int(v) for k, v in vnet_stats(d)["engine"].get("rx_dropped", {}).items()}
+
+
+def vnet_paths(d: EngineProcess) -> dict[str, str]:
+    """Which data path carries each vnet, as ``vn status`` says (``vnet-path``
+    children of ``(engine.status)``): canonical id -> ``kernel``, ``user
+    space: <why not the kernel>`` or the VXLAN device's line."""
+    (form,) = [f for f in d.call(["engine.status"]) if f[:1] in (["engine"], ["engine.status"])]
+    out = {}
+    for child in form[1:]:
+        if isinstance(child, list) and child[:1] == ["vnet-path"]:
+            fields = {c[0]: c[1] for c in child[1:] if isinstance(c, list) and len(c) == 2}
+            out[VnetId.parse(fields["id"]).canonical] = fields["path"]
+    return out
+
+
+def on_data_path(path: str, data_path: str) -> bool:
+    """``path`` (a ``vnet_paths`` value) is the lab's data path: the kernel,
+    or user space (where ``--no-kernel-path`` puts every vnet)."""
+    return path == "kernel" if data_path == KERNEL else (
+        data_path == USER and path.startswith("user space"))
 
 
 def varp_entries(d: EngineProcess) -> dict:

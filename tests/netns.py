@@ -15,7 +15,10 @@ the same prefix.  The pieces:
   vif-bridge script enslaves a domain's vif;
 * ``start_vnetd(host, *args)``: the engine run as
   ``ip netns exec NS python -m xend_vnet.kernel_shim.daemon``, with its own
-  control socket and log in the lab's temporary directory;
+  control socket and log in the lab's temporary directory, on the lab's data
+  path: ``Lab(prefix, data_path="kernel")`` makes every engine load the
+  kernel path or fail (XEND_VNET_REQUIRE_KERNEL_PATH=1), ``"user"`` starts
+  them with ``--no-kernel-path``, the default leaves the engine's own choice;
 * ``call(ns, func)``: run a Python function inside a namespace (fork +
   setns), e.g. to talk to a control socket as a local caller would;
 * ``wait_for(cond, timeout)``.
@@ -46,6 +49,8 @@ from xend_vnet.engine_client import EngineClient  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/var/run/netns"
+KERNEL, USER = "kernel", "user"     # a lab's data path (Lab's data_path)
+REQUIRE_KERNEL_PATH = "XEND_VNET_REQUIRE_KERNEL_PATH"
 
 
 def is_root() -> bool:
@@ -250,14 +255,20 @@ def _stop_namespace_processes(ns: str, timeout: float = 5.0) -> None:
 class Lab:
     """Namespaces and processes of one test run, all removed by close()."""
 
-    def __init__(self, prefix: str):
+    open_labs: list[Lab] = []       # not yet closed (tests/conftest.py checks their engines)
+
+    def __init__(self, prefix: str, data_path: str | None = None):
+        if data_path not in (KERNEL, USER, None):
+            raise ValueError(f"data path {data_path!r}: expected {KERNEL!r}, {USER!r} or None")
         self.prefix = prefix
+        self.data_path = data_path
         remove_namespaces(prefix)
         self.tmp = tempfile.mkdtemp(prefix=prefix)
         self.made: list[str] = []
         self.daemons: list[EngineProcess] = []
         self.procs: list[subprocess.Popen] = []
         self.ul: str | None = None
+        Lab.open_labs.append(self)
 
     # -- namespaces ------------------------------------------------------------
 
@@ -384,6 +395,11 @@ class Lab:
                "--control", control, *args]
         env = dict(os.environ, PYTHONPATH=REPO)
         env.pop("VNETD_SOCKET", None)
+        env.pop(REQUIRE_KERNEL_PATH, None)
+        if self.data_path == USER:
+            cmd.append("--no-kernel-path")
+        elif self.data_path == KERNEL:
+            env[REQUIRE_KERNEL_PATH] = "1"      # a kernel-path test never runs in user space
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     cwd=REPO, start_new_session=True)
@@ -418,3 +434,5 @@ class Lab:
             sh(["ip", "netns", "del", ns], check=False)
         self.made.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self in Lab.open_labs:
+            Lab.open_labs.remove(self)

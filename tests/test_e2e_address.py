@@ -1,6 +1,7 @@
 """`vnetd --address` pins the address the engine announces *and* sends from
 (docs/peering.md), so hosts that learn from the outer source (clear vnets, legacy
-hosts) learn the same address the announces name (root)."""
+hosts) learn the same address the announces name (root); with the kernel path
+(which encapsulates from the care-of address) and without it."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ MAC_B = "aa:00:00:00:97:0b"
 
 
 @pytest.fixture
-def lab():
-    lab = Lab("xvaddr-")
+def lab(data_path):
+    lab = Lab("xvaddr-", data_path)
     try:
         yield lab
     finally:

@@ -10,9 +10,10 @@ the four others: to db the frames cross as fast segments, to dc, dn and dp
 as plain frames, segmented and checksummed in software by a's engine; p
 checks every frame it gets.  Hosts a and b
 also carry the secured vnet 7b (conf), with domains sa and sb, whose
-super-frames cross sealed once each.  The engines run with
-``--no-kernel-path``: this is the user-space path's framing, which the
-kernel path would otherwise carry (design.md 1.1; tests/test_e2e_kernel_path.py).
+super-frames cross sealed once each.  Every engine runs with
+``--no-kernel-path`` (``Lab(prefix, USER)``): this is the user-space path's
+framing, which the kernel path would otherwise carry (design.md 1.1;
+tests/test_e2e_kernel_path.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 
 import pytest
 from e2e_helpers import ping
-from netns import REPO, Lab, call_in_netns, is_root, wait_for
+from netns import REPO, USER, Lab, call_in_netns, is_root, wait_for
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root and /dev/net/tun")]
@@ -64,8 +65,7 @@ class World:
                 if name in ("a", "b"):
                     f.write(f"(vnet.add (id 7b) (security conf) (key-file {key}))\n")
             ns = self.ns[name] = lab.host(name, addr)
-            self.vnetd[name] = lab.start_vnetd(ns, "--no-default-vnets", "--no-kernel-path",
-                                               "-f", conf, *args)
+            self.vnetd[name] = lab.start_vnetd(ns, "--no-default-vnets", "-f", conf, *args)
             lab.bridge(ns, "vnet77", "vnif0077")
             if name in ("a", "b"):
                 lab.bridge(ns, "vnet7b", "vnif007b")
@@ -98,7 +98,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world():
-    lab = Lab("xv7-")
+    lab = Lab("xv7-", USER)
     try:
         w = World(lab)
         for src, d in (("da", "db"), ("da", "dc"), ("da", "dp"), ("da", "dn"), ("sa", "sb")):

@@ -7,7 +7,9 @@ with vnet 97 and has a domain on it.  ``rp_filter`` is set to 1 (strict) on
 every host: the re-multicast keeps the original sender's address, and
 strict filtering accepts it because the route back to that sender leaves
 by the interface it arrived on.  The tests run in file order and share the
-world; each says what it relies on.
+world; each says what it relies on.  They run twice (tests/conftest.py's
+``data_path``): with the engines on the kernel path, and with
+``--no-kernel-path``.
 """
 
 from __future__ import annotations
@@ -150,8 +152,8 @@ def _results(procs: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def world():
-    lab = Lab(PREFIX)
+def world(data_path):
+    lab = Lab(PREFIX, data_path)
     w = None
     try:
         w = World(lab)

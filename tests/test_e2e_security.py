@@ -5,7 +5,9 @@ auth, from one key file each; host x (the intruder) runs vnets 97 and 98
 with security none and no key.  Domains sit on bridges with the vnet TAPs,
 as Xen's vif-bridge does.  Engines run with short epochs (2 s, maximum age
 6 s) so the epoch rules show within the test's time.  The tests run in file
-order and share the world; each says what it relies on.
+order and share the world; each says what it relies on.  Every engine runs
+with ``--no-kernel-path``: secured vnets live in user space, and host x's
+clear vnets must meet them there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 import pytest
 from e2e_helpers import counter, drops, no_loss_after_first, ping, varp_entries
-from netns import Lab, is_root, socket_in_netns, wait_for
+from netns import USER, Lab, is_root, socket_in_netns, wait_for
 from test_e2e_engine import CLIENT, SERVER
 
 from xend_vnet.kernel_shim.wire import codec
@@ -90,7 +92,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def world():
-    lab = Lab("xv5-")
+    lab = Lab("xv5-", USER)
     try:
         yield World(lab)
     finally:
