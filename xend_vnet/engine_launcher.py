@@ -157,6 +157,8 @@ def _asked(params: dict[str, str]) -> dict[str, tuple[argparse.Action, str, str]
 
 
 def _same(action: argparse.Action, running: str, wanted: str) -> bool:
+    if _is_flag(action):
+        return (running.lower() in _TRUE) == (wanted.lower() in _TRUE)
     kind = action.type if callable(action.type) else str
     try:
         return kind(running) == kind(wanted)

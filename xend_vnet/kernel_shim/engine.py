@@ -29,6 +29,7 @@ from .datapath.addresses import HostAddresses
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
+from .datapath.vxlan.watch import NetlinkWatch
 from .security import epoch_file
 from .security.keystore import SecurityContext
 
@@ -67,7 +68,10 @@ class Engine:
             group=lambda: self.core.mcaddr, mcast_ttl=lambda: self.userspace.udp.mcast_ttl,
             device=lambda: self.addresses.device,
             underlay_mtu=lambda: self.addresses.underlay_mtu,
-            peers=lambda: [p.addr for p in self.core.peers])
+            peers=lambda: [p.addr for p in self.core.peers],
+            control_plane=opts.vxlan_control_plane, local=opts.vxlan_local,
+            neigh_suppress=opts.vxlan_neigh_suppress, max_macs=opts.vxlan_max_macs)
+        self.netlink_watch = NetlinkWatch() if self.vxlan_vnets.table.evpn else None
         self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.addresses,
                                  version=VERSION_TEXT, control=opts.control, mtu=opts.mtu,
                                  varp_ttl=opts.varp_ttl)
@@ -127,6 +131,12 @@ class Engine:
             self.control.listen()
         except (ControlSocketError, OSError) as e:
             raise StartupError(str(e)) from None
+        if self.netlink_watch is not None:
+            try:
+                self.loop.register(self.netlink_watch.open(), self._on_netlink)
+            except OSError as e:
+                raise StartupError("cannot watch the kernel's forwarding entries (EVPN): "
+                                   f"{e.strerror}") from None
         self.loop.add_timer(self.core.next_timer, self._on_core_timer)
         self.loop.add_timer(self.control.next_deadline, self.control.expire)
         self.loop.add_timer(lambda: self._next_refresh, self._refresh)
@@ -147,6 +157,8 @@ class Engine:
             self.control.close()
         for path in self.host.paths:
             path.close()
+        if self.netlink_watch is not None:
+            self.netlink_watch.close()
         self.loop.close()
         log.info("vnetd stopped")
 
@@ -160,6 +172,12 @@ class Engine:
                 self.load_file(initial=False)
             else:
                 log.info("SIGHUP: no startup file (-f) to re-read")
+
+    def _on_netlink(self, _mask: int, _now: float) -> None:
+        watch = self.netlink_watch
+        events = watch.read()
+        overflowed, watch.overflowed = watch.overflowed, False
+        self.vxlan_vnets.netlink_events(events, overflowed)
 
     def _on_core_timer(self, now: float) -> None:
         self.userspace.perform(self.core.handle_timer(now))

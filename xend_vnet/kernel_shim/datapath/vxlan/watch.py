@@ -1,0 +1,183 @@
+"""The kernel's link and forwarding-entry notifications, for EVPN devices
+(docs/fleet.md): a raw netlink socket and a parser of its messages.
+
+Under EVPN the engine reacts to two things the moment they happen: one of
+its VXLAN devices put on a bridge (its port must not learn), and a MAC
+learnt on a local port of such a bridge (the device may hold a stale entry
+for it, ``table.stale_remote_entries``).  At convergence FRR installs
+thousands of entries, each a notification; pyroute2 would decode every
+attribute of each, so the few fields needed are read here with ``struct``
+(``parse``, pure) and the rest skipped.  When the socket's buffer overflows
+(ENOBUFS) notifications are lost: ``read`` says so, and the engine checks
+everything once with a dump.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 0x1
+RTMGRP_NEIGH = 0x4
+RCVBUF = 8 << 20            # bytes: a convergence burst fits
+
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWNEIGH, RTM_DELNEIGH = 16, 17, 28, 29
+IFLA_MASTER = 10
+NDA_DST, NDA_LLADDR, NDA_MASTER = 1, 2, 9
+AF_BRIDGE = 7
+NTF_EXT_LEARNED = 0x10
+NUD_PERMANENT = 0x80
+
+_NLMSG = struct.Struct("=IHHII")     # len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")   # family, type, index, flags, change
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+_RTA = struct.Struct("=HH")          # len, type
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """A link changed (RTM_NEWLINK) or went (RTM_DELLINK)."""
+
+    new: bool
+    family: int
+    index: int
+    master: int          # IFLA_MASTER, 0 when absent
+
+
+@dataclass(frozen=True)
+class NeighEvent:
+    """A forwarding or neighbour entry added or changed (RTM_NEWNEIGH) or
+    deleted (RTM_DELNEIGH)."""
+
+    new: bool
+    family: int
+    ifindex: int
+    state: int
+    flags: int
+    mac: str | None      # NDA_LLADDR of six bytes, as aa:bb:cc:dd:ee:ff
+    master: int          # NDA_MASTER, 0 when absent
+    has_dst: bool        # NDA_DST present: a VXLAN device's own entry
+
+    @property
+    def local_on_bridge(self) -> bool:
+        """A MAC a bridge learnt or was given on one of its ports (not one a
+        control plane installed, not a port's own address)."""
+        return (self.new and self.family == AF_BRIDGE and self.master != 0
+                and not self.has_dst and self.mac is not None
+                and not self.flags & NTF_EXT_LEARNED and not self.state & NUD_PERMANENT)
+
+
+def _attrs(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(type, payload start, payload end) of each attribute in data[start:end];
+    stops at the first malformed one."""
+    pos = start
+    while pos + _RTA.size <= end:
+        length, kind = _RTA.unpack_from(data, pos)
+        if length < _RTA.size or pos + length > end:
+            return
+        yield kind & 0x3FFF, pos + _RTA.size, pos + length     # without NLA_F_* bits
+        pos += (length + 3) & ~3
+
+
+def _u32(data: bytes, start: int, end: int) -> int:
+    return struct.unpack_from("=I", data, start)[0] if end - start >= 4 else 0
+
+
+def _link(new: bool, data: bytes, start: int, end: int) -> LinkEvent | None:
+    if end - start < _IFINFO.size:
+        return None
+    family, _type, index, _flags, _change = _IFINFO.unpack_from(data, start)
+    master = 0
+    for kind, a, b in _attrs(data, start + _IFINFO.size, end):
+        if kind == IFLA_MASTER:
+            master = _u32(data, a, b)
+    return LinkEvent(new, family, index, master)
+
+
+def _neigh(new: bool, data: bytes, start: int, end: int) -> NeighEvent | None:
+    if end - start < _NDMSG.size:
+        return None
+    family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, start)
+    mac, master, has_dst = None, 0, False
+    for kind, a, b in _attrs(data, start + _NDMSG.size, end):
+        if kind == NDA_LLADDR and b - a == 6:
+            mac = ":".join(f"{x:02x}" for x in data[a:b])
+        elif kind == NDA_MASTER:
+            master = _u32(data, a, b)
+        elif kind == NDA_DST:
+            has_dst = True
+    return NeighEvent(new, family, ifindex, state, flags, mac, master, has_dst)
+
+
+def parse(data: bytes) -> list[LinkEvent | NeighEvent]:
+    """The link and neighbour notifications in one datagram of a netlink
+    socket; anything else, and anything malformed, is skipped (a truncated
+    message ends the datagram)."""
+    out: list[LinkEvent | NeighEvent] = []
+    pos = 0
+    while pos + _NLMSG.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, pos)
+        if length < _NLMSG.size or pos + length > len(data):
+            break
+        start, end = pos + _NLMSG.size, pos + length
+        event = None
+        if kind in (RTM_NEWLINK, RTM_DELLINK):
+            event = _link(kind == RTM_NEWLINK, data, start, end)
+        elif kind in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            event = _neigh(kind == RTM_NEWNEIGH, data, start, end)
+        if event is not None:
+            out.append(event)
+        pos += (length + 3) & ~3
+    return out
+
+
+class NetlinkWatch:
+    """A netlink socket subscribed to link and neighbour notifications."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.overflowed = False        # notifications were lost since the last check
+
+    def open(self) -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)   # SO_RCVBUFFORCE (root)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind((0, RTMGRP_LINK | RTMGRP_NEIGH))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        return sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def read(self, limit: int = 256) -> list[LinkEvent | NeighEvent]:
+        """What has arrived (at most ``limit`` datagrams: the loop comes back);
+        an overflow sets ``overflowed``."""
+        out: list[LinkEvent | NeighEvent] = []
+        for _ in range(limit):
+            try:
+                data = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.overflowed = True
+                continue
+            out += parse(data)
+        return out
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
