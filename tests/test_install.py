@@ -64,7 +64,7 @@ def test_units_order_engine_before_server_before_domains_with_readiness(tmp_path
         assert "Type=notify" in lines
         assert "LimitNOFILE=65536" in lines
         assert "WantedBy=multi-user.target" in lines
-    assert "ExecStart=/opt/xv/bin/vnetd" in vnetd
+    assert "ExecStart=/opt/xv/bin/xend-vnet engine" in vnetd
     assert "ExecStart=/opt/xv/bin/xend-vnet start --foreground --no-engine" in server
     before_vnetd = next(x for x in vnetd if x.startswith("Before=")).split("=", 1)[1].split()
     assert {"xend-vnet.service", "xendomains.service", "xend.service"} <= set(before_vnetd)

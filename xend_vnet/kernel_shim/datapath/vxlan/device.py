@@ -66,7 +66,7 @@ class VxlanSpec:
     group: str | None  # None under EVPN: no group, FRR installs the flood list
     port: int
     ttl: int          # 0: the kernel's automatic TTL (vxlan_table.kernel_ttl)
-    device: str       # the underlay interface: the group is joined on it
+    device: str       # the underlay interface: the group is joined on it (not under EVPN)
     mtu: int
     alias: str        # our tag (vxlan_table.device_alias)
     local: str | None = None   # EVPN: the source address, the VTEP FRR advertises
@@ -84,12 +84,12 @@ class VxlanSpec:
 
     def live_settings(self, underlay_index: int) -> dict[str, object]:
         """The pyroute2 keywords a device taken over is brought to (``_apply``)."""
-        settings: dict[str, object] = {"vxlan_ttl": self.ttl, "vxlan_link": underlay_index}
         if self.evpn:
-            settings["vxlan_local"] = self.local
-        else:
-            settings["vxlan_group"] = self.group
-        return settings
+            # Unicast to the VTEPs FRR names, routed like any packet: no underlay
+            # device to bind to, no group to join.
+            return {"vxlan_ttl": self.ttl, "vxlan_local": self.local}
+        return {"vxlan_ttl": self.ttl, "vxlan_link": underlay_index,
+                "vxlan_group": self.group}
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
         what = "create"
         replaced = ""   # our device of an earlier run, deleted to be made again
         try:
-            dev_index = _underlay_index(ipr, spec)
+            dev_index = 0 if spec.evpn else _underlay_index(ipr, spec)
             link = _link(ipr, spec.ifname)
             master = None
             if link is not None:

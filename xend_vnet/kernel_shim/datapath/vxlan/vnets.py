@@ -152,10 +152,11 @@ class VxlanVnets:
             self._untrack(vid)
             self.table.remove(vid)
             raise DataPathError(e.errno, e.message) from None
-        where = (f"EVPN, local {spec.local}" if spec.evpn else f"group {spec.group}")
-        log.info("vnet %s up on %s: kernel VXLAN, VNI %d, %s, port %d, device %s, "
-                 "MTU %d%s", vid.canonical, ifname, vnet.vni, where, spec.port,
-                 spec.device, mtu, "" if mtu == self.mtu else
+        where = (f"EVPN, local {spec.local}" if spec.evpn
+                 else f"group {spec.group}, device {spec.device}")
+        log.info("vnet %s up on %s: kernel VXLAN, VNI %d, %s, port %d, MTU %d%s",
+                 vid.canonical, ifname, vnet.vni, where, spec.port,
+                 mtu, "" if mtu == self.mtu else
                  f" (underlay MTU {underlay_mtu} - 50; domains on its bridge need "
                  f"MTU {mtu} or less)")
 
