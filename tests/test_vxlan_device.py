@@ -36,7 +36,8 @@ V9C = VnetId.parse("9c")
 ALIAS = device_alias(V9C)
 VX = {"vxlan_id": "IFLA_VXLAN_ID", "vxlan_port": "IFLA_VXLAN_PORT",
       "vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
-      "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_learning": "IFLA_VXLAN_LEARNING"}
+      "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_learning": "IFLA_VXLAN_LEARNING",
+      "vxlan_local": "IFLA_VXLAN_LOCAL", "vxlan_limit": "IFLA_VXLAN_LIMIT"}
 
 
 class Msg(dict):
@@ -133,7 +134,8 @@ class FakeIPRoute:
                               **{x: kw.pop(x) for x in list(kw) if x.startswith("vxlan_")})
             link["mtu"], link["up"] = kw.pop("mtu"), False
             assert not kw, kw
-            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            if "vxlan_group" in link["vxlan"]:       # the kernel's entry for the group
+                k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
             return []
         name = next(n for n, v in k.links.items() if v["index"] == kw["index"])
         link = k.links[name]
@@ -148,8 +150,9 @@ class FakeIPRoute:
             k.calls.append(("change", name, dict(kw), "up" if link["up"] else "down"))
             old_group = link["vxlan"].get("vxlan_group")
             link["vxlan"].update(kw)
-            k.fdb.discard((link["index"], ALL_ZEROS, old_group))
-            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            if old_group is not None:
+                k.fdb.discard((link["index"], ALL_ZEROS, old_group))
+                k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
             return []
         for key, value in kw.items():
             if key == "state":
