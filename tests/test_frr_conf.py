@@ -352,3 +352,52 @@ def test_the_password_comes_from_a_private_file(tmp_path):
     missing = parse(HOST + f"(xend-vnet-evpn-password-file {tmp_path}/none)")
     with pytest.raises(frr_files.FrrFilesError, match="cannot read the BGP password file"):
         frr_files.write_frr_files(missing, str(tmp_path))
+
+
+# -- the commands: xend-vnet evpn-config, xend-vnet engine, the launch ----------------
+
+def test_evpn_config_command_writes_and_prints(tmp_path, capsys):
+    from xend_vnet.xmlrpc import cli
+    config = tmp_path / "xend-config.sxp"
+    config.write_text(HOST)
+    assert cli.main(["evpn-config", "--config", str(config), "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}/etc/frr/frr.conf: written" in out
+    assert "this host advertises its EVPN vnets" in out
+    assert frr_conf.is_ours((tmp_path / "etc" / "frr" / "frr.conf").read_text())
+    assert cli.main(["evpn-config", "--config", str(config), "--print"]) == 0
+    assert capsys.readouterr().out == frr_conf.frr_conf(parse(HOST), None, str(config))
+    config.write_text("(xend-vnet-state-dir /x)")
+    assert cli.main(["evpn-config", "--config", str(config), "--root", str(tmp_path)]) == 1
+    assert "no EVPN role" in capsys.readouterr().err
+
+
+def test_engine_command_becomes_vnetd_with_the_hosts_options(tmp_path, monkeypatch):
+    from xend_vnet.xmlrpc import cli
+    config = tmp_path / "xend-config.sxp"
+    config.write_text(HOST + f"(xend-vnet-engine-control {tmp_path}/v.sock)")
+    became = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: became.append(argv))
+    cli.main(["engine", "--config", str(config)])
+    assert became[0][1:] == ["-m", "xend_vnet.kernel_shim.daemon", "--control",
+                             f"{tmp_path}/v.sock", "--vxlan-control-plane", "evpn",
+                             "--vxlan-local", "192.0.2.11", "--vxlan-max-macs", "4096"]
+    config.write_text("(xend-vnet-control-plane evpn)")
+    assert cli.main(["engine", "--config", str(config)]) == 1
+
+
+def test_xend_vnet_start_launches_the_engine_with_the_hosts_options(monkeypatch):
+    from xend_vnet import engine_launcher as launcher
+    from xend_vnet.xmlrpc import cli
+    calls = []
+    monkeypatch.setattr(launcher, "ensure_engine", lambda c, p: calls.append(("ensure", p)))
+    monkeypatch.setattr(launcher, "reconcile_running", lambda c, p: calls.append(("check", p)))
+    params = parse(HOST).engine_params()
+    monkeypatch.setattr(launcher, "unit_serves", lambda c: False)
+    assert cli.ensure_engine("/x.sock", params) is None
+    assert calls == [("ensure", params)]
+    calls.clear()
+    # vnetd.service runs `xend-vnet engine`, which reads the options itself
+    monkeypatch.setattr(launcher, "unit_serves", lambda c: True)
+    assert cli.ensure_engine("/var/run/vnetd.sock", params) is None
+    assert calls == [("ensure", {}), ("check", params)]
