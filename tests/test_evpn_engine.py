@@ -14,7 +14,7 @@ import pytest
 from fake_engine import FakeEngine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_vxlan_device import ALIAS, FakeIPRoute, FakeKernel, Msg, V9C, kernel, ours  # noqa: F401
+from test_vxlan_device import ALIAS, FakeIPRoute, FakeKernel, V9C, kernel, ours  # noqa: F401
 
 from xend_vnet import engine_launcher as launcher
 from xend_vnet import sxp
@@ -171,14 +171,6 @@ class EvpnIPRoute(FakeIPRoute):
         self.k.calls.append(("brport", index, dict(flags)))
         self.k.brport.setdefault(index, {}).update(flags)
 
-    def get_neighbours(self, family):
-        assert family == socket.AF_BRIDGE
-        self.k.calls.append(("fdb-dump",))
-        return [Msg({"NDA_LLADDR": e["mac"], "NDA_DST": e.get("dst"),
-                     "NDA_MASTER": e.get("master")},
-                    ifindex=e["ifindex"], flags=e.get("flags", 0), state=e.get("state", 2))
-                for e in self.k.entries]
-
     def fdb(self, command, ifindex, lladdr, dst=None):
         if command != "del" or dst is not None:
             return super().fdb(command, ifindex, lladdr, dst)
@@ -191,10 +183,18 @@ class EvpnIPRoute(FakeIPRoute):
         self.k.removed.append((ifindex, lladdr))
 
 
+def _dump(k: EvpnKernel) -> list[NeighEvent]:
+    k.calls.append(("fdb-dump",))
+    return [NeighEvent(True, socket.AF_BRIDGE, e["ifindex"], e.get("state", 2),
+                       e.get("flags", 0), e["mac"], e.get("master", 0), e.get("dst"))
+            for e in k.entries]
+
+
 @pytest.fixture
 def evk(monkeypatch):
     k = EvpnKernel()
     monkeypatch.setattr(vxlan_mod, "IPRoute", lambda: EvpnIPRoute(k))
+    monkeypatch.setattr(vxlan_mod, "dump_neighbours", lambda sock=None: _dump(k))
     return k
 
 
@@ -256,19 +256,19 @@ def test_a_mac_learnt_on_a_local_port_loses_its_stale_remote_entry(evk):
     evk.entries = [{"ifindex": index, "mac": mac, "dst": "198.51.100.13", "flags": 0x12}]
     vif = 77
     # FRR installing entries on our device is no reason to act
-    vnets.netlink_events([NeighEvent(True, 7, index, 2, 0x12, mac, 0, True)])
+    vnets.netlink_events([NeighEvent(True, 7, index, 2, 0x12, mac, 0, "198.51.100.13")])
     assert evk.removed == []
     # the bridge learns the MAC on a local port: the device's entry goes
-    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge, False)])
+    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge, None)])
     assert evk.removed == [(index, mac)] and vnets.stale_removed == 1
     # nothing left to remove: ENOENT is not an error
-    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge, False)])
+    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge, None)])
     assert vnets.stale_removed == 1
     # another bridge's port, a port's own address, an installed entry: ignored
     evk.entries = [{"ifindex": index, "mac": mac, "dst": "198.51.100.13", "flags": 0x12}]
-    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge + 50, False),
-                          NeighEvent(True, 7, vif, 0x80, 0, mac, bridge, False),
-                          NeighEvent(True, 7, vif, 2, 0x10, mac, bridge, False)])
+    vnets.netlink_events([NeighEvent(True, 7, vif, 2, 0, mac, bridge + 50, None),
+                          NeighEvent(True, 7, vif, 0x80, 0, mac, bridge, None),
+                          NeighEvent(True, 7, vif, 2, 0x10, mac, bridge, None)])
     assert vnets.stale_removed == 1
 
 
@@ -325,9 +325,9 @@ def test_parse_reads_the_fields_the_engine_needs():
     data = neigh_msg(master=9) + link_msg(master=9) + neigh_msg(
         ifindex=6, flags=0x12, dst=b"\xc0\0\x02\x0d", new=False) + _nlmsg(3, b"\0" * 4)
     assert watch.parse(data) == [
-        NeighEvent(True, 7, 5, 2, 0, "02:00:00:00:00:03", 9, False),
+        NeighEvent(True, 7, 5, 2, 0, "02:00:00:00:00:03", 9, None),
         LinkEvent(True, 0, 5, 9),
-        NeighEvent(False, 7, 6, 2, 0x12, "02:00:00:00:00:03", 0, True),
+        NeighEvent(False, 7, 6, 2, 0x12, "02:00:00:00:00:03", 0, "192.0.2.13"),
     ]
     assert watch.parse(neigh_msg(master=9))[0].local_on_bridge
     assert not watch.parse(neigh_msg(master=9, state=0x80))[0].local_on_bridge
@@ -355,6 +355,24 @@ def test_parse_keeps_whole_messages_and_drops_a_cut_one(msgs, cut):
         (new, i, state, flags, master) for new, i, state, flags, _, master in msgs]
     if msgs and cut:
         assert len(watch.parse(data[:-cut])) == len(msgs) - 1
+
+
+def test_a_dump_request_and_its_end():
+    request = watch.dump_request(7)
+    assert struct.unpack_from("=IHHII", request) == (28, 30, 0x301, 7, 0)
+    done = _nlmsg(watch.NLMSG_DONE, b"\0" * 4)
+    done = done[:8] + struct.pack("=I", 7) + done[12:]
+    assert watch._done(done, 7) == 0 and watch._done(done, 8) is None
+    error = struct.pack("=IHHII", 20, watch.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -1)
+    assert watch._done(error, 7) == errno.EPERM
+
+
+def test_a_real_dump_reads_this_namespaces_entries():
+    try:
+        entries = watch.dump_neighbours()
+    except OSError as e:
+        pytest.skip(f"no netlink dump here: {e}")
+    assert all(isinstance(e, NeighEvent) and e.family == socket.AF_BRIDGE for e in entries)
 
 
 def test_the_watch_socket_reads_real_notifications():

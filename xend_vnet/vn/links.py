@@ -119,7 +119,7 @@ def read_vxlan_fdb(ifnames: list[str]) -> dict[str, DeviceFdb]:
             except NetlinkError:
                 continue
             indexes[link["index"]] = (name, link.get_attr("IFLA_MASTER") or 0)
-        if not indexes:
-            return {}
-        fdb = read_fdb({i: m for i, (_, m) in indexes.items()}, ipr)
+    if not indexes:
+        return {}
+    fdb = read_fdb({i: m for i, (_, m) in indexes.items()})
     return {indexes[i][0]: view for i, view in fdb.items()}

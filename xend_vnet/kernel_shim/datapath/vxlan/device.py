@@ -28,7 +28,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .table import flood_changes
+from .watch import NTF_EXT_LEARNED, NeighEvent, dump_neighbours
 
 log = logging.getLogger("vnetd.vxlan")
 
@@ -440,8 +441,7 @@ def sync_flood(ifname: str, alias: str, peers: list[str],
 
 # -- EVPN devices: bridge-port flags, forwarding entries FRR installed ------------
 
-NTF_EXT_LEARNED = 0x10
-NUD_PERMANENT = 0x80
+AF_BRIDGE_FAMILY = socket.AF_BRIDGE
 
 
 def set_port_flags(ifname: str, index: int, changes: dict[str, int],
@@ -464,40 +464,41 @@ class DeviceFdb:
     local: set[str]                      # MACs the bridge has on its other ports
 
 
-def read_fdb(indexes: dict[int, int], ipr: IPRoute | None = None) -> dict[int, DeviceFdb]:
-    """The forwarding entries of VXLAN devices (``{device index: its bridge's
-    index, 0 for none}``) and the MACs their bridges have on other ports, with
-    one FDB dump.  NetlinkError and OSError pass to the caller."""
+def fdb_views(indexes: dict[int, int], entries: Iterable[NeighEvent]) -> dict[int, DeviceFdb]:
+    """The forwarding tables of VXLAN devices (``{device index: its bridge's
+    index, 0 for none}``) and the MACs their bridges have on other ports,
+    from the entries of one dump (``watch.dump_neighbours``)."""
     out = {index: DeviceFdb([], {}, set(), set()) for index in indexes}
     by_bridge: dict[int, list[DeviceFdb]] = {}
     for index, master in indexes.items():
         if master:
             by_bridge.setdefault(master, []).append(out[index])
-    with _netlink(ipr) as ipr:
-        entries = ipr.get_neighbours(family=socket.AF_BRIDGE)
     for entry in entries:
-        mac = entry.get_attr("NDA_LLADDR")
-        if not mac:
+        mac = entry.mac
+        if mac is None or entry.family != AF_BRIDGE_FAMILY:
             continue
-        index = entry["ifindex"]
-        dst = entry.get_attr("NDA_DST")
-        device = out.get(index)
+        device = out.get(entry.ifindex)
         if device is not None:
-            if dst is None:
+            if not entry.dst:
                 continue                     # the bridge's own entry for the device
             if mac == ALL_ZEROS:
-                device.flood.append(dst)
+                device.flood.append(entry.dst)
             else:
-                device.remote.setdefault(mac, dst)
-                if entry["flags"] & NTF_EXT_LEARNED:
+                device.remote.setdefault(mac, entry.dst)
+                if entry.flags & NTF_EXT_LEARNED:
                     device.external.add(mac)
             continue
-        master = entry.get_attr("NDA_MASTER")
-        if master in by_bridge and dst is None and not entry["state"] & NUD_PERMANENT \
-                and not entry["flags"] & NTF_EXT_LEARNED:
-            for fdb in by_bridge[master]:
+        if entry.local_on_bridge and entry.master in by_bridge:
+            for fdb in by_bridge[entry.master]:
                 fdb.local.add(mac)
     return out
+
+
+def read_fdb(indexes: dict[int, int], sock: socket.socket | None = None
+             ) -> dict[int, DeviceFdb]:
+    """``fdb_views`` of one FDB dump (on ``sock``, a netlink socket, if given);
+    OSError passes to the caller."""
+    return fdb_views(indexes, dump_neighbours(sock))
 
 
 def remove_fdb_entry(ifname: str, index: int, mac: str, ipr: IPRoute | None = None) -> bool:

@@ -24,8 +24,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from ....vnet_id import VnetId
 from ..interface import DataPathError, PathStatus, TableChange
 from .device import (
@@ -385,8 +383,8 @@ class VxlanVnets:
         if not self.evpn_ports:
             return
         try:
-            fdb = read_fdb(dict(self.evpn_masters), ipr)
-        except (OSError, NetlinkError) as e:
+            fdb = read_fdb(dict(self.evpn_masters))
+        except OSError as e:
             log.warning("cannot read the forwarding entries of the EVPN devices: %s "
                         "(tried again at the next refresh)", e)
             self.evpn_check_pending = True

@@ -15,6 +15,7 @@ everything once with a dump.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -60,7 +61,11 @@ class NeighEvent:
     flags: int
     mac: str | None      # NDA_LLADDR of six bytes, as aa:bb:cc:dd:ee:ff
     master: int          # NDA_MASTER, 0 when absent
-    has_dst: bool        # NDA_DST present: a VXLAN device's own entry
+    dst: str | None      # NDA_DST (IPv4, or "" for another family): a VXLAN device's own entry
+
+    @property
+    def has_dst(self) -> bool:
+        return self.dst is not None
 
     @property
     def local_on_bridge(self) -> bool:
@@ -102,15 +107,15 @@ def _neigh(new: bool, data: bytes, start: int, end: int) -> NeighEvent | None:
     if end - start < _NDMSG.size:
         return None
     family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, start)
-    mac, master, has_dst = None, 0, False
+    mac, master, dst = None, 0, None
     for kind, a, b in _attrs(data, start + _NDMSG.size, end):
         if kind == NDA_LLADDR and b - a == 6:
-            mac = ":".join(f"{x:02x}" for x in data[a:b])
+            mac = "%02x:%02x:%02x:%02x:%02x:%02x" % tuple(data[a:b])
         elif kind == NDA_MASTER:
             master = _u32(data, a, b)
         elif kind == NDA_DST:
-            has_dst = True
-    return NeighEvent(new, family, ifindex, state, flags, mac, master, has_dst)
+            dst = "%d.%d.%d.%d" % tuple(data[a:b]) if b - a == 4 else ""
+    return NeighEvent(new, family, ifindex, state, flags, mac, master, dst)
 
 
 def parse(data: bytes) -> list[LinkEvent | NeighEvent]:
@@ -133,6 +138,64 @@ def parse(data: bytes) -> list[LinkEvent | NeighEvent]:
             out.append(event)
         pos += (length + 3) & ~3
     return out
+
+
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+RTM_GETNEIGH = 30
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+DUMP_TIMEOUT = 10.0
+
+
+def dump_request(seq: int, family: int = AF_BRIDGE) -> bytes:
+    """An RTM_GETNEIGH dump request: every forwarding entry of ``family``."""
+    body = struct.pack("=BxxxiHBB", family, 0, 0, 0, 0)
+    return _NLMSG.pack(_NLMSG.size + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP,
+                       seq, 0) + body
+
+
+def _done(data: bytes, seq: int) -> int | None:
+    """0 when ``data`` holds the end of dump ``seq``, an errno for its error, else None."""
+    pos = 0
+    while pos + _NLMSG.size <= len(data):
+        length, kind, _flags, got, _pid = _NLMSG.unpack_from(data, pos)
+        if length < _NLMSG.size:
+            return None
+        if got == seq and kind == NLMSG_DONE:
+            return 0
+        if got == seq and kind == NLMSG_ERROR and pos + 20 <= len(data):
+            return -struct.unpack_from("=i", data, pos + 16)[0]
+        pos += (length + 3) & ~3
+    return None
+
+
+def dump_neighbours(sock: socket.socket | None = None,
+                    family: int = AF_BRIDGE) -> list[NeighEvent]:
+    """Every forwarding entry, read with one dump on ``sock`` (a NETLINK_ROUTE
+    socket, perhaps made in another network namespace) or a socket of its
+    own; parsed here, many times faster than pyroute2 for the thousands of
+    entries FRR installs.  OSError on failure."""
+    own = sock is None
+    if own:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_ROUTE)
+    try:
+        sock.settimeout(DUMP_TIMEOUT)
+        seq = int.from_bytes(os.urandom(3), "big") + 1
+        sock.send(dump_request(seq, family))
+        out: list[NeighEvent] = []
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise OSError(errno.EIO, "netlink dump ended early")
+            out += [e for e in parse(data) if isinstance(e, NeighEvent)]
+            end = _done(data, seq)
+            if end is not None:
+                if end:
+                    raise OSError(end, f"netlink dump: {os.strerror(end)}")
+                return out
+    finally:
+        if own:
+            sock.close()
 
 
 class NetlinkWatch:
