@@ -79,6 +79,7 @@ FIRST_VNET = 0x1000
 SAMPLE_NET = "10.88"          # sampled vnet k: 10.88.k.0/24, host i at .i+1
 PING_RATE = 0.01              # seconds between the migration pinger's requests
 POLL_PAUSE = 0.2              # seconds between convergence polling rounds
+RECONCILE = 60                # xend-vnet's reconcile interval (each round dumps every link)
 
 
 # -- the plan (pure) ------------------------------------------------------------------
@@ -275,7 +276,7 @@ class Fleet:
                  "starting xend-vnet everywhere")
         started = time.monotonic()
         for node in self.hosts.values():
-            node.start_server(interval=30, wait=False)
+            node.start_server(interval=RECONCILE, wait=False)
         for node in self.hosts.values():
             node.wait_server(timeout=900)
         for i, node in self.hosts.items():
@@ -312,10 +313,15 @@ class Fleet:
                                      mac=domain_mac(i, v), mtu=1450)
                 self.lab.ns_sh(ns, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0")
                 self.domains[(k, i)] = ns
-                call_in_netns(ns, send_gratuitous_arp, "eth0", domain_mac(i, v),
-                              domain_ip(k, i))
         self.log(f"domains: {len(self.domains)} namespaces, "
                  f"{len(self.hosts) * (len(self.p.vnets) - len(self.p.sample))} static MACs")
+
+    def announce(self) -> None:
+        """Every sampled domain sends a gratuitous ARP (its bridge learns its MAC
+        again: learnt MACs age out after 300 s)."""
+        for (k, i), ns in self.domains.items():
+            v = self.p.sample[k]
+            call_in_netns(ns, send_gratuitous_arp, "eth0", domain_mac(i, v), domain_ip(k, i))
 
     def start_frr(self) -> tuple[float, float]:
         """Every node's FRR: configuration written, daemons started, then every
@@ -480,6 +486,7 @@ def run(opts: argparse.Namespace, log=print) -> dict:
         restore = fleet.build()
         log(f"devices made on every host in {restore:.1f} s")
         fleet.add_domains()
+        fleet.announce()                # the domains' MACs are fresh in their bridges
         first, last = fleet.start_frr()
         log(f"FRR started and configured on {len(p.hosts) + 2} nodes "
             f"({last - first:.1f} s from first to last); waiting for convergence")

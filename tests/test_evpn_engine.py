@@ -14,7 +14,15 @@ import pytest
 from fake_engine import FakeEngine
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_vxlan_device import ALIAS, FakeIPRoute, FakeKernel, V9C, kernel, ours  # noqa: F401
+from test_vxlan_device import (  # noqa: F401
+    ALIAS,
+    V9C,
+    FakeIPRoute,
+    FakeKernel,
+    _dump_links,
+    kernel,
+    ours,
+)
 
 from xend_vnet import engine_launcher as launcher
 from xend_vnet import sxp
@@ -195,6 +203,8 @@ def evk(monkeypatch):
     k = EvpnKernel()
     monkeypatch.setattr(vxlan_mod, "IPRoute", lambda: EvpnIPRoute(k))
     monkeypatch.setattr(vxlan_mod, "dump_neighbours", lambda sock=None: _dump(k))
+    monkeypatch.setattr(vxlan_mod, "dump_links",
+                        lambda kind=None, sock=None: _dump_links(k, kind))
     return k
 
 
@@ -326,7 +336,7 @@ def test_parse_reads_the_fields_the_engine_needs():
         ifindex=6, flags=0x12, dst=b"\xc0\0\x02\x0d", new=False) + _nlmsg(3, b"\0" * 4)
     assert watch.parse(data) == [
         NeighEvent(True, 7, 5, 2, 0, "02:00:00:00:00:03", 9, None),
-        LinkEvent(True, 0, 5, 9),
+        LinkEvent(True, 0, 5, 9, "vnif009c"),
         NeighEvent(False, 7, 6, 2, 0x12, "02:00:00:00:00:03", 0, "192.0.2.13"),
     ]
     assert watch.parse(neigh_msg(master=9))[0].local_on_bridge
@@ -365,6 +375,33 @@ def test_a_dump_request_and_its_end():
     assert watch._done(done, 7) == 0 and watch._done(done, 8) is None
     error = struct.pack("=IHHII", 20, watch.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -1)
     assert watch._done(error, 7) == errno.EPERM
+
+
+def test_a_link_with_its_kind_group_and_alias():
+    info = _rta(watch.IFLA_INFO_KIND, b"vxlan\0") + _rta(
+        watch.IFLA_INFO_DATA, _rta(watch.IFLA_VXLAN_GROUP, bytes([224, 10, 0, 1])))
+    body = (struct.pack("=BxHiII", 0, 1, 9, 0x1, 0) + _rta(3, b"vnif009c\0")
+            + _rta(watch.IFLA_IFALIAS, b"xend-vnet vnet 9c\0")
+            + _rta(watch.IFLA_MASTER, struct.pack("=I", 4)) + _rta(watch.IFLA_LINKINFO, info))
+    assert watch.parse(_nlmsg(watch.RTM_NEWLINK, body)) == [
+        LinkEvent(True, 0, 9, 4, "vnif009c", 1, "xend-vnet vnet 9c", "vxlan", "224.10.0.1")]
+
+
+def test_a_filtered_link_dump_request():
+    request = watch.link_dump_request(5, "vxlan")
+    assert struct.unpack_from("=IHHII", request) == (len(request), 18, 0x301, 5, 0)
+    assert request[32:] == _rta(watch.IFLA_LINKINFO, _rta(watch.IFLA_INFO_KIND, b"vxlan\0"))
+    assert len(watch.link_dump_request(5)) == 32
+
+
+def test_a_real_link_dump():
+    try:
+        links = watch.dump_links()
+        vxlan = watch.dump_links("vxlan")
+    except OSError as e:
+        pytest.skip(f"no netlink dump here: {e}")
+    assert any(link.name == "lo" for link in links)
+    assert all(link.kind == "vxlan" for link in vxlan)
 
 
 def test_a_real_dump_reads_this_namespaces_entries():

@@ -28,6 +28,7 @@ from xend_vnet.kernel_shim.datapath.vxlan.device import (
     sync_floods,
 )
 from xend_vnet.kernel_shim.datapath.vxlan.table import device_alias
+from xend_vnet.kernel_shim.datapath.vxlan.watch import LinkEvent
 from xend_vnet.kernel_shim.datapath.vxlan.vnets import VxlanVnets
 from xend_vnet.vnet_id import VnetId
 
@@ -166,10 +167,21 @@ class FakeIPRoute:
         return []
 
 
+def _dump_links(k: FakeKernel, kind=None):
+    """The kernel's filtered link dump (device.link_states), from the fake links."""
+    k.calls.append(("link-dump",))
+    return [LinkEvent(True, 0, link["index"], link["master"] or 0, name,
+                      1 if link["up"] else 0, link["alias"], link["kind"],
+                      link["vxlan"].get("vxlan_group"))
+            for name, link in k.links.items() if kind is None or link["kind"] == kind]
+
+
 @pytest.fixture
 def kernel(monkeypatch):
     k = FakeKernel()
     monkeypatch.setattr(vxlan_mod, "IPRoute", k.ipr)
+    monkeypatch.setattr(vxlan_mod, "dump_links",
+                        lambda kind=None, sock=None: _dump_links(k, kind))
     return k
 
 

@@ -36,7 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .table import flood_changes
-from .watch import NTF_EXT_LEARNED, NeighEvent, dump_neighbours
+from .watch import NTF_EXT_LEARNED, NeighEvent, dump_links, dump_neighbours
 
 log = logging.getLogger("vnetd.vxlan")
 
@@ -321,12 +321,17 @@ def _state(link) -> LinkState:
 
 
 def link_states(ipr: IPRoute | None = None) -> dict[str, LinkState]:
-    """Every interface by name, with its kind, alias, group and state: one link dump."""
-    with _netlink(ipr) as ipr:
-        try:
-            return {link.get_attr("IFLA_IFNAME"): _state(link) for link in ipr.get_links()}
-        except NetlinkError as e:
-            raise _failure("cannot list the interfaces", e) from None
+    """Every VXLAN device by name, with its alias, group, state and bridge: one
+    link dump, filtered by the kernel and parsed without pyroute2 (the
+    refresh runs every few seconds on hosts with hundreds of links).  A name
+    missing here may be held by a device of another kind: ``link_state``."""
+    try:
+        links = dump_links("vxlan")
+    except OSError as e:
+        raise VxlanError(e.errno or errno.EIO, f"cannot list the interfaces: {e}") from None
+    return {link.name: LinkState(link.index, link.kind or "device", link.alias, link.group,
+                                 bool(link.flags & IFF_UP), link.master)
+            for link in links if link.name}
 
 
 def link_state(ifname: str, ipr: IPRoute | None = None) -> LinkState | None:

@@ -255,6 +255,12 @@ class VxlanVnets:
                           if v.vid in self.noted}    # of deleted vnets: gone
             for vnet in self.table:
                 state = present.get(vnet.ifname)
+                if state is None:
+                    # Not a VXLAN device: gone, or its name held by another kind.
+                    try:
+                        state = link_state(vnet.ifname, ipr)
+                    except VxlanError:
+                        state = None
                 if state is not None:
                     problem = not_ours(vnet.ifname, state.kind, state.alias,
                                        device_alias(vnet.vid))
