@@ -92,6 +92,18 @@ def test_ping_arithmetic():
                                              "max": 3.0}
 
 
+def test_bridge_entry_notifications_are_told_apart():
+    header = bytes(4)
+    new = header + (28).to_bytes(2, sys.byteorder) + bytes(10) + bytes([7])
+    assert bench.is_bridge_entry(new + bytes(11))
+    gone = header + (29).to_bytes(2, sys.byteorder) + bytes(10) + bytes([7])
+    assert bench.is_bridge_entry(gone)
+    arp = header + (28).to_bytes(2, sys.byteorder) + bytes(10) + bytes([2])
+    link = header + (16).to_bytes(2, sys.byteorder) + bytes(10) + bytes([7])
+    assert not bench.is_bridge_entry(arp) and not bench.is_bridge_entry(link)
+    assert not bench.is_bridge_entry(b"")
+
+
 def _result(**changes):
     s = {"min": 1.0, "median": 2.0, "mean": 2.0, "max": 3.0}
     parts = {"zebra": 10.0, "bgpd": 20.0, "vnetd": 30.0, "xend-vnet": 40.0}
