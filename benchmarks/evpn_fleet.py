@@ -84,7 +84,7 @@ PING_RATE = 0.01              # seconds between the migration pinger's requests
 DRAIN = 0.1                   # seconds between readings of the hosts' notifications
 QUIET = 3.0                   # a host's table is checked once quiet this long
 RTMGRP_NEIGH = 0x4
-PING_BATCH = 8                # broadcast pings at once (each makes 31 hosts ARP back)
+PING_BATCH = 4                # broadcast pings at once (each floods to every host)
 RECONCILE = 60                # xend-vnet's reconcile interval (each round dumps every link)
 
 
@@ -179,6 +179,19 @@ def is_bridge_entry(data: bytes) -> bool:
             and data[16] == socket.AF_BRIDGE)
 
 
+def cpu_used(before: dict[str, dict[str, float]],
+             after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two readings, summed by role and daemon:
+    ``reflector bgpd``, ``host zebra``... (names of reflectors start with rr)."""
+    out: dict[str, float] = {}
+    for node, daemons in after.items():
+        role = "reflector" if node.startswith("rr") else "host"
+        for d, seconds in daemons.items():
+            key = f"{role} {d}"
+            out[key] = out.get(key, 0.0) + seconds - before.get(node, {}).get(d, 0.0)
+    return out
+
+
 def reply_times(output: str) -> list[float]:
     """The times of the replies in ``ping -D`` output."""
     return [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", output, re.M)]
@@ -225,6 +238,9 @@ def report(r: dict) -> str:
         f"{r['host_converged_s']['median']:.1f} s)",
         f"  per host at the end: {r['flood_entries_per_host']} flood entries, "
         f"{r['remote_macs_per_host']} remote MACs",
+        "  CPU seconds spent meanwhile: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in sorted(r.get("convergence_cpu_s", {}).items())
+            if k.split()[1] in ("zebra", "bgpd", "vnetd")),
         f"reach: {r['ping_ok']}/{r['ping_sent']} broadcast pings answered by every other "
         f"domain of their vnet ({len(r['sample_vnets'])} vnets x {r['hosts']} domains)",
         f"per host, zebra + bgpd + vnetd RSS: median {mem['median']:.1f} MiB, max "
@@ -326,7 +342,11 @@ class Fleet:
             for k, v in enumerate(self.p.sample):
                 ns = self.lab.domain(f"d{k}h{i}", node.ns, f"vnet{v:x}", domain_ip(k, i),
                                      mac=domain_mac(i, v), mtu=1450)
-                self.lab.ns_sh(ns, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0")
+                # answer broadcast pings; learn the others' MACs from their
+                # announcements, so 31 replies need no 31 ARP floods back
+                self.lab.ns_sh(ns, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0",
+                               "net.ipv4.conf.all.arp_accept=1",
+                               "net.ipv4.conf.eth0.arp_accept=1")
                 self.domains[(k, i)] = ns
         self.log(f"domains: {len(self.domains)} namespaces, "
                  f"{len(self.hosts) * (len(self.p.vnets) - len(self.p.sample))} static MACs")
@@ -457,6 +477,19 @@ class Fleet:
             out["xend-vnet"] = node.server.pid
         return out
 
+    def cpu_seconds(self) -> dict[str, dict[str, float]]:
+        """Each node's daemons' CPU time so far (user + system)."""
+        import psutil
+        out = {}
+        for n in [*self.reflectors, *self.hosts.values()]:
+            out[n.name] = {}
+            for k, pid in self.pids(n).items():
+                try:
+                    out[n.name][k] = sum(psutil.Process(pid).cpu_times()[:2])
+                except psutil.Error:
+                    out[n.name][k] = 0.0
+        return out
+
     def resources(self, idle: float) -> dict:
         import psutil
         procs = {n.name: {k: psutil.Process(pid) for k, pid in self.pids(n).items()}
@@ -538,10 +571,13 @@ def run(opts: argparse.Namespace, log=print) -> dict:
         first, last = fleet.start_frr()
         log(f"FRR started and configured on {len(p.hosts) + 2} nodes "
             f"({last - first:.1f} s from first to last); waiting for convergence")
+        cpu_before = fleet.cpu_seconds()
         ok, per_host, poll = fleet.converge(last, opts.timeout)
+        work = cpu_used(cpu_before, fleet.cpu_seconds())
         convergence = max(per_host.values()) if ok else float("inf")
         log(f"converged: {ok}, {convergence:.1f} s")
         floods, macs = fleet.counts(0)
+        fleet.announce()
         sent, answered, failures = fleet.reach()
         for f in failures[:10]:
             log(f"  reach: {f}")
@@ -577,6 +613,7 @@ def run(opts: argparse.Namespace, log=print) -> dict:
         "reflector_idle_cpu_pct": spread(sum(r[d]["cpu_pct"] for d in ("zebra", "bgpd"))
                                          for r in rrs),
         "migrations": migrations,
+        "convergence_cpu_s": work,
     }
 
 

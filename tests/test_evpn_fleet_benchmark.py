@@ -150,3 +150,11 @@ def test_a_small_fleet_passes_and_leaves_nothing(tmp_path):
     assert r["flood_entries_per_host"] == r["remote_macs_per_host"] == 3 * 3
     assert r["migrations"][0]["gap_s"] < 1.0
     assert (tmp_path / "fleet.txt").read_text() == bench.report(r)
+
+
+def test_cpu_used_sums_by_role_and_daemon():
+    before = {"rr1": {"bgpd": 1.0}, "h0": {"bgpd": 2.0, "zebra": 1.0}}
+    after = {"rr1": {"bgpd": 4.0}, "rr2": {"bgpd": 2.0}, "h0": {"bgpd": 3.0, "zebra": 1.5},
+             "h1": {"bgpd": 1.0}}
+    assert bench.cpu_used(before, after) == {"reflector bgpd": 5.0, "host bgpd": 2.0,
+                                             "host zebra": 0.5}
