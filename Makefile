@@ -1,7 +1,7 @@
 # Set-up and entry points.  `make demo` and `make test`, as root, work on a
 # fresh Debian-like machine: they install what they need first.
 PYTHON ?= python3
-APT_PACKAGES = iproute2 iputils-ping iperf3 tcpdump procps
+APT_PACKAGES = iproute2 iputils-ping iperf3 tcpdump procps frr
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench lint
