@@ -158,6 +158,7 @@ ip nht resolve-via-default
 router bgp 65000
  bgp router-id 192.0.2.11
  no bgp default ipv4-unicast
+ coalesce-time 200
  neighbor REFLECTORS peer-group
  neighbor REFLECTORS remote-as 65000
  neighbor REFLECTORS update-source 192.0.2.11
@@ -178,6 +179,7 @@ REFLECTOR_BGPD = """\
 router bgp 65000
  bgp router-id 192.0.2.1
  no bgp default ipv4-unicast
+ coalesce-time 200
  neighbor REFLECTORS peer-group
  neighbor REFLECTORS remote-as 65000
  neighbor REFLECTORS update-source 192.0.2.1
