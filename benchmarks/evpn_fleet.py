@@ -578,7 +578,7 @@ def machine() -> dict:
 
 def run(opts: argparse.Namespace, log=print) -> dict:
     p = plan(opts.hosts, opts.subnets, opts.vnets, opts.sample)
-    fleet = Fleet(p, log)
+    fleet = Fleet(p, log)       # its lab removes what it made if it fails
     try:
         restore = fleet.build()
         log(f"devices made on every host in {restore:.1f} s")

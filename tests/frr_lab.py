@@ -338,6 +338,14 @@ class EvpnLab:
         self.subnets = [SUBNETS[i] for i in range(subnets)]
         self.nodes: list[FrrNode] = []
         self.lans: dict[str, str] = {}
+        try:
+            self._underlay()
+        except BaseException:
+            self.lab.close()
+            raise
+
+    def _underlay(self) -> None:
+        """The router (forwarding, no multicast routing) and one LAN per subnet."""
         self.router = self.lab.netns("r")
         self.lab.ns_sh(self.router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for i, subnet in enumerate(self.subnets):
