@@ -34,7 +34,6 @@ from xend_vnet.kernel_shim.datapath.vxlan.table import (
     PortFlags,
     VxlanTable,
     VxlanVnet,
-    port_flag_changes,
     stale_remote_entries,
 )
 from xend_vnet.kernel_shim.datapath.vxlan.vnets import VxlanVnets
@@ -120,11 +119,9 @@ def test_stale_entries_property(local, remote):
     assert set(found) == {(mac(m), f"192.0.2.{d}") for m, d in remote if m in local}
 
 
-def test_port_flag_changes():
-    want = PortFlags(learning=False, neigh_suppress=True)
-    assert port_flag_changes(PortFlags(True, False), want) == {"learning": 0,
-                                                               "neigh_suppress": 1}
-    assert port_flag_changes(want, want) == {}
+def test_port_flags_as_brport_keywords():
+    assert PortFlags(learning=False, neigh_suppress=True).brport() == {
+        "learning": 0, "neigh_suppress": 1}
 
 
 # -- the device -------------------------------------------------------------------

@@ -35,6 +35,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from .kernel_shim.datapath.vxlan.table import DEFAULT_MAX_MACS
 from .vnet_rules import is_host_address
 from .xend_config import XendConfig, XendConfigError
 
@@ -43,7 +44,6 @@ CONTROL_PLANES = ("multicast", "evpn")
 DEFAULT_LISTEN_LIMIT = 1024
 DEFAULT_CONNECT_RETRY = 2
 DEFAULT_HOLD_TIME = 9
-DEFAULT_MAX_MACS = 4096       # vnetd's --vxlan-max-macs default
 MAX_REFLECTORS = 16
 MAX_LISTEN_RANGES = 64
 SHORTEST_LISTEN_PREFIX = 8    # a wider range is a typo or an open door

@@ -324,7 +324,9 @@ def link_states(ipr: IPRoute | None = None) -> dict[str, LinkState]:
     """Every VXLAN device by name, with its alias, group, state and bridge: one
     link dump, filtered by the kernel and parsed without pyroute2 (the
     refresh runs every few seconds on hosts with hundreds of links).  A name
-    missing here may be held by a device of another kind: ``link_state``."""
+    missing here may be held by a device of another kind: ``link_state``.
+    ``ipr`` is not used (the dump has a socket of its own); callers that hold
+    one for a pass may pass it."""
     try:
         links = dump_links("vxlan")
     except OSError as e:
@@ -451,7 +453,7 @@ AF_BRIDGE_FAMILY = socket.AF_BRIDGE
 
 def set_port_flags(ifname: str, index: int, changes: dict[str, int],
                    ipr: IPRoute | None = None) -> None:
-    """Set bridge-port flags (``table.port_flag_changes``) of our device."""
+    """Set bridge-port flags (``table.PortFlags.brport``) of our device."""
     with _netlink(ipr) as ipr:
         try:
             ipr.brport("set", index=index, **changes)

@@ -100,21 +100,15 @@ def stale_remote_entries(local_macs: Iterable[str],
 
 @dataclass(frozen=True)
 class PortFlags:
-    """The bridge-port flags an EVPN device's port must have: no learning (FRR
-    installs the remote MACs), ARP/ND suppression if asked."""
+    """The bridge-port flags an EVPN device's port gets when it joins a bridge:
+    no learning (FRR installs the remote MACs), ARP/ND suppression if asked."""
+
+    def brport(self) -> dict[str, int]:
+        """As pyroute2's ``brport`` keywords."""
+        return {"learning": int(self.learning), "neigh_suppress": int(self.neigh_suppress)}
 
     learning: bool
     neigh_suppress: bool
-
-
-def port_flag_changes(have: PortFlags, want: PortFlags) -> dict[str, int]:
-    """pyroute2 ``brport`` keywords that bring ``have`` to ``want`` (empty: nothing)."""
-    out = {}
-    if have.learning != want.learning:
-        out["learning"] = int(want.learning)
-    if have.neigh_suppress != want.neigh_suppress:
-        out["neigh_suppress"] = int(want.neigh_suppress)
-    return out
 
 
 def _ip_key(addr: str) -> tuple:

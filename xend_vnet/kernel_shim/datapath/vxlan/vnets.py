@@ -334,9 +334,7 @@ class VxlanVnets:
             return
         flags = self.port_flags
         try:
-            set_port_flags(vnet.ifname, index, {"learning": int(flags.learning),
-                                                "neigh_suppress": int(flags.neigh_suppress)},
-                           ipr)
+            set_port_flags(vnet.ifname, index, flags.brport(), ipr)
         except VxlanError as e:
             self.evpn_masters[index] = 0      # tried again at the next refresh
             self._note(vnet, e.message)
