@@ -403,3 +403,14 @@ def test_xend_vnet_start_launches_the_engine_with_the_hosts_options(monkeypatch)
     monkeypatch.setattr(launcher, "unit_serves", lambda c: True)
     assert cli.ensure_engine("/var/run/vnetd.sock", params) is None
     assert calls == [("ensure", {}), ("check", params)]
+
+
+def test_a_wrong_evpn_key_stops_a_start_but_not_a_stop(tmp_path, capsys):
+    from xend_vnet.xmlrpc import cli
+    config = tmp_path / "xend-config.sxp"
+    config.write_text("(xend-vnet-control-plane evpn)")
+    sock = str(tmp_path / "x.sock")
+    assert cli.main(["stop", "--config", str(config), "--socket", sock]) == 0
+    assert "not running" in capsys.readouterr().out
+    assert cli.main(["start", "--config", str(config), "--socket", sock]) == 1
+    assert "needs xend-vnet-evpn-address" in capsys.readouterr().err

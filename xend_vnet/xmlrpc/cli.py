@@ -113,7 +113,9 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
     config's warnings (logged by ``start`` only)."""
     cfg = XendConfig.read(config_path(args.config))
     s = server_settings(cfg)
-    evpn = evpn_settings(cfg)
+    # Only a start launches the engine: a wrong EVPN key never stops a stop.
+    starting = getattr(args, "command", "") in ("start", "restart")
+    params = evpn_settings(cfg).engine_params() if starting else {}
     return ServerSettings(
         deployment=s.deployment,
         unix_path=getattr(args, "socket", None) or s.unix_path,
@@ -124,7 +126,7 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
         engine_control=getattr(args, "engine_control", None) or s.engine_control,
         tls=s.tls,
         unix_group=getattr(args, "socket_group", None) or s.unix_group,
-        engine_params=evpn.engine_params(),
+        engine_params=params,
     ), cfg.warnings
 
 
