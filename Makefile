@@ -1,7 +1,7 @@
 # Set-up and entry points.  `make demo` and `make test`, as root, work on a
 # fresh Debian-like machine: they install what they need first.
 PYTHON ?= python3
-APT_PACKAGES = iproute2 iputils-ping iperf3 tcpdump procps clang llvm libbpf-dev linux-libc-dev libbpf1
+APT_PACKAGES = iproute2 iputils-ping iperf3 tcpdump procps ethtool frr clang llvm libbpf-dev linux-libc-dev libbpf1
 PYTEST_ARGS ?=
 
 .PHONY: setup bpf demo test bench lint

@@ -121,6 +121,8 @@ class FakeHost:
             ["address", core.self_address or ""],
             ["vnets", str(len(core.vnets()) + len(self.vxlan))],
             ["vxlan-vnets", str(len(self.vxlan))],
+            ["vxlan-control-plane", self.vxlan.control_plane],
+            *([["vxlan-local", self.vxlan.local]] if self.vxlan.evpn else []),
             ["peers", str(len(core.peers))],
         ]
 

@@ -146,7 +146,8 @@ def test_status_children_in_order(host):
     status = host.status()
     assert [c[0] for c in status] == [
         "pid", "version", "started", "uptime", "group-joined", "mcaddr", "port", "address",
-        "vnets", "vxlan-vnets", "vxlan-port", "peers", "remulticast", "etherip-receive",
+        "vnets", "vxlan-vnets", "vxlan-port", "vxlan-control-plane", "peers", "remulticast",
+        "etherip-receive",
         "offload", "tap-offload", "coalesced", "fast-peers", "control", "mtu", "mcast-ttl",
         "varp-ttl", "rcvbuf", "sndbuf", "io-dropped", "kernel-path", "kernel-encapsulated",
         "kernel-decapsulated"]

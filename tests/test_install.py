@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from xend_vnet import install, sdnotify
+from xend_vnet.evpn_settings import evpn_settings
 from xend_vnet.xend_config import XendConfig, server_settings
 
 TOOLS = install.Tools(vn="/opt/xv/bin/vn", vnetd="/opt/xv/bin/vnetd",
@@ -64,7 +65,7 @@ def test_units_order_engine_before_server_before_domains_with_readiness(tmp_path
         assert "Type=notify" in lines
         assert "LimitNOFILE=65536" in lines
         assert "WantedBy=multi-user.target" in lines
-    assert "ExecStart=/opt/xv/bin/vnetd" in vnetd
+    assert "ExecStart=/opt/xv/bin/xend-vnet engine" in vnetd
     assert "ExecStart=/opt/xv/bin/xend-vnet start --foreground --no-engine" in server
     before_vnetd = next(x for x in vnetd if x.startswith("Before=")).split("=", 1)[1].split()
     assert {"xend-vnet.service", "xendomains.service", "xend.service"} <= set(before_vnetd)
@@ -127,13 +128,20 @@ def test_sample_config_keys_are_all_read_by_xend_vnet():
     assert keys == {"xend-vnet-unix-path", "xend-vnet-upstream", "xend-vnet-tcp-server",
                     "xend-vnet-tcp-address", "xend-vnet-tcp-port", "xend-vnet-tcp-ssl-key-file",
                     "xend-vnet-tcp-ssl-cert-file", "xend-vnet-logfile",
-                    "xend-vnet-state-dir", "xend-vnet-engine-control", "xend-vnet-unix-group"}
-    source = read(os.path.join(os.path.dirname(install.__file__), "xend_config.py"))
+                    "xend-vnet-state-dir", "xend-vnet-engine-control", "xend-vnet-unix-group",
+                    "xend-vnet-control-plane", "xend-vnet-evpn-address", "xend-vnet-evpn-as",
+                    "xend-vnet-evpn-reflectors", "xend-vnet-evpn-password-file",
+                    "xend-vnet-evpn-ttl-security", "xend-vnet-evpn-listen"}
+    package = os.path.dirname(install.__file__)
+    source = read(os.path.join(package, "xend_config.py")) + read(
+        os.path.join(package, "evpn_settings.py"))
     for key in keys:
-        assert f'"{key}"' in source, f"{key} is not read by xend_config.py"
+        assert f'"{key}"' in source, f"{key} is not read by xend_config.py or evpn_settings.py"
     # Uncommenting the whole beside-xend block still parses to valid settings.
     every = XendConfig.from_text(re.sub(r"^#\((xend-vnet-)", r"(\1", text, flags=re.M))
     assert server_settings(every).deployment == "beside-xend"
+    evpn = evpn_settings(every)
+    assert evpn.vtep and evpn.reflector and evpn.engine_params()["vxlan_control_plane"] == "evpn"
 
 
 def test_network_vnet_without_the_default_line_is_refused():

@@ -37,13 +37,24 @@ def test_vnet_list_with_vxlan_vnets_in_id_order():
         "vnetd", "vnetd", "vxlan"]
     assert lines[2] == (
         "(vnet (id 0000:0000:0000:0000:0000:0000:0000:009c) (vnetif vnif009c) (security none)"
-        " (data-path vxlan) (vni 156) (group 224.10.0.1) (vxlan-port 4790) (mtu 1450)"
-        " (header 50))")
+        " (data-path vxlan) (vni 156) (control-plane multicast) (group 224.10.0.1)"
+        " (vxlan-port 4790) (mtu 1450) (header 50))")
     v5 = VnetId.parse("5")
     vxlan.add(VxlanVnet(v5, "vx5", 5, 1400))
     ids = [sxp.child_value(sxp.parse_one(line), "id")[-4:]
            for line in listing.vnet_list(two_vnets(), vxlan).splitlines()]
     assert ids == ["0004", "0005", "0097", "009c"]
+
+
+def test_evpn_vnets_list_their_control_plane_and_local_address_and_no_group():
+    vxlan = VxlanTable(4789, "evpn", "192.0.2.11")
+    v9c = VnetId.parse("9c")
+    vxlan.add(VxlanVnet(v9c, "vnif009c", vni_of(v9c), 1450))
+    (line,) = listing.vnet_list(make_core("192.0.2.11"), vxlan).splitlines()[-1:]
+    assert line == (
+        "(vnet (id 0000:0000:0000:0000:0000:0000:0000:009c) (vnetif vnif009c) (security none)"
+        " (data-path vxlan) (vni 156) (control-plane evpn) (local 192.0.2.11)"
+        " (vxlan-port 4789) (mtu 1450) (header 50))")
 
 
 def test_vif_list():

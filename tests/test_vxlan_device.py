@@ -28,6 +28,7 @@ from xend_vnet.kernel_shim.datapath.vxlan.device import (
     sync_floods,
 )
 from xend_vnet.kernel_shim.datapath.vxlan.table import device_alias
+from xend_vnet.kernel_shim.datapath.vxlan.watch import LinkEvent
 from xend_vnet.kernel_shim.datapath.vxlan.vnets import VxlanVnets
 from xend_vnet.vnet_id import VnetId
 
@@ -36,7 +37,8 @@ V9C = VnetId.parse("9c")
 ALIAS = device_alias(V9C)
 VX = {"vxlan_id": "IFLA_VXLAN_ID", "vxlan_port": "IFLA_VXLAN_PORT",
       "vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
-      "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_learning": "IFLA_VXLAN_LEARNING"}
+      "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_learning": "IFLA_VXLAN_LEARNING",
+      "vxlan_local": "IFLA_VXLAN_LOCAL", "vxlan_limit": "IFLA_VXLAN_LIMIT"}
 
 
 class Msg(dict):
@@ -133,7 +135,8 @@ class FakeIPRoute:
                               **{x: kw.pop(x) for x in list(kw) if x.startswith("vxlan_")})
             link["mtu"], link["up"] = kw.pop("mtu"), False
             assert not kw, kw
-            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            if "vxlan_group" in link["vxlan"]:       # the kernel's entry for the group
+                k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
             return []
         name = next(n for n, v in k.links.items() if v["index"] == kw["index"])
         link = k.links[name]
@@ -148,8 +151,9 @@ class FakeIPRoute:
             k.calls.append(("change", name, dict(kw), "up" if link["up"] else "down"))
             old_group = link["vxlan"].get("vxlan_group")
             link["vxlan"].update(kw)
-            k.fdb.discard((link["index"], ALL_ZEROS, old_group))
-            k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
+            if old_group is not None:
+                k.fdb.discard((link["index"], ALL_ZEROS, old_group))
+                k.fdb.add((link["index"], ALL_ZEROS, link["vxlan"]["vxlan_group"]))
             return []
         for key, value in kw.items():
             if key == "state":
@@ -163,10 +167,21 @@ class FakeIPRoute:
         return []
 
 
+def _dump_links(k: FakeKernel, kind=None):
+    """The kernel's filtered link dump (device.link_states), from the fake links."""
+    k.calls.append(("link-dump",))
+    return [LinkEvent(True, 0, link["index"], link["master"] or 0, name,
+                      1 if link["up"] else 0, link["alias"], link["kind"],
+                      link["vxlan"].get("vxlan_group"))
+            for name, link in k.links.items() if kind is None or link["kind"] == kind]
+
+
 @pytest.fixture
 def kernel(monkeypatch):
     k = FakeKernel()
     monkeypatch.setattr(vxlan_mod, "IPRoute", k.ipr)
+    monkeypatch.setattr(vxlan_mod, "dump_links",
+                        lambda kind=None, sock=None: _dump_links(k, kind))
     return k
 
 

@@ -163,6 +163,8 @@ def _asked(params: dict[str, str]) -> dict[str, tuple[argparse.Action, str, str]
 
 
 def _same(action: argparse.Action, running: str, wanted: str) -> bool:
+    if _is_flag(action):
+        return (running.lower() in _TRUE) == (wanted.lower() in _TRUE)
     kind = action.type if callable(action.type) else str
     try:
         return kind(running) == kind(wanted)
@@ -303,9 +305,15 @@ def systemd_unit_installed() -> bool:
 
 def _use_systemd(control_path: str, options: list[str]) -> bool:
     # The unit has its own command line: it can only serve the default socket
-    # with default options.  Anything else runs as a detached daemon.
-    return (not options and control_path == DEFAULT_CONTROL
-            and systemd_booted() and systemd_unit_installed())
+    # with the options xend-config.sxp gives (``xend-vnet engine``).  Anything
+    # else runs as a detached daemon.
+    return not options and unit_serves(control_path)
+
+
+def unit_serves(control_path: str) -> bool:
+    """Whether ``vnetd.service`` is the engine of ``control_path``: systemd runs,
+    the unit is installed and the socket is the default one."""
+    return control_path == DEFAULT_CONTROL and systemd_booted() and systemd_unit_installed()
 
 
 def daemon_command(control_path: str, options: list[str]) -> list[str]:
@@ -317,7 +325,12 @@ def daemon_command(control_path: str, options: list[str]) -> list[str]:
     return command + options
 
 
-def _child_env() -> dict[str, str]:
+def engine_command(control_path: str, options: list[str]) -> list[str]:
+    """vnetd in the foreground for ``control_path`` (a service manager's child)."""
+    return [sys.executable, "-m", DAEMON_MODULE, "--control", control_path, *options]
+
+
+def child_env() -> dict[str, str]:
     # The engine must import this same package, wherever the caller found it.
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -333,7 +346,7 @@ def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryFile(mode="w+") as err:
         try:
             done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                  env=_child_env(), timeout=timeout, check=False)
+                                  env=child_env(), timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise LauncherError(
                 f"{' '.join(command[:4])} did not return within {timeout:g} s") from None

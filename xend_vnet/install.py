@@ -102,6 +102,8 @@ def vnetd_unit(tools: Tools) -> str:
     return f"""\
 # Written by xend-vnet install.  The vnet engine (design.md 5): it starts
 # even without a network and joins the multicast group once it can.
+# `xend-vnet engine` becomes vnetd with the options xend-config.sxp gives
+# it (the control plane of vxlan vnets, docs/fleet.md).
 [Unit]
 Description=xend-vnet tunnel engine (vnetd, the user-space vnet_module)
 After=network.target
@@ -110,7 +112,7 @@ Before=xend-vnet.service xend.service {DOMAIN_UNITS}
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={tools.vnetd}
+ExecStart={tools.xend_vnet} engine
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 LimitNOFILE=65536

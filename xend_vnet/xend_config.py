@@ -15,7 +15,7 @@ Two deployments (design.md 9):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from . import sxp
@@ -78,6 +78,18 @@ class XendConfig:
                 f"invalid xend config {name}: expected a value: {sxp.to_string(value)}")
         return value
 
+    def get_list(self, name: str) -> list[str]:
+        """Every value of ``(name v1 v2 ...)`` (the first such form); [] when absent."""
+        found = sxp.child(self.sxpr, name)
+        if found is None:
+            return []
+        values = found[1:]
+        for v in values:
+            if not isinstance(v, str):
+                raise XendConfigError(
+                    f"invalid xend config {name}: expected values: {sxp.to_string(v)}")
+        return list(values)
+
     def get_bool(self, name: str, default: bool) -> bool:
         value = self.get(name)
         if value is None:
@@ -122,6 +134,8 @@ class ServerSettings:
     engine_control: str
     tls: TlsFiles | None = None          # HTTPS on the TCP server (design.md 9)
     unix_group: str | None = None        # the unix socket 0660 for this group, else 0600
+    # vnetd's parameters for the host's control plane (evpn_settings, docs/fleet.md)
+    engine_params: dict[str, str] = field(default_factory=dict)
 
 
 _THIS_HOST = ("", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::")

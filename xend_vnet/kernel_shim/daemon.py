@@ -17,12 +17,18 @@ import sys
 from collections.abc import Iterator
 
 from .. import process, sdnotify
+from ..vnet_rules import is_host_address
 from ..process import DEFAULT_CONTROL, default_control_path
 from .datapath.tap import DEFAULT_MTU
 from .security.keystore import EPOCH_LIFETIME, EPOCH_MAX_AGE
 from .wire.codec import VARP_MCADDR, VARP_PORT, is_multicast, parse_ipv4
 from .wire.offload import MIN_GSO_SIZE
-from .datapath.vxlan.table import DEFAULT_VXLAN_PORT
+from .datapath.vxlan.table import (
+    CONTROL_PLANES,
+    DEFAULT_CONTROL_PLANE,
+    DEFAULT_MAX_MACS,
+    DEFAULT_VXLAN_PORT,
+)
 from .engine import VERSION_TEXT, Engine, StartupError
 
 log = logging.getLogger("vnetd")
@@ -52,6 +58,21 @@ def _network_options(g) -> None:
     g.add_argument("--vxlan-port", type=int, default=DEFAULT_VXLAN_PORT,
                    help="UDP port of vnets on the kernel VXLAN data path (default 4789; "
                         "docs/vxlan.md)")
+    g.add_argument("--vxlan-control-plane", choices=CONTROL_PLANES,
+                   default=DEFAULT_CONTROL_PLANE,
+                   help="who fills the VXLAN devices' forwarding tables: multicast (the group "
+                        "and a flood entry per peer, the default) or evpn (FRR's BGP EVPN; "
+                        "docs/fleet.md)")
+    g.add_argument("--vxlan-local", metavar="ADDR",
+                   help="with --vxlan-control-plane evpn: this host's underlay address, the "
+                        "VXLAN devices' source and the VTEP address FRR advertises")
+    g.add_argument("--vxlan-neigh-suppress", action="store_true",
+                   help="with --vxlan-control-plane evpn: ARP/ND suppression on the VXLAN "
+                        "devices' bridge ports")
+    g.add_argument("--vxlan-max-macs", type=int, default=DEFAULT_MAX_MACS, metavar="N",
+                   help="with --vxlan-control-plane evpn: at most N forwarding entries per "
+                        f"VXLAN device (default {DEFAULT_MAX_MACS}); beyond, frames to "
+                        "further MACs are flooded")
     g.add_argument("-a", "--mcaddr", "--varp_mcaddr", dest="mcaddr", default=VARP_MCADDR,
                    help="VARP multicast group (default 224.10.0.1)")
     g.add_argument("--mcast-ttl", type=int, default=1, help="multicast TTL (default 1)")
@@ -134,6 +155,8 @@ def _number_problems(opts: argparse.Namespace) -> Iterator[str]:
         # The kernel would take the vnet datagrams of every host (legacy ones too).
         yield (f"invalid --vxlan-port {opts.vxlan_port}: it is the vnet port; "
                f"choose another (default {DEFAULT_VXLAN_PORT})")
+    if not 1 <= opts.vxlan_max_macs <= 1 << 20:
+        yield f"invalid --vxlan-max-macs {opts.vxlan_max_macs}: expected 1 to {1 << 20}"
     if not 0 <= opts.mcast_ttl <= 255:
         yield f"invalid --mcast-ttl {opts.mcast_ttl}: expected 0 to 255"
     if not 68 <= opts.mtu <= MAX_MTU:
@@ -159,6 +182,30 @@ def _address_problems(opts: argparse.Namespace) -> Iterator[str]:
     if not is_multicast(opts.mcaddr):
         yield (f"invalid --mcaddr {opts.mcaddr}: expected a multicast address "
                "(224.0.0.0 to 239.255.255.255)")
+    yield from _evpn_problems(opts)
+
+
+def _evpn_problems(opts: argparse.Namespace) -> Iterator[str]:
+    """--vxlan-local and --vxlan-neigh-suppress belong to the EVPN control plane,
+    which needs the address it advertises (docs/fleet.md)."""
+    if opts.vxlan_control_plane != "evpn":
+        for given, option in ((opts.vxlan_local, "--vxlan-local"),
+                              (opts.vxlan_neigh_suppress, "--vxlan-neigh-suppress")):
+            if given:
+                yield f"{option} needs --vxlan-control-plane evpn"
+        return
+    if opts.vxlan_local is None:
+        yield ("--vxlan-control-plane evpn needs --vxlan-local ADDR: the underlay address "
+               "this host's VXLAN devices send from and FRR advertises")
+        return
+    try:
+        opts.vxlan_local = parse_ipv4(opts.vxlan_local)
+    except ValueError:
+        yield f"invalid --vxlan-local {opts.vxlan_local!r}: expected a dotted-quad IPv4 address"
+        return
+    if not is_host_address(opts.vxlan_local):
+        yield (f"invalid --vxlan-local {opts.vxlan_local}: expected this host's unicast "
+               "IPv4 address (not 0/8, loopback, multicast or reserved)")
 
 
 class NetnsLock:

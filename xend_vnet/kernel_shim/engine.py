@@ -40,6 +40,7 @@ from .datapath import tap_keeper
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
+from .datapath.vxlan.watch import NetlinkWatch
 from .security import epoch_file
 from .security.keystore import SecurityContext
 
@@ -79,7 +80,10 @@ class Engine:
             group=lambda: self.core.mcaddr, mcast_ttl=lambda: self.userspace.udp.mcast_ttl,
             device=lambda: self.addresses.device,
             underlay_mtu=lambda: self.addresses.underlay_mtu,
-            peers=lambda: [p.addr for p in self.core.peers])
+            peers=lambda: [p.addr for p in self.core.peers],
+            control_plane=opts.vxlan_control_plane, local=opts.vxlan_local,
+            neigh_suppress=opts.vxlan_neigh_suppress, max_macs=opts.vxlan_max_macs)
+        self.netlink_watch = NetlinkWatch() if self.vxlan_vnets.table.evpn else None
         self.kernel = KernelPath(
             self.core, self.loop, self.userspace,
             functools.partial(KernelShim.open, object_path=opts.kernel_object),
@@ -153,6 +157,12 @@ class Engine:
             self.control.listen()
         except (ControlSocketError, OSError) as e:
             raise StartupError(str(e)) from None
+        if self.netlink_watch is not None:
+            try:
+                self.loop.register(self.netlink_watch.open(), self._on_netlink)
+            except OSError as e:
+                raise StartupError("cannot watch the kernel's forwarding entries (EVPN): "
+                                   f"{e.strerror}") from None
         self.loop.add_timer(self.core.next_timer, self._on_core_timer)
         self.loop.add_timer(self.control.next_deadline, self.control.expire)
         self.loop.add_timer(lambda: self._next_refresh, self._refresh)
@@ -176,6 +186,8 @@ class Engine:
         self._keep_kernel_taps()
         for path in self.host.paths:
             path.close()
+        if self.netlink_watch is not None:
+            self.netlink_watch.close()
         self.loop.close()
         log.info("vnetd stopped")
 
@@ -223,6 +235,12 @@ class Engine:
         return (f"the kernel path cannot load: {self.kernel.reason} "
                 f"({REQUIRE_KERNEL_PATH}=1 forbids running in user space only; "
                 "unset it, or start vnetd with --no-kernel-path)")
+
+    def _on_netlink(self, _mask: int, _now: float) -> None:
+        watch = self.netlink_watch
+        events = watch.read()
+        overflowed, watch.overflowed = watch.overflowed, False
+        self.vxlan_vnets.netlink_events(events, overflowed)
 
     def _on_core_timer(self, now: float) -> None:
         self.userspace.perform(self.core.handle_timer(now))

@@ -133,6 +133,10 @@ engine facts, exit 0; or 'not running', exit 3."""),
     Command("vifs", listings.op_vifs, "Print vifs."),
     Command("varp", listings.op_varp, "Print varp info and entries in the varp cache."),
     Command("varp-flush", listings.op_varp_flush, "Flush the varp cache."),
+    Command("fdb", listings.op_fdb, "Print the forwarding tables of vxlan vnets.",
+            """Print each vxlan vnet's flood list and remote MACs, as the kernel holds
+them: learnt from the network (multicast control plane) or installed by FRR
+(evpn; docs/fleet.md).""", more="vnet"),
     Command("stats", listings.op_stats, "Print per-vnet counters and drop reasons.",
             "Print packet and byte counters and drops by reason, per vnet.", more="vnet"),
     Command("vnet-create", manage.op_vnet_create, "Create a vnet.",

@@ -163,3 +163,64 @@ def format_stats(forms: list[sxp.Sxpr]) -> str:
         lines += [f"{label}  {vid}" for label, vid, _ in columns]
         sections.append("\n".join(lines) + "\n")
     return "\n".join(sections)
+
+
+def vxlan_vnets(vnets: list[sxp.Sxpr]) -> list[sxp.Sxpr]:
+    """The ``(data-path vxlan)`` vnets of a ``(vnet.list)`` reply."""
+    return [v for v in vnets if sxp.child_value(v, "data-path") == "vxlan"
+            and isinstance(sxp.child_value(v, "vnetif"), str)]
+
+
+def short_id(text: str) -> str:
+    """A vnet id as an operator writes it (``64``), or as listed when it is long."""
+    try:
+        vid = VnetId.parse(text)
+    except VnetIdError:
+        return text
+    return f"{vid.last_field:x}" if vid.short else vid.canonical
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def vxlan_summary(vnet: sxp.Sxpr, fdb) -> str:
+    """One line of ``vn status`` for a vxlan vnet: its control plane and what
+    that control plane has put in the device's forwarding table (``fdb``, a
+    ``device.DeviceFdb``, or None when the device is not there)."""
+    vid = short_id(str(sxp.child_value(vnet, "id")))
+    ifname = sxp.child_value(vnet, "vnetif")
+    plane = sxp.child_value(vnet, "control-plane", "multicast")
+    where = (f"local {sxp.child_value(vnet, 'local')}" if plane == "evpn"
+             else f"group {sxp.child_value(vnet, 'group')}")
+    head = f"  vnet {vid} {ifname}: {plane} ({where})"
+    if fdb is None:
+        return f"{head}, no device\n"
+    flood = sorted(set(fdb.flood) - {sxp.child_value(vnet, "group")})
+    hosts = "host" if plane == "evpn" else "peer"
+    floods = f"floods to {_plural(len(flood), hosts)}" + (f" ({' '.join(flood)})" if flood else "")
+    stale = len(set(fdb.remote) & fdb.local)
+    if plane == "evpn":
+        macs = _plural(len(fdb.external - fdb.local), "remote MAC") + " from FRR"
+    else:
+        macs = _plural(len(fdb.remote), "remote MAC") + " learnt"
+    return (f"{head}, {floods}, {macs}"
+            + (f", {stale} stale (local now)" if stale else "") + "\n")
+
+
+def fdb_form(vnet: sxp.Sxpr, fdb) -> sxp.Sxpr:
+    """``vn fdb``: a vxlan vnet's forwarding table as one s-expression."""
+    plane = sxp.child_value(vnet, "control-plane", "multicast")
+    form: list = ["vxlan.fdb", ["id", sxp.child_value(vnet, "id")],
+                  ["vnetif", sxp.child_value(vnet, "vnetif")], ["control-plane", plane]]
+    if fdb is None:
+        return form + [["device", "missing"]]
+    form.append(["flood", *sorted(set(fdb.flood))])
+    for mac in sorted(fdb.remote):
+        entry = ["mac", mac, ["dst", fdb.remote[mac]]]
+        if mac in fdb.external:
+            entry.append(["external"])
+        if mac in fdb.local:
+            entry.append(["stale"])
+        form.append(entry)
+    return form

@@ -9,6 +9,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import bridges, sxp
+from ..kernel_shim.datapath.vxlan.device import DeviceFdb, read_fdb
 from .session import Opts, Vn
 
 
@@ -104,3 +105,21 @@ def op_bridges(vn: Vn, opts: Opts, args: list[str]) -> int:
         else:
             vn.write(f"{br}\n")
     return 0
+
+
+def read_vxlan_fdb(ifnames: list[str]) -> dict[str, DeviceFdb]:
+    """The forwarding tables of VXLAN devices by name (one FDB dump): what the
+    kernel learnt or a control plane (FRR under EVPN) installed; a device that
+    is not there is left out."""
+    with IPRoute() as ipr:
+        indexes = {}
+        for name in ifnames:
+            try:
+                link = ipr.link("get", ifname=name)[0]
+            except NetlinkError:
+                continue
+            indexes[link["index"]] = (name, link.get_attr("IFLA_MASTER") or 0)
+    if not indexes:
+        return {}
+    fdb = read_fdb({i: m for i, (_, m) in indexes.items()})
+    return {indexes[i][0]: view for i, view in fdb.items()}

@@ -8,8 +8,15 @@ import sys
 from .. import engine_launcher as launcher
 from .. import sxp
 from ..engine_client import EngineUnavailable
-from .formatting import canonical_or_none, format_stats, format_status
-from .links import show_vnif
+from .formatting import (
+    canonical_or_none,
+    fdb_form,
+    format_stats,
+    format_status,
+    vxlan_summary,
+    vxlan_vnets,
+)
+from .links import read_vxlan_fdb, show_vnif
 from .session import EXIT_NOT_RUNNING, PROG, Opts, Vn
 
 
@@ -25,6 +32,18 @@ def op_status(vn: Vn, opts: Opts, args: list[str]) -> int:
         return EXIT_NOT_RUNNING
     form = next((f for f in status if isinstance(f, list)), ["engine.status"])
     vn.write(format_status(form))
+    vxlan = vxlan_vnets(vn.vnet_list())
+    if vxlan:
+        fdb = read_vxlan_fdb([str(sxp.child_value(v, "vnetif")) for v in vxlan])
+        vn.write("vxlan vnets:\n" + "".join(
+            vxlan_summary(v, fdb.get(str(sxp.child_value(v, "vnetif")))) for v in vxlan))
+    return 0
+
+
+def op_fdb(vn: Vn, opts: Opts, args: list[str]) -> int:
+    vxlan = vxlan_vnets(vn.selected(args))
+    fdb = read_vxlan_fdb([str(sxp.child_value(v, "vnetif")) for v in vxlan])
+    vn.print_forms([fdb_form(v, fdb.get(str(sxp.child_value(v, "vnetif")))) for v in vxlan])
     return 0
 
 

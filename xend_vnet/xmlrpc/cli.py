@@ -29,9 +29,10 @@ import xmlrpc.client
 
 import psutil
 
-from .. import bridges, install, process, sdnotify
+from .. import bridges, frr_conf, frr_files, install, process, sdnotify
 from .. import engine_launcher as launcher
 from ..engine_client import EngineClient, EngineError
+from ..evpn_settings import evpn_settings
 from ..store import StoreError, VnetStore
 from ..xend_config import ServerSettings, XendConfig, XendConfigError, config_path, server_settings
 from ..httpu import server_proxy
@@ -84,6 +85,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     src.add_argument("--dir", metavar="PATH", help="from a Xen 2.0 xend-db/vnet directory")
     s.add_argument("--config", metavar="FILE", help="xend config")
     s.add_argument("--state-dir", metavar="DIR", help="state directory")
+    s = sub.add_parser("evpn-config", help="write FRR's configuration for this host's "
+                       "EVPN role (docs/fleet.md)")
+    s.add_argument("--config", metavar="FILE", help="xend config")
+    s.add_argument("--root", metavar="DIR", default="/",
+                   help="write under DIR/etc/frr instead of /etc/frr")
+    s.add_argument("--force", action="store_true",
+                   help="replace a frr.conf xend-vnet did not write (it is kept aside)")
+    s.add_argument("--print", dest="print_only", action="store_true",
+                   help="print frr.conf instead of writing it (without the password)")
+    s = sub.add_parser("engine", help="run vnetd in the foreground with the options "
+                       "xend-config.sxp gives it (vnetd.service)")
+    s.add_argument("--config", metavar="FILE", help="xend config")
     s = sub.add_parser("install", help="install network-vnet, systemd units, sample config")
     s.add_argument("--root", metavar="DIR", default="/",
                    help="install under DIR instead of / (for packaging and tests)")
@@ -100,6 +113,9 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
     config's warnings (logged by ``start`` only)."""
     cfg = XendConfig.read(config_path(args.config))
     s = server_settings(cfg)
+    # Only a start launches the engine: a wrong EVPN key never stops a stop.
+    starting = getattr(args, "command", "") in ("start", "restart")
+    params = evpn_settings(cfg).engine_params() if starting else {}
     return ServerSettings(
         deployment=s.deployment,
         unix_path=getattr(args, "socket", None) or s.unix_path,
@@ -110,6 +126,7 @@ def settings_of(args: argparse.Namespace) -> tuple[ServerSettings, list[str]]:
         engine_control=getattr(args, "engine_control", None) or s.engine_control,
         tls=s.tls,
         unix_group=getattr(args, "socket_group", None) or s.unix_group,
+        engine_params=params,
     ), cfg.warnings
 
 
@@ -129,22 +146,30 @@ def setup_logging(log_file: str | None) -> None:
     process.setup_logging("xend-vnet", logging.INFO, log_file)
 
 
-def ensure_engine(control: str) -> str | None:
-    """Start vnetd if nothing answers on its control socket (design.md 5);
-    return why it could not be started, or None."""
+def ensure_engine(control: str, params: dict[str, str] | None = None) -> str | None:
+    """Start vnetd if nothing answers on its control socket (design.md 5), with
+    the parameters xend-config.sxp gives it (the EVPN control plane,
+    docs/fleet.md); return why it could not be started, or None.  Under
+    systemd the unit runs ``xend-vnet engine``, which reads them itself: a
+    running engine is only checked against them."""
+    params = params or {}
     try:
-        launcher.ensure_engine(control, {})
+        if launcher.unit_serves(control):
+            launcher.ensure_engine(control, {})
+            launcher.reconcile_running(control, params)
+        else:
+            launcher.ensure_engine(control, params)
     except (EngineError, launcher.LauncherError, OSError) as e:
         return str(getattr(e, "message", e))
     return None
 
 
 def restore(args: argparse.Namespace, settings: ServerSettings, service: VnetService,
-            stopping: threading.Event) -> bool:
+            stopping: threading.Event, engine_params: dict[str, str] | None = None) -> bool:
     """Make sure vnetd answers, then bring every stored vnet up or log why not;
     False when stopped before the end (design.md 5: ready only after this)."""
     if not args.no_engine:
-        reason = ensure_engine(settings.engine_control)
+        reason = ensure_engine(settings.engine_control, engine_params)
         if reason:
             log.error("cannot start vnetd: %s; stored vnets are restored once it runs",
                       reason)
@@ -191,7 +216,7 @@ def serve(args: argparse.Namespace, settings: ServerSettings, warnings: list[str
         # Served at once: listings answer from the store while the restore runs,
         # creates and deletes wait for one batch of it (design.md 5).
         servers.start()
-        restored = restore(args, settings, service, stopping)
+        restored = restore(args, settings, service, stopping, settings.engine_params)
         if ready:
             ready(None if restored else "stopped before the stored vnets were restored")
         if restored:
@@ -358,6 +383,46 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evpn_config(args: argparse.Namespace) -> int:
+    """Write (or print) FRR's configuration for this host (docs/fleet.md)."""
+    path = config_path(args.config)
+    try:
+        settings = evpn_settings(XendConfig.read(path))
+        if args.print_only:
+            password = "PASSWORD" if settings.password_file else None
+            sys.stdout.write(frr_conf.frr_conf(settings, password, path))
+            return 0
+        written = frr_files.write_frr_files(settings, args.root, args.force, path)
+    except (XendConfigError, frr_conf.FrrConfigError, frr_files.FrrFilesError) as e:
+        print(f"xend-vnet evpn-config: {e}", file=sys.stderr)
+        return 1
+    for w in written:
+        print(f"{w.path}: {'written' if w.changed else 'unchanged'}"
+              + (f" (the former one kept as {w.saved})" if w.saved else ""))
+    if any(w.changed for w in written):
+        print("apply it: systemctl restart frr (or systemctl reload frr when only "
+              "frr.conf changed)")
+    roles = [r for r, on in (("advertises its EVPN vnets", settings.vtep),
+                             ("reflects routes for its listen ranges", settings.reflector)) if on]
+    print(f"this host {' and '.join(roles)}")
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """Become vnetd, with the options xend-config.sxp gives (vnetd.service's
+    ExecStart): the per-host control plane reaches the engine however it is
+    started (docs/fleet.md)."""
+    try:
+        cfg = XendConfig.read(config_path(args.config))
+        control = server_settings(cfg).engine_control
+        options = launcher.parse_params(evpn_settings(cfg).engine_params())
+    except (XendConfigError, launcher.LauncherError) as e:
+        print(f"xend-vnet engine: {e}", file=sys.stderr)
+        return 1
+    command = launcher.engine_command(control, options)
+    os.execve(command[0], command, launcher.child_env())
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     try:
         install.install(args.root, args.beside_xend)
@@ -374,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_import(args)
         if args.command == "install":
             return cmd_install(args)
+        if args.command == "evpn-config":
+            return cmd_evpn_config(args)
+        if args.command == "engine":
+            return cmd_engine(args)
         settings, warnings = settings_of(args)
     except XendConfigError as e:
         print(f"xend-vnet: {e}", file=sys.stderr)

@@ -179,6 +179,13 @@ class DataPathHost:
             ["vnets", str(len(core.vnets()) + len(self.vxlan))],
             ["vxlan-vnets", str(len(self.vxlan))],
             ["vxlan-port", str(self.vxlan.port)],
+            ["vxlan-control-plane", self.vxlan.control_plane],
+            *([["vxlan-local", self.vxlan.local],
+               ["vxlan-neigh-suppress",
+                "yes" if self.vxlan_vnets.port_flags.neigh_suppress else "no"],
+               ["vxlan-max-macs", str(self.vxlan_vnets.max_macs)],
+               ["vxlan-stale-removed", str(self.vxlan_vnets.stale_removed)]]
+              if self.vxlan.evpn else []),
             ["peers", str(len(core.peers))],
             ["remulticast", "yes" if path.raw is not None else "no"],
             ["etherip-receive", "yes" if path.etherip is not None else "no"],

@@ -41,12 +41,13 @@ def vnet_list(core: EngineCore, vxlan: VxlanTable | None = None,
               owners: Mapping[VnetId, str] | None = None) -> str:
     """``(vnet.list)``: one line per vnet of either data path, sorted by id.
     A secured vnet also lists its key generations and states, never key
-    material; a VXLAN vnet its VNI, group, port and MTU (docs/vxlan.md).  A
+    material; a VXLAN vnet its VNI, control plane, group (or local address
+    under EVPN), port and MTU (docs/vxlan.md, docs/fleet.md).  A
     vnet with an owner ends in ``(owner NAME)``, after every legacy field
     (design.md 6)."""
     lines = [(v.vid, _vnet_line(v)) for v in core.vnets()]
     if vxlan is not None:
-        lines += [(v.vid, _vxlan_line(v, core.mcaddr, vxlan.port)) for v in vxlan.vnets()]
+        lines += [(v.vid, _vxlan_line(v, core.mcaddr, vxlan)) for v in vxlan.vnets()]
     owners = owners or {}
     return "".join(_owned(line, owners.get(vid)) for vid, line in sorted(lines))
 
@@ -55,9 +56,11 @@ def _owned(line: str, owner: str | None) -> str:
     return line if owner is None else f"{line[:-2]} (owner {owner}))\n"
 
 
-def _vxlan_line(v: VxlanVnet, group: str, port: int) -> str:
+def _vxlan_line(v: VxlanVnet, group: str, vxlan: VxlanTable) -> str:
+    plane = (f"(control-plane evpn) (local {vxlan.local})" if vxlan.evpn
+             else f"(control-plane multicast) (group {group})")
     return (f"(vnet (id {v.vid.canonical}) (vnetif {v.ifname}) (security none)"
-            f" (data-path vxlan) (vni {v.vni}) (group {group}) (vxlan-port {port})"
+            f" (data-path vxlan) (vni {v.vni}) {plane} (vxlan-port {vxlan.port})"
             f" (mtu {v.mtu}) (header {VXLAN_OVERHEAD}))\n")
 
 

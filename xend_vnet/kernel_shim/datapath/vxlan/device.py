@@ -7,11 +7,15 @@ over only if it carries that tag (the one an earlier run of the engine
 left; devices stay when the engine stops, like TAPs); a tagged device
 whose VNI or port differ (a restart with another ``--vxlan-port``) is
 made again.  A name held by anything else, an untagged VXLAN device
-included, is refused (design.md 4).  A change of group or underlay is
-made while the device is down, so that every kernel leaves the old group
-and joins the new one when it comes up again.  Flood entries for peers are
-all-zeros FDB entries, one per peer, beside the kernel's own entry for the
-multicast group.  What to set is decided in table.py.
+included, is refused (design.md 4).  A change of group, underlay or
+local address is made while the device is down, so that every kernel
+leaves the old group and joins the new one when it comes up again (and FRR
+sees the VTEP go and come back).  Flood entries for peers are all-zeros
+FDB entries, one per peer, beside the kernel's own entry for the multicast
+group.  An EVPN device (docs/fleet.md) has no group and does not learn:
+FRR installs its entries, and the engine only keeps its bridge port from
+learning (``set_port_flags``) and removes the entries FRR leaves stale
+(``remove_fdb_entries``).  What to set is decided in table.py.
 
 Each public function takes an optional ``ipr``: the daemon's refresh passes
 one IPRoute to the whole pass; without it, the function opens its own.
@@ -24,7 +28,7 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,6 +36,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .table import flood_changes
+from .watch import NTF_EXT_LEARNED, NeighEvent, dump_links, dump_neighbours
 
 log = logging.getLogger("vnetd.vxlan")
 
@@ -39,9 +44,9 @@ ALL_ZEROS = "00:00:00:00:00:00"
 IFF_UP = 0x1
 # pyroute2 keyword -> IFLA_VXLAN_* attribute, for the settings taken over
 _SETTINGS = {"vxlan_group": "IFLA_VXLAN_GROUP", "vxlan_ttl": "IFLA_VXLAN_TTL",
-             "vxlan_link": "IFLA_VXLAN_LINK"}
+             "vxlan_link": "IFLA_VXLAN_LINK", "vxlan_local": "IFLA_VXLAN_LOCAL"}
 # Applied while the device is down: the kernel joins the group when it opens.
-_REJOIN = ("vxlan_group", "vxlan_link")
+_REJOIN = ("vxlan_group", "vxlan_link", "vxlan_local")
 
 
 class VxlanError(Exception):
@@ -59,12 +64,33 @@ class VxlanSpec:
 
     ifname: str
     vni: int
-    group: str
+    group: str | None  # None under EVPN: no group, FRR installs the flood list
     port: int
     ttl: int          # 0: the kernel's automatic TTL (vxlan_table.kernel_ttl)
-    device: str       # the underlay interface: the group is joined on it
+    device: str       # the underlay interface: the group is joined on it (not under EVPN)
     mtu: int
     alias: str        # our tag (vxlan_table.device_alias)
+    local: str | None = None   # EVPN: the source address, the VTEP FRR advertises
+    max_macs: int = 0          # EVPN: the kernel's maxaddress (0: no bound)
+
+    @property
+    def evpn(self) -> bool:
+        return self.local is not None
+
+    def identity(self) -> tuple[int, int, int, int]:
+        """What the kernel cannot change on a live device (VNI, port,
+        learning, maxaddress), as IFLA_VXLAN_* values: a device of ours that
+        differs is made again."""
+        return (self.vni, self.port, 0 if self.evpn else 1, self.max_macs)
+
+    def live_settings(self, underlay_index: int) -> dict[str, object]:
+        """The pyroute2 keywords a device taken over is brought to (``_apply``)."""
+        if self.evpn:
+            # Unicast to the VTEPs FRR names, routed like any packet: no underlay
+            # device to bind to, no group to join.
+            return {"vxlan_ttl": self.ttl, "vxlan_local": self.local}
+        return {"vxlan_ttl": self.ttl, "vxlan_link": underlay_index,
+                "vxlan_group": self.group}
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,7 @@ class LinkState:
     alias: str | None      # IFLA_IFALIAS: ours carry ``VxlanSpec.alias``
     group: str | None      # IFLA_VXLAN_GROUP of a VXLAN device
     up: bool
+    master: int = 0        # IFLA_MASTER: the bridge it is a port of (0: none)
 
 
 def netlink() -> IPRoute:
@@ -185,32 +212,31 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
         what = "create"
         replaced = ""   # our device of an earlier run, deleted to be made again
         try:
-            dev_index = _underlay_index(ipr, spec)
+            dev_index = 0 if spec.evpn else _underlay_index(ipr, spec)
             link = _link(ipr, spec.ifname)
             master = None
             if link is not None:
                 data = _ours(link, spec.ifname, spec.alias)
                 what = "take over"
-                if (data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT")) == (
-                        spec.vni, spec.port):
-                    _apply(ipr, link, data, vxlan_group=spec.group, vxlan_ttl=spec.ttl,
-                           vxlan_link=dev_index)
+                if _identity(data) == spec.identity():
+                    _apply(ipr, link, data, **spec.live_settings(dev_index))
                 else:
-                    # Ours, from a run with another --vxlan-port: made again, on its bridge.
+                    # Ours, from a run with another --vxlan-port or control plane:
+                    # made again, on its bridge.
                     master = link.get_attr("IFLA_MASTER")
                     ipr.link("del", index=link["index"])
                     replaced = (f"; the vnet is refused, and its device {spec.ifname} of an "
                                 f"earlier run (VNI {data.get_attr('IFLA_VXLAN_ID')}, port "
-                                f"{data.get_attr('IFLA_VXLAN_PORT')}) was removed"
+                                f"{data.get_attr('IFLA_VXLAN_PORT')}, "
+                                f"{_plane(data)} control plane) was removed"
                                 + (", with its place on its bridge" if master else "")
                                 + " before this failure: add the vnet again (xend-vnet's "
                                 "reconcile puts the new device on the bridge)")
                     link = None
                     what = "create"
             if link is None:
-                ipr.link("add", ifname=spec.ifname, kind="vxlan", vxlan_id=spec.vni,
-                         vxlan_group=spec.group, vxlan_port=spec.port, vxlan_link=dev_index,
-                         vxlan_ttl=spec.ttl, vxlan_learning=1, mtu=spec.mtu)
+                ipr.link("add", ifname=spec.ifname, kind="vxlan", mtu=spec.mtu,
+                         **_creation(spec, dev_index))
                 created = True
                 # The kernel ignores IFLA_IFALIAS in a link creation: set it now.
                 index = ipr.link_lookup(ifname=spec.ifname)[0]
@@ -233,6 +259,27 @@ def open_vxlan(spec: VxlanSpec, ipr: IPRoute | None = None) -> bool:
                 log.error("%s", error.message)
             raise error from None
     return created
+
+
+def _creation(spec: VxlanSpec, dev_index: int) -> dict[str, object]:
+    """The pyroute2 keywords of a new device: with a group and learning under the
+    multicast control plane; under EVPN no group, no learning, the local
+    address FRR advertises and the bound on forwarding entries."""
+    settings = {"vxlan_id": spec.vni, "vxlan_port": spec.port,
+                "vxlan_learning": spec.identity()[2], **spec.live_settings(dev_index)}
+    if spec.max_macs:
+        settings["vxlan_limit"] = spec.max_macs
+    return settings
+
+
+def _identity(data) -> tuple[int, int, int, int]:
+    """``VxlanSpec.identity`` of an existing device's VXLAN data."""
+    return (data.get_attr("IFLA_VXLAN_ID"), data.get_attr("IFLA_VXLAN_PORT"),
+            data.get_attr("IFLA_VXLAN_LEARNING"), data.get_attr("IFLA_VXLAN_LIMIT") or 0)
+
+
+def _plane(data) -> str:
+    return "multicast" if data.get_attr("IFLA_VXLAN_LEARNING") else "evpn"
 
 
 def _delete(ipr: IPRoute, ifname: str) -> bool:
@@ -270,16 +317,33 @@ def _state(link) -> LinkState:
     kind, data = _kind_and_data(link)
     return LinkState(link["index"], kind, link.get_attr("IFLA_IFALIAS"),
                      data.get_attr("IFLA_VXLAN_GROUP") if data is not None else None,
-                     bool(link["flags"] & IFF_UP))
+                     bool(link["flags"] & IFF_UP), link.get_attr("IFLA_MASTER") or 0)
 
 
 def link_states(ipr: IPRoute | None = None) -> dict[str, LinkState]:
-    """Every interface by name, with its kind, alias, group and state: one link dump."""
+    """Every VXLAN device by name, with its alias, group, state and bridge: one
+    link dump, filtered by the kernel and parsed without pyroute2 (the
+    refresh runs every few seconds on hosts with hundreds of links).  A name
+    missing here may be held by a device of another kind: ``link_state``.
+    ``ipr`` is not used (the dump has a socket of its own); callers that hold
+    one for a pass may pass it."""
+    try:
+        links = dump_links("vxlan")
+    except OSError as e:
+        raise VxlanError(e.errno or errno.EIO, f"cannot list the interfaces: {e}") from None
+    return {link.name: LinkState(link.index, link.kind or "device", link.alias, link.group,
+                                 bool(link.flags & IFF_UP), link.master)
+            for link in links if link.name}
+
+
+def link_state(ifname: str, ipr: IPRoute | None = None) -> LinkState | None:
+    """One interface's ``LinkState`` (one request, not a dump), or None."""
     with _netlink(ipr) as ipr:
         try:
-            return {link.get_attr("IFLA_IFNAME"): _state(link) for link in ipr.get_links()}
+            link = _link(ipr, ifname)
         except NetlinkError as e:
-            raise _failure("cannot list the interfaces", e) from None
+            raise _failure(f"cannot read interface {ifname}", e) from None
+    return _state(link) if link is not None else None
 
 
 def set_up(ifname: str, index: int, ipr: IPRoute | None = None) -> None:
@@ -380,3 +444,78 @@ def sync_flood(ifname: str, alias: str, peers: list[str],
     if failed:
         raise failed[0]
     return changes[ifname]
+
+
+# -- EVPN devices: bridge-port flags, forwarding entries FRR installed ------------
+
+AF_BRIDGE_FAMILY = socket.AF_BRIDGE
+
+
+def set_port_flags(ifname: str, index: int, changes: dict[str, int],
+                   ipr: IPRoute | None = None) -> None:
+    """Set bridge-port flags (``table.PortFlags.brport``) of our device."""
+    with _netlink(ipr) as ipr:
+        try:
+            ipr.brport("set", index=index, **changes)
+        except NetlinkError as e:
+            raise _failure(f"cannot set the bridge-port flags of {ifname}", e) from None
+
+
+@dataclass
+class DeviceFdb:
+    """What one FDB dump says of a VXLAN device and its bridge."""
+
+    flood: list[str]                     # all-zeros destinations: the flood list
+    remote: dict[str, str]               # MAC -> its destination (the first one)
+    external: set[str]                   # MACs whose entry a control plane installed
+    local: set[str]                      # MACs the bridge has on its other ports
+
+
+def fdb_views(indexes: dict[int, int], entries: Iterable[NeighEvent]) -> dict[int, DeviceFdb]:
+    """The forwarding tables of VXLAN devices (``{device index: its bridge's
+    index, 0 for none}``) and the MACs their bridges have on other ports,
+    from the entries of one dump (``watch.dump_neighbours``)."""
+    out = {index: DeviceFdb([], {}, set(), set()) for index in indexes}
+    by_bridge: dict[int, list[DeviceFdb]] = {}
+    for index, master in indexes.items():
+        if master:
+            by_bridge.setdefault(master, []).append(out[index])
+    for entry in entries:
+        mac = entry.mac
+        if mac is None or entry.family != AF_BRIDGE_FAMILY:
+            continue
+        device = out.get(entry.ifindex)
+        if device is not None:
+            if not entry.dst:
+                continue                     # the bridge's own entry for the device
+            if mac == ALL_ZEROS:
+                device.flood.append(entry.dst)
+            else:
+                device.remote.setdefault(mac, entry.dst)
+                if entry.flags & NTF_EXT_LEARNED:
+                    device.external.add(mac)
+            continue
+        if entry.local_on_bridge and entry.master in by_bridge:
+            for fdb in by_bridge[entry.master]:
+                fdb.local.add(mac)
+    return out
+
+
+def read_fdb(indexes: dict[int, int], sock: socket.socket | None = None
+             ) -> dict[int, DeviceFdb]:
+    """``fdb_views`` of one FDB dump (on ``sock``, a netlink socket, if given);
+    OSError passes to the caller."""
+    return fdb_views(indexes, dump_neighbours(sock))
+
+
+def remove_fdb_entry(ifname: str, index: int, mac: str, ipr: IPRoute | None = None) -> bool:
+    """Delete the device's own forwarding entry for ``mac`` (every destination);
+    False when there was none."""
+    with _netlink(ipr) as ipr:
+        try:
+            ipr.fdb("del", ifindex=index, lladdr=mac)
+        except NetlinkError as e:
+            if e.code in (errno.ENOENT, errno.ENODEV):
+                return False
+            raise _failure(f"cannot remove the entry of {mac} from {ifname}", e) from None
+    return True

@@ -1,11 +1,15 @@
 """Vnets on the kernel VXLAN data path: the engine's bookkeeping (docs/vxlan.md).
 
 A vnet with ``(data-path vxlan)`` has no TAP and no frame of it crosses
-user space: the kernel's VXLAN device sits on the vnet's bridge, floods to
-the engine's multicast group and, through all-zeros FDB entries, to each
-peer.  This module holds what the engine decides about such vnets (VNI,
-MTU, TTL, which flood entries a device should have) without touching the
-kernel; ``device.py`` is the pyroute2 adapter.
+user space: the kernel's VXLAN device sits on the vnet's bridge.  Under the
+multicast control plane (the default) it floods to the engine's multicast
+group and, through all-zeros FDB entries, to each peer, and learns remote
+MACs from what it receives.  Under the EVPN control plane (docs/fleet.md)
+it has no group, learns nothing, and FRR fills its forwarding table: remote
+MACs and the flood list.  This module holds what the engine decides about
+such vnets (VNI, MTU, TTL, which flood entries a device should have, which
+entries FRR left stale) without touching the kernel; ``device.py`` is the
+pyroute2 adapter.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from ....vnet_id import VnetId
 from ....vnet_rules import vni_of as vni_of
 
 DEFAULT_VXLAN_PORT = 4789       # IANA's VXLAN port
+CONTROL_PLANES = ("multicast", "evpn")
+DEFAULT_CONTROL_PLANE = "multicast"
+# Forwarding entries an EVPN device holds at most (the kernel's VXLAN
+# "maxaddress"): the bound of a table the network fills, per vnet.
+DEFAULT_MAX_MACS = 4096
 # Outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14: the kernel refuses a
 # larger MTU than the underlay's minus this on a device bound to one.
 VXLAN_OVERHEAD = 50
@@ -73,6 +82,35 @@ def flood_changes(present: Iterable[str], peers: Iterable[str],
     return sorted(want - have, key=_ip_key), sorted(have - want, key=_ip_key)
 
 
+def stale_remote_entries(local_macs: Iterable[str],
+                         remote: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (MAC, destination) forwarding entries of an EVPN device that point
+    to another host for a MAC its own bridge has on a local port.
+
+    When a MAC moves from another host to this one, the bridge takes its
+    entry over, but FRR may leave the device's own entry for the old host
+    behind: a frame the bridge then floods for that MAC (its entry aged out,
+    or the domain moved on) would go to the old host only, not to the
+    flood list.  A remote entry for a local MAC is wrong by definition, so
+    it is removed; FRR puts back any it still means.
+    """
+    local = set(local_macs)
+    return sorted((mac, dst) for mac, dst in set(remote) if mac in local)
+
+
+@dataclass(frozen=True)
+class PortFlags:
+    """The bridge-port flags an EVPN device's port gets when it joins a bridge:
+    no learning (FRR installs the remote MACs), ARP/ND suppression if asked."""
+
+    def brport(self) -> dict[str, int]:
+        """As pyroute2's ``brport`` keywords."""
+        return {"learning": int(self.learning), "neigh_suppress": int(self.neigh_suppress)}
+
+    learning: bool
+    neigh_suppress: bool
+
+
 def _ip_key(addr: str) -> tuple:
     """Numeric order, IPv4 first; anything else last (never raises)."""
     try:
@@ -93,11 +131,25 @@ class VxlanVnet:
 
 
 class VxlanTable:
-    """The engine's VXLAN vnets, by id; VNIs are unique within one engine."""
+    """The engine's VXLAN vnets, by id; VNIs are unique within one engine.
 
-    def __init__(self, port: int = DEFAULT_VXLAN_PORT):
+    ``control_plane`` and ``local`` are the engine's (``--vxlan-control-plane``,
+    ``--vxlan-local``): every VXLAN vnet of one engine has the same."""
+
+    def __init__(self, port: int = DEFAULT_VXLAN_PORT,
+                 control_plane: str = DEFAULT_CONTROL_PLANE, local: str | None = None):
+        if control_plane not in CONTROL_PLANES:
+            raise ValueError(f"unknown control plane {control_plane!r}")
+        if (control_plane == "evpn") != (local is not None):
+            raise ValueError("the evpn control plane, and only it, has a local address")
         self.port = port
+        self.control_plane = control_plane
+        self.local = local
         self._vnets: dict[bytes, VxlanVnet] = {}
+
+    @property
+    def evpn(self) -> bool:
+        return self.control_plane == "evpn"
 
     def __len__(self) -> int:
         return len(self._vnets)
