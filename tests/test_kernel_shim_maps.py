@@ -38,6 +38,9 @@ def test_constants_match_the_header():
     assert int(define("VS_MAX_VNETS")) == maps.MAX_VNETS
     assert int(define("VS_MAX_REMOTES")) == maps.MAX_REMOTES
     assert int(define("VS_MAX_LOCALS")) == maps.MAX_LOCALS
+    assert int(define("VS_MAX_SEEN")) == maps.MAX_SEEN
+    assert int(define("VS_EVENT_BUDGET")) == maps.EVENT_BUDGET
+    assert define("VS_EVENTS_BYTES") == "(256 * 1024)" and maps.EVENTS_BYTES == 256 * 1024
     assert int(define("VS_ENCAP_LEN")) == maps.ENCAP_LEN == 20 + 8 + 4 + 18 + 14
 
 

@@ -21,6 +21,9 @@ MAX_VNETS = 4096
 MAX_DEVS = 2 * MAX_VNETS   # a TAP and a kernel port P per vnet
 MAX_REMOTES = 131072
 MAX_LOCALS = 65536
+MAX_SEEN = 16384          # (vnet, MAC, kind) last reported, LRU
+EVENT_BUDGET = 256        # learn events per vnet per second
+EVENTS_BYTES = 256 * 1024
 ENCAP_LEN = 64          # outer IPv4 20, UDP 8, VnetMsgHdr 4, etherip 18, inner Ethernet 14
 TCP_IP_HEADERS = 40     # IPv4 20 + TCP 20: what an MSS leaves out of an inner packet
 
@@ -71,9 +74,9 @@ MAP_SHAPES = {
     "vs_remotes": (MAC_KEY.size, REMOTE.size, MAX_REMOTES),
     "vs_locals": (MAC_KEY.size, LOCAL.size, MAX_LOCALS),
     "vs_counters": (4, COUNTERS.size, MAX_VNETS),
-    "vs_seen": (MAC_KEY.size, 8, 16384),
+    "vs_seen": (MAC_KEY.size, 8, MAX_SEEN),
     "vs_budget": (4, 16, MAX_VNETS),
-    "vs_events": (0, 0, 256 * 1024),
+    "vs_events": (0, 0, EVENTS_BYTES),
 }
 
 
