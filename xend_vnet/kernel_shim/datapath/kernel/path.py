@@ -29,8 +29,8 @@ What it keeps in step:
   (``EngineCore.kernel_used``), which refreshes them as a frame through
   user space would.  So an entry in use stays in the maps (and its fdb
   entry on the kernel port, docs/kernel-path.md 4), and one whose MAC sends
-  nothing ages as on the user-space path (protocol.md 3.5, 3.6), a refresh
-  interval later at most;
+  nothing ages as on the user-space path (protocol.md 3.5, 3.6), counted
+  from the refresh that noticed its last use;
 * the kernel ports with the bridges: the shim's ``refresh`` at every
   refresh and after an attach.
 
