@@ -13,7 +13,8 @@
  * Anything else goes on to the TAP (and the engine's user-space path; P
  * hands it to the TAP's egress) or to the host's UDP socket, unchanged, and
  * a per-vnet counter says why.  The engine keeps the maps in step with its
- * own tables and reads learn events from a ring buffer.
+ * own tables, reads learn events from a ring buffer and the use stamps the
+ * programs write into the remote and local entries.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
