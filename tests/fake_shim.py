@@ -2,8 +2,9 @@
 kernel path's unit tests (datapath/kernel/path.py).
 
 ``FakeKernel`` is what one network namespace's kernel holds: the vnets
-attached (vid -> TAP ifindex), the remote and local maps, the per-vnet
-counters; it outlives a ``FakeShim`` as the real programs and maps outlive
+attached (vid -> TAP ifindex), the remote and local maps with their use
+stamps (``kernel.use`` is a frame from a MAC), the per-vnet counters, the
+refreshes of the kernel ports; it outlives a ``FakeShim`` as the real programs and maps outlive
 an engine, so a second ``open`` adopts what the first left.  ``FakeShim``
 implements every call of ``KernelShim``, records them in ``kernel.calls``,
 refuses the ones a test names in ``kernel.refuse`` as the real one does
@@ -32,6 +33,9 @@ class FakeKernel:
         self.attached: dict[VnetId, int] = {}
         self.remotes: dict[tuple[VnetId, bytes], tuple[str, bool]] = {}
         self.locals: set[tuple[VnetId, bytes]] = set()
+        # ("remote" or "local", (vid, mac)) -> use stamp, as the programs write it
+        self.used: dict[tuple[str, tuple[VnetId, bytes]], int] = {}
+        self._clock = 0
         self.counters: dict[VnetId, dict[str, int]] = {}
         self.loaded = False             # programs in the kernel (open until purge)
         self.calls: list[tuple] = []
@@ -55,6 +59,14 @@ class FakeKernel:
         """Events the programs report: the event fd becomes readable."""
         self._events += events
         os.write(self._w, b"e")
+
+    def use(self, kind: str, vid: VnetId, mac: bytes) -> None:
+        """A frame from ``mac``: the programs stamp its ``kind`` ("remote" or
+        "local") entry, if the map holds it."""
+        key = (vid, mac)
+        if key in (self.remotes if kind == "remote" else self.locals):
+            self._clock += 1
+            self.used[(kind, key)] = self._clock
 
     def ops(self, *names: str) -> list[tuple]:
         """The recorded calls named ``names`` (all when none)."""
@@ -93,6 +105,7 @@ class FakeShim:
         k = self.kernel
         k.remotes = {key: v for key, v in k.remotes.items() if key[0] != vid}
         k.locals = {key for key in k.locals if key[0] != vid}
+        k.used = {key: v for key, v in k.used.items() if key[1][0] != vid}
         k.counters.pop(vid, None)
 
     def detach(self, vid: VnetId) -> None:
@@ -107,18 +120,37 @@ class FakeShim:
     def set_remote(self, vid: VnetId, mac: bytes, addr: str, *, kernel_peer: bool) -> None:
         self._call("set_remote", vid, mac, addr, kernel_peer)
         self.kernel.remotes[(vid, mac)] = (addr, kernel_peer)
+        self.kernel.used[("remote", (vid, mac))] = 0
 
     def del_remote(self, vid: VnetId, mac: bytes) -> None:
         self._call("del_remote", vid, mac)
         self.kernel.remotes.pop((vid, mac), None)
+        self.kernel.used.pop(("remote", (vid, mac)), None)
 
     def set_local(self, vid: VnetId, mac: bytes) -> None:
         self._call("set_local", vid, mac)
         self.kernel.locals.add((vid, mac))
+        self.kernel.used[("local", (vid, mac))] = 0
 
     def del_local(self, vid: VnetId, mac: bytes) -> None:
         self._call("del_local", vid, mac)
         self.kernel.locals.discard((vid, mac))
+        self.kernel.used.pop(("local", (vid, mac)), None)
+
+    def remotes_used(self, keys) -> dict[tuple[VnetId, bytes], int]:
+        keys = list(keys)
+        self._call("remotes_used", keys)
+        k = self.kernel
+        return {key: k.used.get(("remote", key), 0) for key in keys if key in k.remotes}
+
+    def locals_used(self, keys) -> dict[tuple[VnetId, bytes], int]:
+        keys = list(keys)
+        self._call("locals_used", keys)
+        k = self.kernel
+        return {key: k.used.get(("local", key), 0) for key in keys if key in k.locals}
+
+    def refresh(self) -> None:
+        self._call("refresh")
 
     def remotes(self) -> dict[tuple[VnetId, bytes], tuple[str, bool]]:
         self._call("remotes")
@@ -157,6 +189,7 @@ class FakeShim:
         k.attached.clear()
         k.remotes.clear()
         k.locals.clear()
+        k.used.clear()
         k.counters.clear()
         k.loaded = False
         self.closed = True

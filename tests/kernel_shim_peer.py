@@ -16,6 +16,7 @@ import os
 import select
 import sys
 import threading
+import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,6 +85,15 @@ class Peer:
 
     def op_locals(self):
         return [[str(v), m.hex()] for v, m in self.shim.locals()]
+
+    def op_used(self, vid, mac, kind="remote"):
+        """The use stamp of one remote (or local) entry, None when not in the map."""
+        key = (VnetId.parse(vid), bytes.fromhex(mac.replace(":", "")))
+        read = self.shim.remotes_used if kind == "remote" else self.shim.locals_used
+        return read([key]).get(key)
+
+    def op_monotonic_ns(self):
+        return time.monotonic_ns()
 
     def op_counters(self):
         return {str(v): c for v, c in self.shim.counters().items()}

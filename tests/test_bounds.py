@@ -19,6 +19,8 @@ from xend_vnet.kernel_shim.control import listing
 from xend_vnet.kernel_shim.core import bounds, peer_caps, reassembly, vfwd
 from xend_vnet.kernel_shim.core.bounds import LIMITS, BoundedTable, Entry, Limits
 from xend_vnet.kernel_shim.core.engine import EngineCore, SendUdp
+from xend_vnet.kernel_shim.datapath.kernel import maps as kernel_maps
+from xend_vnet.kernel_shim.datapath.kernel import path as kernel_path
 from xend_vnet.kernel_shim.security import keys, keystore
 from xend_vnet.kernel_shim.wire import offload
 from xend_vnet.kernel_shim.wire.codec import encode_announce
@@ -512,7 +514,13 @@ def test_resource_limits_in_security_md_match_the_code():
                         ("reassembly-timeout", reassembly.REASSEMBLY_TIMEOUT),
                         ("duplicate-window", vfwd.DUPLICATE_WINDOW),
                         ("new-senders", keystore.NEW_SENDERS_PER_SECOND),
-                        ("new-sender-burst", keystore.NEW_SENDER_BURST)):
+                        ("new-sender-burst", keystore.NEW_SENDER_BURST),
+                        ("kernel-remotes", kernel_maps.MAX_REMOTES),
+                        ("kernel-locals", kernel_maps.MAX_LOCALS),
+                        ("kernel-vnets", kernel_maps.MAX_VNETS),
+                        ("kernel-seen", kernel_maps.MAX_SEEN),
+                        ("kernel-event-budget", kernel_maps.EVENT_BUDGET),
+                        ("use-reads", kernel_path.USE_READS)):
         assert re.search(rf"<!-- {name} -->\s*{value:g}\b", section), name
     assert bounds.__doc__ and "Resource limits" in bounds.__doc__
 

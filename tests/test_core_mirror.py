@@ -157,6 +157,30 @@ def test_a_local_domain_the_kernel_saw_is_recorded_and_announced_once():
     assert (V2.raw, MAC_A) in c.vifs                      # refreshed at 30 s
 
 
+def test_entries_the_kernel_used_are_refreshed_never_made_or_moved():
+    c = mirrored()
+    c.kernel_remote_seen(V2, MAC_B, HOST_B, 1.0)
+    c.kernel_local_seen(V2, MAC_A, 1.0)
+    c.drain_table_changes()
+    for t in range(40, 400, 40):             # used between the kernel path's readings
+        assert c.kernel_used(varp(MAC_B, HOST_B), float(t))
+        assert c.kernel_used(vif(MAC_A), float(t))
+        c.handle_timer(float(t))
+    assert c.varp.get(V2.raw, MAC_B).stamp == 360.0 and (V2.raw, MAC_A) in c.vifs
+    assert c.counters.kernel_used == 18 and c.counters.kernel_seen == 2
+    assert c.vnet(V2).counters.announced == 1 and c.drain_table_changes() == []
+    # at another address than the core's, or gone: nothing is made or moved
+    assert not c.kernel_used(varp(MAC_B, HOST_C), 400.0)
+    assert not c.kernel_used(varp(MAC_C, HOST_B), 400.0)
+    assert not c.kernel_used(vif(MAC_C), 400.0)
+    assert not c.kernel_used(kpeer(HOST_B), 400.0)
+    assert c.varp.get(V2.raw, MAC_B).addr == HOST_B and c.varp.get(V2.raw, MAC_C) is None
+    assert (V2.raw, MAC_C) not in c.vifs and c.drain_table_changes() == []
+    c.handle_timer(500.0)                    # no longer used: ages like any entry
+    assert c.varp.get(V2.raw, MAC_B) is None and (V2.raw, MAC_A) not in c.vifs
+    assert consistent(c)
+
+
 def test_kernel_reports_are_bounded_like_learning():
     c = mirrored()
     c.set_limit(V2, "varp", 3)

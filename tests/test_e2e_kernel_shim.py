@@ -82,6 +82,38 @@ def test_full_size_ping_is_left_to_user_space(bed):
     assert counters(bed, 0)["to_user_no_fit"] == after[0]["to_user_no_fit"]
 
 
+def test_the_programs_stamp_the_entries_they_use_at_most_once_a_second(bed):
+    """docs/kernel-path.md 3: a frame from a MAC whose entry the map holds
+    writes the time into it (the decapsulator for a remote, the
+    encapsulator for a local domain), at most once a second; the engine
+    writes 0 with the entry."""
+    h1, h2 = bed.peers
+    d1, d2 = bed.macs
+    h1.call("set_remote", vid=VID, mac=d2, addr=bed.addr(1), kernel_peer=True)
+    assert h1.call("used", vid=VID, mac=d2) == 0
+    assert h1.call("used", vid=VID, mac="02:00:00:00:00:99") is None
+    pinger = bed.lab.spawn(bed.domains[0], "ping", "-n", "-q", "-i", "0.01", "-c", "300",
+                           "10.0.0.2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen = {"remote": set(), "local": set(), "h2": set()}
+    start = time.monotonic()
+    try:
+        while pinger.poll() is None:
+            seen["remote"].add(h1.call("used", vid=VID, mac=d2))
+            seen["local"].add(h1.call("used", vid=VID, mac=d1, kind="local"))
+            seen["h2"].add(h2.call("used", vid=VID, mac=d1))
+            time.sleep(0.05)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+    now, took = h1.call("monotonic_ns"), time.monotonic() - start
+    for name, stamps in seen.items():
+        stamps = sorted(stamps - {0})
+        # 3 s (more on a busy machine) of frames every 10 ms: a stamp a second
+        assert 2 <= len(stamps) <= took + 2, (name, took, stamps)
+        assert all(b - a >= 10**9 for a, b in zip(stamps, stamps[1:])), (name, stamps)
+        assert 0 <= now - stamps[-1] < 10 * 10**9, (name, now, stamps)   # the kernel's clock
+
+
 def _capture_syns(bed: Bed, ns: str, port: int) -> subprocess.Popen:
     cap = bed.lab.spawn(ns, "tcpdump", "-l", "-n", "-v", "-i", "eth0", "-c", "2",
                         f"tcp port {port} and tcp[tcpflags] & tcp-syn != 0",

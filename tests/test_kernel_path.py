@@ -261,30 +261,120 @@ def test_kernel_reports_stay_within_the_bounds_of_learning(world, kernel):
     assert world.core.vnet(V2).counters.refused == {"varp_vnet_full": 3, "vif_vnet_full": 2}
 
 
-def test_entries_only_the_kernel_uses_are_reported_again_and_kept(taps, kernel):
-    """Ageing (path.py): half a TTL without a refresh takes an entry out of the
-    kernel's map; the kernel reports it at its next frame, which refreshes it,
-    and it goes back.  One that is never reported again ages as in user space."""
+def refresh_every(w: World, seconds: float, times: int, use=()) -> None:
+    """``times`` refreshes ``seconds`` apart; before each, a frame from each
+    (kind, vid, mac) of ``use`` (the programs stamp its entry)."""
+    for _ in range(times):
+        for kind, vid, mac in use:
+            w.kernel.use(kind, vid, mac)
+        w.turn(seconds)
+        w.path.refresh(w.now)
+
+
+def test_entries_the_kernel_uses_never_age_and_stay_in_the_maps(taps, kernel):
+    """Ageing (path.py): the programs stamp the entries whose MAC sends; the
+    refresh reads the stamps of those the core has not seen refreshed for
+    half a TTL and refreshes the ones that moved.  Nothing is taken out of
+    the maps meanwhile (so no fdb entry goes, docs/kernel-path.md 4); an
+    entry whose MAC sends nothing ages as in user space and leaves them."""
     w = World(kernel, varp_ttl=60.0)
     w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B),
              RemoteSeen(V2, MAC_C, HOST_B))
     w.sent()
     assert kernel.locals == {(V2, MAC_A)} and len(kernel.remotes) == 2
-    w.turn(31.0)
-    w.path.refresh(w.now)
-    assert kernel.locals == set() and kernel.remotes == {}
-    w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B))   # still in use
-    assert kernel.locals == {(V2, MAC_A)} and kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
-    assert w.core.vnet(V2).counters.announced == 1           # a refresh, not an arrival
-    for _ in range(6):                                       # a sweep and more go by
-        w.turn(15.0)
-        w.path.refresh(w.now)
-        w.events(LocalSeen(V2, MAC_A), RemoteSeen(V2, MAC_B, HOST_B))
+    kernel.calls.clear()
+    refresh_every(w, 5.0, 5)                          # 25 s: nothing half a TTL old yet
+    assert not kernel.ops("remotes_used", "locals_used")
+    assert len(kernel.ops("refresh")) == 5            # the kernel ports follow the bridges
+    in_use = [("local", V2, MAC_A), ("remote", V2, MAC_B)]
+    refresh_every(w, 5.0, 40, use=in_use)             # 200 s more, sweeps included
     assert (V2.raw, MAC_A) in w.core.vifs and w.core.varp.get(V2.raw, MAC_B) is not None
-    assert w.core.varp.get(V2.raw, MAC_C) is None            # never reported: aged out
-    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    assert w.core.varp.get(V2.raw, MAC_C) is None     # never used: aged out
+    assert kernel.locals == {(V2, MAC_A)} and kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+    assert kernel.ops("del_remote", "del_local") == [("del_remote", V2, MAC_C)]
+    assert not kernel.ops("set_remote", "set_local")  # never withdrawn, never written again
     assert w.core.vnet(V2).counters.announced == 1
+    assert w.core.counters.kernel_used >= 2 * 200 // 60
+    # an entry is read at most every quarter TTL: 2 entries for 200 s, C for 30 s
+    reads = sum(len(c[1]) for c in kernel.ops("remotes_used", "locals_used"))
+    assert reads <= 2 * (200 // 15 + 1) + 3, reads
+    # they stop sending: they age as in user space (TTL to TTL + a sweep
+    # interval), counted from the refresh that noticed their last use (half
+    # a TTL and a refresh interval after it, at most)
+    refresh_every(w, 5.0, 31)
+    assert w.core.varp.get(V2.raw, MAC_B) is None and (V2.raw, MAC_A) not in w.core.vifs
+    assert kernel.remotes == {} and kernel.locals == set()
+
+
+def test_a_use_between_two_readings_counts_once(taps, kernel):
+    w = World(kernel, varp_ttl=60.0)
+    w.events(RemoteSeen(V2, MAC_B, HOST_B))
+    learned = w.core.varp.get(V2.raw, MAC_B).stamp
+    refresh_every(w, 5.0, 6)                          # read at 31 s: not used since written
+    assert w.core.varp.get(V2.raw, MAC_B).stamp == learned
+    kernel.use("remote", V2, MAC_B)
+    refresh_every(w, 5.0, 3)                          # read again 15 s later: moved
+    assert w.core.varp.get(V2.raw, MAC_B).stamp == learned + 45.0
+    assert w.core.counters.kernel_used == 1
+
+
+def test_the_stamps_read_per_refresh_are_bounded(taps, kernel, monkeypatch):
+    """At most USE_READS a refresh, oldest first, each entry at most every
+    quarter TTL: many idle entries do not keep a used one from being read."""
+    from xend_vnet.kernel_shim.datapath.kernel import path as path_mod
+    monkeypatch.setattr(path_mod, "USE_READS", 2)
+    w = World(kernel, varp_ttl=60.0)
+    idle = [bytes([2, 0, 0, 0, 0, i]) for i in range(4)]
+    w.events(*(RemoteSeen(V2, mac, HOST_B) for mac in idle))
+    w.turn(1.0)
+    w.events(RemoteSeen(V2, MAC_B, HOST_B))           # the newest: read last
+    kernel.calls.clear()
+    refresh_every(w, 5.0, 9, use=[("remote", V2, MAC_B)])
+    assert all(len(c[1]) <= 2 for c in kernel.ops("remotes_used"))
+    assert w.core.varp.get(V2.raw, MAC_B) is not None
+    assert w.core.counters.kernel_used == 1
+    refresh_every(w, 5.0, 12, use=[("remote", V2, MAC_B)])
+    assert w.core.varp.get(V2.raw, MAC_B) is not None
+    assert all(w.core.varp.get(V2.raw, mac) is None for mac in idle)
+
+
+def test_the_kernel_ports_follow_the_bridges_at_each_refresh_and_after_an_attach(taps, kernel):
+    w = World(kernel, vnets=())
+    kernel.calls.clear()
+    w.command("(vnet.add (id 2))")
+    assert [c[0] for c in kernel.ops("attach", "refresh")] == ["attach", "refresh"]
+    w.path.refresh(w.now)
+    assert len(kernel.ops("refresh")) == 2
     w.close()
+
+
+def test_a_failing_follow_of_the_bridges_is_counted_and_never_stops_the_engine(
+        world, kernel, monkeypatch):
+    kernel.refuse["refresh"] = "refresh: RTNETLINK answers: No buffer space available"
+    world.path.refresh(world.now)
+    assert world.core.counters.io_dropped["kernel_map_failed"] == 1
+    del kernel.refuse["refresh"]
+
+    def broken():
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(kernel.shim, "refresh", broken)
+    world.path.refresh(world.now)
+    assert world.core.counters.io_dropped["kernel_path_error"] == 1
+    world.udp(b_data())                              # the engine goes on
+    assert kernel.remotes == {(V2, MAC_B): (HOST_B, False)}
+
+
+def test_a_stopping_engine_closes_the_kernel_path_after_its_last_tap_write(engine_for, kernel,
+                                                                            monkeypatch):
+    """The shim's close puts back on the kernel ports the entries the frames
+    written into the TAPs moved (docs/kernel-path.md 4): after the TAPs close."""
+    e = engine_for()
+    assert e._configure_kernel(1.0)
+    order = []
+    monkeypatch.setattr(e.userspace, "close", lambda: order.append("taps"))
+    kernel.shim.close = lambda: order.append("shim")
+    e.shutdown()
+    assert order == ["taps", "shim"]
 
 
 def test_a_failed_map_update_is_counted_and_made_right_at_the_refresh(world, kernel):

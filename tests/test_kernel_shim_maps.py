@@ -38,6 +38,9 @@ def test_constants_match_the_header():
     assert int(define("VS_MAX_VNETS")) == maps.MAX_VNETS
     assert int(define("VS_MAX_REMOTES")) == maps.MAX_REMOTES
     assert int(define("VS_MAX_LOCALS")) == maps.MAX_LOCALS
+    assert int(define("VS_MAX_SEEN")) == maps.MAX_SEEN
+    assert int(define("VS_EVENT_BUDGET")) == maps.EVENT_BUDGET
+    assert define("VS_EVENTS_BYTES") == "(256 * 1024)" and maps.EVENTS_BYTES == 256 * 1024
     assert int(define("VS_ENCAP_LEN")) == maps.ENCAP_LEN == 20 + 8 + 4 + 18 + 14
 
 
@@ -56,7 +59,8 @@ def test_counter_order_matches_the_header():
 def test_record_sizes():
     assert maps.CONFIG.size == 24
     assert maps.MAC_KEY.size == 24
-    assert maps.REMOTE.size == 8
+    assert maps.REMOTE.size == 16
+    assert maps.LOCAL.size == 8
     assert maps.VNET.size == 16
     assert maps.DEV.size == 32
     assert maps.EVENT.size == 32
@@ -83,6 +87,28 @@ def test_remote_round_trip(vid, mac, addr, peer):
     key = maps.mac_key(vid, mac)
     assert maps.unpack_mac_key(key) == (vid, mac)
     assert maps.unpack_remote(maps.pack_remote(addr, peer)) == (addr, peer)
+
+
+@given(addrs, st.booleans(), st.integers(0, 2**64 - 1))
+def test_use_stamps(addr, peer, used):
+    """The engine writes 0; the programs write their clock at a use."""
+    assert maps.unpack_used(maps.pack_remote(addr, peer)) == 0
+    assert maps.unpack_used(maps.pack_local()) == 0
+    stamped = maps.pack_remote(addr, peer)[:8] + used.to_bytes(8, "little")
+    assert maps.unpack_used(stamped) == used and maps.unpack_remote(stamped) == (addr, peer)
+    assert maps.unpack_used(used.to_bytes(8, "little")) == used
+    with pytest.raises(maps.MapValueError):
+        maps.unpack_used(b"\0" * 12)
+
+
+def test_the_structs_of_the_header_hold_what_maps_packs():
+    text = header_text()
+    remote = re.search(r"struct vs_remote \{(.*?)\};", text, re.S).group(1)
+    assert re.findall(r"__u(\d+) (\w+);", remote) == [("32", "addr"), ("32", "flags"),
+                                                       ("64", "used")]
+    local = re.search(r"struct vs_local \{(.*?)\};", text, re.S).group(1)
+    assert re.findall(r"__u(\d+) (\w+);", local) == [("64", "used")]
+    assert int(define("VS_USED_EVERY_NS").rstrip("ULL")) == 10**9
 
 
 @given(vids, st.integers(0, maps.MAX_VNETS - 1), st.integers(1, 2**31),

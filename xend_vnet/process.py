@@ -19,7 +19,7 @@ import psutil
 from . import atomic_file, sdnotify
 
 DEFAULT_CONTROL = "/var/run/vnetd.sock"
-RUN_DIR = "/run/xend-vnet"      # root-owned: per-namespace engine locks and TAP keepers
+RUN_DIR = "/run/xend-vnet"      # root-owned: per-namespace engine locks
 
 
 def default_control_path() -> str:

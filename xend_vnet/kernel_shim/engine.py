@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 
 from .. import __version__, sxp
-from ..process import RUN_DIR
 from .control import commands
 from .control.commands import CommandError
 from .control.config_file import StartupFile
@@ -36,7 +35,6 @@ from .core.engine import CoreOptions, EngineCore
 from .datapath.addresses import HostAddresses
 from .datapath.kernel.path import KernelPath
 from .datapath.kernel.shim import KernelShim, ShimConfig
-from .datapath import tap_keeper
 from .datapath.loop import EventLoop
 from .datapath.userspace import UserSpacePath
 from .datapath.vxlan.vnets import VxlanVnets
@@ -91,7 +89,6 @@ class Engine:
         self.kernel_required = (os.environ.get(REQUIRE_KERNEL_PATH) == "1"
                                 and not opts.no_kernel_path)
         self.failure: str | None = None     # why the engine stopped on its own
-        self.run_dir = RUN_DIR              # where the TAP keeper listens (tap_keeper.py)
         self.host = DataPathHost(self.core, self.userspace, self.vxlan_vnets, self.kernel,
                                  self.addresses, version=VERSION_TEXT, control=opts.control,
                                  mtu=opts.mtu, varp_ttl=opts.varp_ttl)
@@ -99,7 +96,6 @@ class Engine:
         self.drop_log = DropLog()
         self.control: ControlServer | None = None
         self._next_refresh = 0.0
-        self._release_kept_at = 0.0     # TAPs the last engine kept, not taken by then, go
         self._next_drop_log = 0.0
         self._next_refresh_error_log = 0.0
 
@@ -149,8 +145,6 @@ class Engine:
         if not self._configure_kernel(time.monotonic()):
             raise StartupError(self._kernel_fatal())
         self.loop.add_timer(self.kernel.pending, self.kernel.sync)
-        path.taps.handed = tap_keeper.take_over(self.run_dir)
-        self._release_kept_at = time.monotonic() + opts.varp_ttl
         self.control = ControlServer(opts.control, self.handle_request, self.loop.selector,
                                      opts.allow_foreign_netns)
         try:
@@ -179,30 +173,20 @@ class Engine:
 
     def shutdown(self) -> None:
         """Close every socket and detach the TAPs; the devices stay (design.md 5),
-        the ones the kernel path carries kept attached for the next engine
-        (tap_keeper.py), with the kernel path's programs."""
+        and the kernel path's programs, maps and kernel ports stay in the
+        kernel, so known unicast flows on until the next engine adopts them
+        (docs/kernel-path.md 4).  The kernel path closes last: its last look
+        at the bridges puts back on the kernel ports the entries the frames
+        written into the TAPs moved to the TAPs' ports."""
         if self.control is not None:
             self.control.close()
-        self._keep_kernel_taps()
-        for path in self.host.paths:
-            path.close()
+        self.userspace.close()          # the last TAP write is behind us
+        self.vxlan_vnets.close()
+        self.kernel.close()
         if self.netlink_watch is not None:
             self.netlink_watch.close()
         self.loop.close()
         log.info("vnetd stopped")
-
-    def _keep_kernel_taps(self) -> None:
-        taps = self.userspace.taps
-        kept = {taps.by_vid[vid].ifname: taps.by_vid[vid].fd
-                for vid in self.kernel.attached_vnets() if vid in taps.by_vid}
-        if not kept:
-            return
-        problem = tap_keeper.hand_over(self.run_dir, kept)
-        if problem is None:
-            log.info("%d TAPs of the kernel path kept attached for the next engine "
-                     "(at most %g s)", len(kept), tap_keeper.KEEP_TIME)
-        else:
-            log.warning("%s: the kernel path's vnets stop until the next engine", problem)
 
     def _on_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
@@ -302,8 +286,6 @@ class Engine:
         if path.taps.lost:
             self._refresh_step("recreating the TAPs",
                                lambda: path.taps.recreate_lost(self.core.has_vnet))
-        if path.taps.handed and now >= self._release_kept_at:
-            path.taps.release_handed()
         if not self._configure_kernel(now):
             self.failure = self._kernel_fatal()
             log.error("%s", self.failure)

@@ -14,7 +14,8 @@ read off a TAP that go nowhere count in ``tap_dropped`` (or in the vnet's
 ``dropped`` when the vnet is known).  Sends and writes the I/O adapters
 could not make count in ``io_dropped`` (engine.status), by reason.  What
 the kernel path reports (design.md 1.1) is no datagram: a report taken
-counts in ``kernel_seen``, one refused in ``kernel_ignored`` by reason.
+counts in ``kernel_seen``, one refused in ``kernel_ignored`` by reason, an
+entry its use kept from ageing in ``kernel_used``.
 
 Entries a bounded table refused (core/bounds.py, docs/security.md "Resource
 limits") count in the vnet's ``refused``, or in the table's own when no vnet
@@ -72,6 +73,7 @@ class EngineCounters:
         "kernel_ignored",
         "kernel_probes",
         "kernel_seen",
+        "kernel_used",
         "rx_bytes",
         "rx_data",
         "rx_datagrams",
@@ -108,6 +110,7 @@ class EngineCounters:
         self.rx_fast_frames = 0
         self.tx_fast = 0
         self.kernel_seen = 0        # sources the kernel path reported (design.md 1.1)
+        self.kernel_used = 0        # entries kept from ageing by the kernel path's use of them
         self.kernel_probes = 0      # announces asking whether a host's kernel path takes a vnet
         self.kernel_ignored: dict[str, int] = {}    # reports not taken, by reason
         self.rx_dropped: dict[str, int] = {}
@@ -117,7 +120,7 @@ class EngineCounters:
     FIELDS = ("rx_datagrams", "rx_bytes", "rx_data", "rx_varp", "tx_datagrams",
               "tx_bytes", "vfwd_rx", "vfwd_tx", "vfwd_resent", "vfwd_duplicates",
               "rx_etherip", "varp_replies", "rx_fast", "rx_fast_frames", "tx_fast",
-              "kernel_seen", "kernel_probes")
+              "kernel_seen", "kernel_used", "kernel_probes")
 
     def fields(self) -> list[tuple[str, int]]:
         """The numeric counters in listing order."""

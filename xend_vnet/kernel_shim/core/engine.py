@@ -29,8 +29,10 @@ Etherip without UDP (IP protocol 97, protocol.md 4.3) is accepted on receive.
 The kernel path (design.md 1.1): known unicast of the clear vnets it carries
 never reaches the core, so the kernel reports the sources it sees
 (``kernel_remote_seen``, ``kernel_local_seen``), which teach the tables as a
-datagram or a TAP frame would, within the same bounds; the tables report
-their changes back for its maps (``mirror_tables``, core/mirror.py).  Which
+datagram or a TAP frame would, within the same bounds, and says which of
+the entries it holds it used (``kernel_used``), which keeps them from
+ageing; the tables report their changes back for its maps
+(``mirror_tables``, core/mirror.py).  Which
 engines decapsulate a vnet in their kernel is learned from the announces'
 ``CAP_KERNEL`` bit (``KernelPeers``), probed for when unknown.
 """
@@ -323,7 +325,8 @@ class EngineCore(ReceivePath, SendPath):
     def idle_entries(self, now: float, varp_age: float, vif_age: float) -> list[TableChange]:
         """Reachable VARP entries not refreshed for ``varp_age`` seconds and
         vifs not for ``vif_age``, oldest first: read from the front of the
-        tables (kept in refresh order), so the work is what is found."""
+        tables (kept in refresh order), so the work is what is found (the
+        kernel path asks which of them its programs used, ``kernel_used``)."""
         out = []
         horizon = now - varp_age
         for (vraw, mac), entry in self.varp.table.items():
@@ -384,8 +387,8 @@ class EngineCore(ReceivePath, SendPath):
                            now: float) -> list[Action]:
         """The kernel path decapsulated a frame from ``mac`` of ``vid`` sent
         from ``addr``: learned as from a data datagram, within the same bounds
-        (the kernel reports a source it has not at that address, and a known
-        one again now and then, which keeps its entry alive)."""
+        (the kernel reports a source it has not at that address; its use of
+        one it has keeps the entry alive, ``kernel_used``)."""
         if addr in self.own_addresses or not is_host_address(addr):
             count(self.counters.kernel_ignored, "bad_address")
             return []
@@ -409,6 +412,31 @@ class EngineCore(ReceivePath, SendPath):
         if self.vifs.update(vid.raw, mac, now, vnet.counters.refused):
             self._domain_arrived(vnet, mac, now, actions)
         return actions
+
+    def kernel_used(self, change: TableChange, now: float) -> bool:
+        """The kernel path took frames from the MAC of an entry it holds (a
+        VARP entry's from its care-of address ``change.addr``, a vif's from
+        the TAP's side) since it last said so: the entry is refreshed as such
+        a frame through user space would refresh it, so it does not age
+        while the kernel alone sees its traffic.  Nothing is made or moved:
+        an entry the core no longer holds, or holds at another address,
+        stays as it is (False)."""
+        key = (change.vid.raw, change.mac)
+        if change.table == VARP:
+            table = self.varp.table
+            entry = table.get(key)
+            if entry is None or entry.state != REACHABLE or entry.addr != change.addr:
+                return False
+        elif change.table == VIF:
+            table = self.vifs.table
+            entry = table.get(key)
+            if entry is None:
+                return False
+        else:
+            return False
+        table.refresh(key, entry, now)
+        self.counters.kernel_used += 1
+        return True
 
     def kernel_adopt(self, vid: VnetId, mac: bytes, addr: str, kernel_peer: bool,
                      now: float) -> list[Action]:

@@ -34,7 +34,6 @@ from ...ifnames import ifname_problem
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
-TUNGETIFF = 0x800454D2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -179,31 +178,6 @@ def open_tap(ifname: str, mtu: int = DEFAULT_MTU, offload: bool = False) -> TapD
             _undo_create(ipr, ifname, created)
             raise
     return TapDevice(ifname, fd, index, created, offload)
-
-
-def adopt_tap(ifname: str, fd: int, mtu: int = DEFAULT_MTU, offload: bool = False) -> TapDevice:
-    """A TAP descriptor the last engine kept attached (tap_keeper.py): it must
-    be the TAP ``ifname``, with or without offloads as asked; then it is set
-    up as ``open_tap`` sets a reattached one.  TapError otherwise (the caller
-    closes ``fd`` and opens the device anew)."""
-    try:
-        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
-    except OSError as e:
-        raise TapError(e.errno, f"the TAP kept for {ifname} is not a TAP: {e.strerror}") \
-            from None
-    name = ifr[:16].split(b"\0", 1)[0].decode("ascii", "replace")
-    (flags,) = struct.unpack_from("H", ifr, 16)
-    if name != ifname or not flags & IFF_TAP or bool(flags & IFF_VNET_HDR) != offload:
-        raise TapError(errno.EINVAL, f"the TAP kept for {ifname} is {name} with flags "
-                       f"0x{flags:x}: opened anew")
-    try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, OFFLOADS if offload else 0)
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=ifname)[0]
-            ipr.link("set", index=index, mtu=mtu, state="up")
-    except (OSError, NetlinkError, IndexError) as e:
-        raise TapError(errno.EIO, f"cannot set up the TAP kept for {ifname}: {e}") from None
-    return TapDevice(ifname, fd, index, False, offload)
 
 
 def _undo_create(ipr: IPRoute, ifname: str, created: bool) -> None:

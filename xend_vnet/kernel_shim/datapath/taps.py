@@ -1,20 +1,18 @@
 """The TAPs of the user-space path's vnets (design.md 4-5): opened or
 reattached, read by the event loop, made again when deleted from outside,
-deleted with their vnet, left on their bridges when the engine stops, and
-taken from the last engine's keeper when it kept them attached (tap_keeper.py).
+deleted with their vnet, left on their bridges when the engine stops.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 from ...vnet_id import VnetId
 from ..core.counters import count
 from .interface import DataPathError
 from .loop import EventLoop
-from .tap import TapDevice, TapError, adopt_tap, delete_tap, open_tap
+from .tap import TapDevice, TapError, delete_tap, open_tap
 
 log = logging.getLogger("vnetd")
 
@@ -33,25 +31,9 @@ class VnetTaps:
         self.read = read
         self.by_vid: dict[VnetId, TapDevice] = {}
         self.lost: dict[VnetId, str] = {}     # deleted from outside, to make again
-        self.handed: dict[str, int] = {}      # name -> fd the last engine kept attached
-
-    def release_handed(self) -> None:
-        """Close the kept TAPs no vnet took (their vnets were not added again)."""
-        for ifname, fd in self.handed.items():
-            os.close(fd)
-            log.info("TAP %s, kept attached by the last engine, released", ifname)
-        self.handed.clear()
 
     def open(self, vid: VnetId, ifname: str) -> None:
         """Create or reattach the vnet's TAP and read it; DataPathError when not."""
-        fd = self.handed.pop(ifname, None)
-        if fd is not None:
-            try:
-                self._watch(vid, adopt_tap(ifname, fd, self.mtu, self.offload))
-                return
-            except TapError as e:
-                os.close(fd)
-                log.warning("%s", e.message)
         try:
             tap = open_tap(ifname, self.mtu, self.offload)
         except TapError as e:

@@ -16,11 +16,14 @@ from typing import Union
 
 from ....vnet_id import VnetId
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 MAX_VNETS = 4096
 MAX_DEVS = 2 * MAX_VNETS   # a TAP and a kernel port P per vnet
 MAX_REMOTES = 131072
 MAX_LOCALS = 65536
+MAX_SEEN = 16384          # (vnet, MAC, kind) last reported, LRU
+EVENT_BUDGET = 256        # learn events per vnet per second
+EVENTS_BYTES = 256 * 1024
 ENCAP_LEN = 64          # outer IPv4 20, UDP 8, VnetMsgHdr 4, etherip 18, inner Ethernet 14
 TCP_IP_HEADERS = 40     # IPv4 20 + TCP 20: what an MSS leaves out of an inner packet
 
@@ -57,8 +60,8 @@ VNET = struct.Struct("=IIII")
 DEV_KEY = struct.Struct("=I")
 DEV = struct.Struct("=16sIIII")
 MAC_KEY = struct.Struct("=16s6sBB")
-REMOTE = struct.Struct("=4sI")
-LOCAL = struct.Struct("=I")
+REMOTE = struct.Struct("=4sIQ")
+LOCAL = struct.Struct("=Q")
 COUNTERS = struct.Struct("=%dQ" % len(COUNTER_NAMES))
 EVENT = struct.Struct("=I4s16s6sH")
 INDEX_KEY = struct.Struct("=I")
@@ -71,9 +74,9 @@ MAP_SHAPES = {
     "vs_remotes": (MAC_KEY.size, REMOTE.size, MAX_REMOTES),
     "vs_locals": (MAC_KEY.size, LOCAL.size, MAX_LOCALS),
     "vs_counters": (4, COUNTERS.size, MAX_VNETS),
-    "vs_seen": (MAC_KEY.size, 8, 16384),
+    "vs_seen": (MAC_KEY.size, 8, MAX_SEEN),
     "vs_budget": (4, 16, MAX_VNETS),
-    "vs_events": (0, 0, 256 * 1024),
+    "vs_events": (0, 0, EVENTS_BYTES),
 }
 
 
@@ -208,18 +211,32 @@ def unpack_mac_key(data: bytes) -> tuple[VnetId, bytes]:
 
 
 def pack_remote(addr: str, kernel_peer: bool) -> bytes:
-    return REMOTE.pack(_addr(addr), REMOTE_KERNEL_PEER if kernel_peer else 0)
+    """A remote entry as the engine writes it: not used yet (``used`` 0)."""
+    return REMOTE.pack(_addr(addr), REMOTE_KERNEL_PEER if kernel_peer else 0, 0)
 
 
 def unpack_remote(data: bytes) -> tuple[str, bool]:
     if len(data) != REMOTE.size:
         raise MapValueError(f"a remote is {REMOTE.size} bytes, not {len(data)}")
-    addr, flags = REMOTE.unpack(data)
+    addr, flags, _used = REMOTE.unpack(data)
     return socket.inet_ntoa(addr), bool(flags & REMOTE_KERNEL_PEER)
 
 
 def pack_local() -> bytes:
-    return LOCAL.pack(1)
+    """A local entry as the engine writes it: not used yet."""
+    return LOCAL.pack(0)
+
+
+def unpack_used(data: bytes) -> int:
+    """The use stamp of a remote or local entry: the programs' clock
+    (bpf_ktime_get_ns) when a frame last came from its MAC, written at most
+    once a second; 0 when none came since the engine wrote the entry."""
+    if len(data) == REMOTE.size:
+        return REMOTE.unpack(data)[2]
+    if len(data) == LOCAL.size:
+        return LOCAL.unpack(data)[0]
+    raise MapValueError(f"a remote or local entry is {REMOTE.size} or {LOCAL.size} bytes, "
+                        f"not {len(data)}")
 
 
 def index_key(index: int) -> bytes:

@@ -21,15 +21,22 @@ What it keeps in step:
 * the core's tables with what the kernel sees: a source it does not hold
   (``RemoteSeen``, ``LocalSeen``) is taught to the core as a datagram or a
   TAP frame would teach it, within the same bounds;
-* ageing: the kernel reports only what its maps lack, so an entry the
-  kernel alone uses is taken out of its map once it is half a TTL old; the
-  kernel reports it again at its next frame (a local one, or a frame from
-  the remote), which refreshes it in the core, and it goes back.  Meanwhile
-  its frames take the user-space path, which still knows it.  An entry whose
-  MAC sends nothing ages as on the user-space path (protocol.md 3.5, 3.6).
+* ageing: the kernel reports only what its maps lack, and stamps the
+  entries it holds when a frame comes from their MAC (at most once a
+  second).  At the refresh the engine reads the stamps of the entries the
+  core has not seen refreshed for half a TTL (at most USE_READS of them, each
+  at most every quarter TTL) and tells the core of those whose stamp moved
+  (``EngineCore.kernel_used``), which refreshes them as a frame through
+  user space would.  So an entry in use stays in the maps (and its fdb
+  entry on the kernel port, docs/kernel-path.md 4), and one whose MAC sends
+  nothing ages as on the user-space path (protocol.md 3.5, 3.6), counted
+  from the refresh that noticed its last use;
+* the kernel ports with the bridges: the shim's ``refresh`` at every
+  refresh and after an attach.
 
-Restarts (design.md 5): ``close`` leaves programs and maps in the kernel, so
-known unicast flows while no engine runs; the next ``open`` adopts them.
+Restarts (design.md 5): ``close`` leaves programs, maps and kernel ports in
+the kernel, so known unicast flows while no engine runs, whether the engine
+stopped or was killed; the next ``open`` adopts them.
 A vnet added again takes what the kernel held for it as learned (and
 announces its local domains again, as any restart does); one not added
 within a VARP TTL is detached; ``purge`` (``vn rmmod --purge``) removes it all.
@@ -53,9 +60,11 @@ from .shim import KernelPathUnavailable, KernelShim, RemoteSeen, ShimConfig
 log = logging.getLogger("vnetd")
 
 ERROR_LOG_INTERVAL = 10.0     # a failing map update is logged at most this often
+USE_READS = 4096              # use stamps a refresh reads, at most (ageing, above)
 
 Opener = Callable[[ShimConfig], KernelShim]
 RemoteKey = tuple[VnetId, bytes]
+UseKey = tuple[str, RemoteKey]          # (VARP or VIF, (vnet, MAC))
 
 
 class KernelPath:
@@ -84,9 +93,9 @@ class KernelPath:
         self._remotes: dict[RemoteKey, tuple[str, bool]] = {}
         self._locals: set[RemoteKey] = set()
         self._macs_at: dict[tuple[VnetId, str], set[bytes]] = {}   # for kernel_peer changes
-        # Taken out to be reported again (ageing, above): key -> address.
-        self._withdrawn_remotes: dict[RemoteKey, str] = {}
-        self._withdrawn_locals: set[RemoteKey] = set()
+        # Ageing (above): an entry's use stamp as last read (0 when we wrote
+        # the entry), and when it was read.
+        self._used: dict[UseKey, tuple[int, float]] = {}
         # Left by the previous engine, until its vnets are added again: by vnet,
         # its TAP's ifindex, its remote entries (MAC -> address, kernel_peer)
         # and its local MACs.
@@ -171,6 +180,8 @@ class KernelPath:
                 self._dirty.add(vid)        # attached: its maps made whole at the refresh
             else:
                 self._refused[vid] = f"attach failed: {e!r}"
+        if vid in self._attached:
+            self._follow_bridges()
 
     def _attach(self, vid: VnetId, now: float) -> None:
         self._refused.pop(vid, None)
@@ -215,6 +226,10 @@ class KernelPath:
             held, held_locals = {}, set()   # on another TAP: the shim emptied its maps
         self._reconcile(vid, now, {(vid, mac): v for mac, v in held.items()},
                         {(vid, mac) for mac in held_locals})
+        if held or held_locals:
+            # where their use stamps stand now: a later change is a use
+            self._read_used([(VARP, (vid, mac)) for mac in held] +
+                            [(VIF, (vid, mac)) for mac in held_locals], now)
         self.sync()
 
     def detach(self, vid: VnetId) -> None:
@@ -238,9 +253,7 @@ class KernelPath:
             addr, _ = self._remotes.pop(key)
             self._unindex(vid, key[1], addr)
         self._locals = {k for k in self._locals if k[0] != vid}
-        self._withdrawn_remotes = {k: a for k, a in self._withdrawn_remotes.items()
-                                   if k[0] != vid}
-        self._withdrawn_locals = {k for k in self._withdrawn_locals if k[0] != vid}
+        self._used = {k: v for k, v in self._used.items() if k[1][0] != vid}
         self._dirty.discard(vid)
 
     def _drop_left(self, vid: VnetId) -> None:
@@ -392,18 +405,11 @@ class KernelPath:
         core = self.core
         actions: list = []
         for event in events:
-            key = (event.vid, event.mac)
             try:
                 if event.__class__ is RemoteSeen:
                     actions += core.kernel_remote_seen(event.vid, event.mac, event.addr, now)
-                    addr = self._withdrawn_remotes.pop(key, None)
-                    if addr == event.addr and event.vid in self._attached:
-                        self._back(VARP, key)
                 else:
                     actions += core.kernel_local_seen(event.vid, event.mac, now)
-                    if key in self._withdrawn_locals:
-                        self._withdrawn_locals.discard(key)
-                        self._back(VIF, key)
             except Exception:  # noqa: BLE001 -- one bad report must not stop the engine
                 self._error("a report of the kernel path")
         if actions:
@@ -424,22 +430,12 @@ class KernelPath:
                 pass
         self._watching = on
 
-    def _back(self, table: str, key: RemoteKey) -> None:
-        """A withdrawn entry the kernel reported again: in the maps again, if
-        the core still holds it (the report refreshed it)."""
-        vid, mac = key
-        if table == VARP:
-            entry = self.core.varp.get(vid.raw, mac)
-            if entry is not None and entry.addr is not None:
-                self._set_remote(vid, mac, entry.addr)
-        elif (vid.raw, mac) in self.core.vifs:
-            self._set_local(vid, mac)
-
     # -- the periodic refresh --------------------------------------------------------------
 
     def refresh(self, now: float) -> None:
         """Follow recreated TAPs, retry what failed, detach what the previous
-        engine left and nobody added, withdraw entries the kernel alone uses."""
+        engine left and nobody added, keep the entries the kernel uses from
+        ageing, and let the kernel ports follow the bridges."""
         if self.shim is None:
             return
         self._watch_events(True)
@@ -461,19 +457,75 @@ class KernelPath:
         if self._left and now >= self._left_until:
             for vid in list(self._left):
                 self._drop_left(vid)
-        self._withdraw_idle(now)
+        self._keep_used(now)
+        self._follow_bridges()
 
-    def _withdraw_idle(self, now: float) -> None:
+    def _follow_bridges(self) -> None:
+        """The kernel ports follow their TAPs' bridges, and their fdb entries
+        the bridges' changes (KernelShim.refresh); a failure is counted and
+        tried again at the next refresh, the engine goes on."""
+        if self.shim is None:
+            return
+        try:
+            self.shim.refresh()
+        except KernelPathUnavailable as e:
+            self._failed("following the bridges", e)
+        except Exception:  # noqa: BLE001 -- a bug here must not stop the engine
+            self._error("following the bridges")
+
+    def _keep_used(self, now: float) -> None:
+        """Ageing (above): the use stamps of entries the core has not seen
+        refreshed for half a TTL, read at most every quarter TTL each and
+        USE_READS in all, oldest first; those that moved are refreshed."""
         opts = self.core.options
+        due: list[UseKey] = []
+        changes: dict[UseKey, TableChange] = {}
         for change in self.core.idle_entries(now, opts.varp_ttl / 2, opts.vif_ttl / 2):
+            if len(due) >= USE_READS:
+                break
             key = (change.vid, change.mac)
-            if change.vid not in self._attached:
-                continue
             if change.table == VARP:
-                if key in self._remotes and self._del_remote(change.vid, change.mac):
-                    self._withdrawn_remotes[key] = change.addr
-            elif key in self._locals and self._del_local(change.vid, change.mac):
-                self._withdrawn_locals.add(key)
+                held = self._remotes.get(key)
+                if held is None or held[0] != change.addr:
+                    continue        # not in the map at that address: nothing to stamp
+                ttl = opts.varp_ttl
+            elif key in self._locals:
+                ttl = opts.vif_ttl
+            else:
+                continue
+            use_key = (change.table, key)
+            last = self._used.get(use_key)
+            if last is not None and now - last[1] < ttl / 4:
+                continue
+            due.append(use_key)
+            changes[use_key] = change
+        if not due:
+            return
+        for use_key in self._read_used(due, now):
+            self.core.kernel_used(changes[use_key], now)
+
+    def _read_used(self, keys: list[UseKey], now: float) -> list[UseKey]:
+        """Read the use stamps of ``keys``; the keys whose stamp moved since
+        the last reading (or since we wrote the entry)."""
+        try:
+            found = {(VARP, k): v for k, v in self.shim.remotes_used(
+                [k for table, k in keys if table == VARP]).items()}
+            found.update({(VIF, k): v for k, v in self.shim.locals_used(
+                [k for table, k in keys if table == VIF]).items()})
+        except KernelPathUnavailable as e:
+            self._failed("reading the use stamps", e)
+            return []
+        moved = []
+        for use_key in keys:
+            stamp = found.get(use_key)
+            if stamp is None:
+                self._used.pop(use_key, None)
+                continue
+            last = self._used.get(use_key)
+            if last is not None and last[0] != stamp:
+                moved.append(use_key)
+            self._used[use_key] = (stamp, now)
+        return moved
 
     # -- the maps ----------------------------------------------------------------------------
 
@@ -514,6 +566,8 @@ class KernelPath:
             self._set_remote(v, mac, addr, now)
         for key in wanted_locals:
             self._set_local(*key)
+        self._used = {k: v for k, v in self._used.items() if k[1][0] != vid or
+                      (k[1] in self._remotes if k[0] == VARP else k[1] in self._locals)}
 
     def _index(self, vid: VnetId, mac: bytes, addr: str) -> None:
         self._macs_at.setdefault((vid, addr), set()).add(mac)
@@ -530,7 +584,6 @@ class KernelPath:
         key = (vid, mac)
         peer = self.core.kernel_peer(vid, addr, self.clock() if now is None else now)
         old = self._remotes.get(key)
-        self._withdrawn_remotes.pop(key, None)
         if old == (addr, peer):
             return
         try:
@@ -541,25 +594,23 @@ class KernelPath:
         if old is not None:
             self._unindex(vid, mac, old[0])
         self._remotes[key] = (addr, peer)
+        self._used[(VARP, key)] = (0, 0.0)      # written anew: not used yet
         self._index(vid, mac, addr)
 
-    def _del_remote(self, vid: VnetId, mac: bytes) -> bool:
+    def _del_remote(self, vid: VnetId, mac: bytes) -> None:
         key = (vid, mac)
-        self._withdrawn_remotes.pop(key, None)
         old = self._remotes.pop(key, None)
         if old is None:
-            return False
+            return
         self._unindex(vid, mac, old[0])
+        self._used.pop((VARP, key), None)
         try:
             self.shim.del_remote(vid, mac)
         except KernelPathUnavailable as e:
             self._failed("del_remote", e, vid)      # reconciled at the next refresh
-            return False
-        return True
 
     def _set_local(self, vid: VnetId, mac: bytes) -> None:
         key = (vid, mac)
-        self._withdrawn_locals.discard(key)
         if key in self._locals:
             return
         try:
@@ -568,19 +619,18 @@ class KernelPath:
             self._failed("set_local", e, vid)
             return
         self._locals.add(key)
+        self._used[(VIF, key)] = (0, 0.0)
 
-    def _del_local(self, vid: VnetId, mac: bytes) -> bool:
+    def _del_local(self, vid: VnetId, mac: bytes) -> None:
         key = (vid, mac)
-        self._withdrawn_locals.discard(key)
         if key not in self._locals:
-            return False
+            return
         self._locals.discard(key)
+        self._used.pop((VIF, key), None)
         try:
             self.shim.del_local(vid, mac)
         except KernelPathUnavailable as e:
             self._failed("del_local", e, vid)
-            return False
-        return True
 
     def _error(self, what: str) -> None:
         """An unexpected failure (a bug): counted, logged with its traceback at

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ....vnet_id import VnetId
@@ -55,6 +56,8 @@ DECAP_MAPS = frozenset(MAP_NAMES) - {"vs_devs", "vs_locals"}
 # (vnet, MAC) pairs whose fdb entry is retried at the next refresh, at most;
 # past it the next refresh reads every entry again
 RETRY_BOUND = maps.MAX_REMOTES
+
+MacKey = tuple[VnetId, bytes]       # (vnet, MAC): a remote or local entry
 
 __all__ = ["KernelPathUnavailable", "ShimConfig", "KernelShim", "ShimEvent", "RemoteSeen",
            "LocalSeen", "KernelPortInfo", "find_object"]
@@ -780,6 +783,28 @@ class KernelShim:
         return self._guard("locals", lambda: {
             maps.unpack_mac_key(k)
             for k in self.lib.keys(self._maps["vs_locals"], maps.MAC_KEY.size)})
+
+    def remotes_used(self, keys: Iterable[MacKey]) -> dict[MacKey, int]:
+        """The use stamps of the remote entries ``keys`` (one lookup each: the
+        caller bounds them): the programs' clock when the decapsulator last
+        took a frame from the MAC at the entry's address, written at most
+        once a second, 0 when none came since the entry was written.  Only
+        a change means anything to the caller.  A key not in the map is left out."""
+        return self._guard("remotes_used", self._used, "vs_remotes", maps.REMOTE.size, keys)
+
+    def locals_used(self, keys: Iterable[MacKey]) -> dict[MacKey, int]:
+        """The same for local entries: when the encapsulator last took a
+        frame from the MAC (on the TAP or P)."""
+        return self._guard("locals_used", self._used, "vs_locals", maps.LOCAL.size, keys)
+
+    def _used(self, name: str, size: int, keys: Iterable[MacKey]) -> dict[MacKey, int]:
+        fd = self._maps[name]
+        out = {}
+        for vid, mac in keys:
+            raw = self.lib.lookup(fd, maps.mac_key(vid, mac), size)
+            if raw is not None:
+                out[(vid, mac)] = maps.unpack_used(raw)
+        return out
 
     # -- events and counters --------------------------------------------------------------
 

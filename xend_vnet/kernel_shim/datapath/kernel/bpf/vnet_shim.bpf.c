@@ -13,7 +13,8 @@
  * Anything else goes on to the TAP (and the engine's user-space path; P
  * hands it to the TAP's egress) or to the host's UDP socket, unchanged, and
  * a per-vnet counter says why.  The engine keeps the maps in step with its
- * own tables and reads learn events from a ring buffer.
+ * own tables, reads learn events from a ring buffer and the use stamps the
+ * programs write into the remote and local entries.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -62,7 +63,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, VS_MAX_LOCALS);
 	__type(key, struct vs_mac_key);
-	__type(value, __u32);
+	__type(value, struct vs_local);
 } vs_locals SEC(".maps");
 
 struct {
@@ -139,10 +140,9 @@ static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
  * vnet per second (a window counter per vnet); the rest are counted as
  * events_suppressed, and a full ring buffer as events_lost. */
 static __always_inline void emit(__u32 kind, const __u8 *vid, const __u8 *mac,
-				 __u32 addr, __u32 index)
+				 __u32 addr, __u32 index, __u64 now)
 {
 	struct vs_mac_key k = {};
-	__u64 now = bpf_ktime_get_ns();
 	__u64 *last;
 	struct vs_budget *b;
 	struct vs_event *e;
@@ -177,6 +177,16 @@ static __always_inline void emit(__u32 kind, const __u8 *vid, const __u8 *mac,
 	__builtin_memcpy(e->mac, mac, 6);
 	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* A frame came from the MAC of a remote or local entry: the engine reads
+ * the stamp at its refresh and keeps the entry from ageing (the programs
+ * report only what their maps lack).  Written at most once a second, so a
+ * stream costs one store a second, not one a frame. */
+static __always_inline void stamp_used(__u64 *used, __u64 now)
+{
+	if (*used + VS_USED_EVERY_NS <= now)
+		*used = now;
 }
 
 /* Lower the MSS option of a TCP SYN (or SYN-ACK) to ``mss`` so a full-size
@@ -297,9 +307,15 @@ int vs_encap(struct __sk_buff *skb)
 
 	__builtin_memcpy(mk.vid, dev->vid, 16);
 	if (!(in.eth.h_source[0] & 1)) {
+		struct vs_local *local;
+		__u64 now = bpf_ktime_get_ns();
+
 		__builtin_memcpy(mk.mac, in.eth.h_source, 6);
-		if (!bpf_map_lookup_elem(&vs_locals, &mk))
-			emit(VS_EVENT_LOCAL_SEEN, dev->vid, in.eth.h_source, 0, index);
+		local = bpf_map_lookup_elem(&vs_locals, &mk);
+		if (local)
+			stamp_used(&local->used, now);
+		else
+			emit(VS_EVENT_LOCAL_SEEN, dev->vid, in.eth.h_source, 0, index, now);
 	}
 	if (in.eth.h_dest[0] & 1) {
 		/* Flooding is off on P, but the bridge floods what the host
@@ -440,10 +456,15 @@ int vs_decap(struct __sk_buff *skb)
 	}
 
 	if (!(h.inner_eth.h_source[0] & 1)) {
+		__u64 now = bpf_ktime_get_ns();
+
 		__builtin_memcpy(mk.mac, h.inner_eth.h_source, 6);
 		remote = bpf_map_lookup_elem(&vs_remotes, &mk);
-		if (!remote || remote->addr != h.ip.saddr)
-			emit(VS_EVENT_REMOTE_SEEN, h.vid, h.inner_eth.h_source, h.ip.saddr, index);
+		if (remote && remote->addr == h.ip.saddr)
+			stamp_used(&remote->used, now);
+		else
+			emit(VS_EVENT_REMOTE_SEEN, h.vid, h.inner_eth.h_source, h.ip.saddr, index,
+			     now);
 	}
 
 	if (bpf_skb_adjust_room(skb, -VS_ENCAP_LEN, BPF_ADJ_ROOM_MAC,

@@ -11,7 +11,7 @@
 
 /* Bump when a map's layout changes: a newer engine then replaces what an
  * older one left attached instead of adopting it. */
-#define VS_LAYOUT_VERSION 2
+#define VS_LAYOUT_VERSION 3
 
 #define VS_MAX_VNETS 4096        /* vnets carried in the kernel */
 #define VS_MAX_DEVS (2 * VS_MAX_VNETS)   /* a TAP and a kernel port P per vnet */
@@ -21,6 +21,8 @@
 #define VS_EVENTS_BYTES (256 * 1024)
 #define VS_EVENT_BUDGET 256      /* events per vnet per second */
 #define VS_EVENT_REPEAT_NS 1000000000ULL   /* one event per (vnet, MAC, kind) per second */
+#define VS_USED_EVERY_NS 1000000000ULL     /* a remote or local entry's use stamped at most
+					    * once a second */
 
 /* Outer IPv4 20 + UDP 8 + VnetMsgHdr 4 + etherip 18 + the inner Ethernet
  * header 14 that sits between the outer and the inner IP header
@@ -81,9 +83,18 @@ struct vs_mac_key {
 
 #define VS_REMOTE_KERNEL_PEER 1
 
+/* ``used``: bpf_ktime_get_ns() when a frame last came from the MAC (the
+ * decapsulator, from that care-of address; the encapsulator, from a local
+ * domain), written at most once every VS_USED_EVERY_NS; the engine writes
+ * 0 with the entry and reads it to keep the entries in use from ageing. */
 struct vs_remote {
 	__u32 addr;              /* care-of address, network order */
 	__u32 flags;
+	__u64 used;
+};
+
+struct vs_local {
+	__u64 used;
 };
 
 struct vs_budget {
