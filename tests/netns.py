@@ -386,8 +386,11 @@ class Lab:
     # -- processes -----------------------------------------------------------------
 
     def start_vnetd(self, ns: str, *args: str, name: str | None = None,
-                    wait: bool = True, control: str | None = None) -> EngineProcess:
-        """Start vnetd in ``ns`` (foreground, tracked); wait until its socket answers."""
+                    wait: bool = True, control: str | None = None,
+                    require_kernel_path: bool | None = None) -> EngineProcess:
+        """Start vnetd in ``ns`` (foreground, tracked); wait until its socket answers.
+        ``require_kernel_path`` True or False overrides the lab's data path
+        for this engine (XEND_VNET_REQUIRE_KERNEL_PATH set or not)."""
         tag = name or ns[len(self.prefix):]
         control = control or os.path.join(self.tmp, f"{tag}.sock")
         log_path = os.path.join(self.tmp, f"{tag}.log")
@@ -400,6 +403,10 @@ class Lab:
             cmd.append("--no-kernel-path")
         elif self.data_path == KERNEL:
             env[REQUIRE_KERNEL_PATH] = "1"      # a kernel-path test never runs in user space
+        if require_kernel_path:
+            env[REQUIRE_KERNEL_PATH] = "1"
+        elif require_kernel_path is False:
+            env.pop(REQUIRE_KERNEL_PATH, None)
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     cwd=REPO, start_new_session=True)

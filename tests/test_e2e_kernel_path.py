@@ -90,9 +90,9 @@ class World:
         return ["--no-default-vnets", "--port", PORT, "-f", self.files[host], *HOSTS[host][1]]
 
     def start(self, host: str, tag: str | None = None, control: str | None = None):
-        with environment(REQUIRE, "1" if HOSTS[host][2] else None):
-            d = self.vnetd[host] = self.lab.start_vnetd(self.ns[host], *self.args(host),
-                                                        name=tag, control=control)
+        d = self.vnetd[host] = self.lab.start_vnetd(
+            self.ns[host], *self.args(host), name=tag, control=control,
+            require_kernel_path=bool(HOSTS[host][2]))
         return d
 
     def stats(self, host: str) -> dict:
@@ -205,16 +205,14 @@ def test_a_host_whose_kernel_path_cannot_load_still_carries_everything(world):
 def test_a_required_kernel_path_that_cannot_load_stops_vnetd(world):
     lab = world.lab
     ns = lab.host("h5", "192.0.2.5")
-    with environment(REQUIRE, "1"):
-        d = lab.start_vnetd(ns, "--no-default-vnets", "--port", PORT, "--kernel-object",
-                            MISSING_OBJECT, wait=False)
+    d = lab.start_vnetd(ns, "--no-default-vnets", "--port", PORT, "--kernel-object",
+                        MISSING_OBJECT, wait=False, require_kernel_path=True)
     assert d.proc.wait(20) == 1
     log = d.log()
     assert f"the kernel path cannot load: no compiled object: {MISSING_OBJECT}" in log, log
     assert f"{REQUIRE}=1" in log and "--no-kernel-path" in log
-    with environment(REQUIRE, "1"):
-        d = lab.start_vnetd(ns, "--no-default-vnets", "--port", PORT, "--no-kernel-path",
-                            name="h5b")
+    d = lab.start_vnetd(ns, "--no-default-vnets", "--port", PORT, "--no-kernel-path",
+                        name="h5b", require_kernel_path=True)
     assert d.status()["kernel-path"] == "unavailable: --no-kernel-path"
     d.stop()
 

@@ -13,13 +13,17 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
 
 from e2e_helpers import ping, tcp_transfer
-from netns import is_root
+from netns import REPO, is_root
 from kernel_shim_bed import VID, Bed
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import legacy_vnetd  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -298,19 +302,12 @@ def test_purge_removes_ours_only(bed):
 
 
 
-# The legacy C vnetd and the script that starts it in a namespace: built
-# outside the repository, named by the environment of the run.
-LEGACY_VNETD = os.environ.get("XEND_VNET_LEGACY_VNETD", "/work/legacy-build/tools/vnet/vnetd/vnetd")
-LEGACY_RUN = os.environ.get("XEND_VNET_LEGACY_RUN", "")
-
-
-def test_interop_with_the_legacy_vnetd(bed):
+@pytest.mark.legacy_vnetd
+def test_interop_with_the_legacy_vnetd(bed, legacy_vnetd_binary):
     """h1's kernel path against a legacy C vnetd on a third host (vnet 4,
     which both create at start): pings and TCP both ways, the legacy host
-    marked kernel_peer=False so it only gets complete checksums."""
-    if not (os.path.exists(LEGACY_VNETD) and LEGACY_RUN and os.path.exists(LEGACY_RUN)):
-        pytest.skip("legacy vnetd not built on this machine (XEND_VNET_LEGACY_VNETD, "
-                    "XEND_VNET_LEGACY_RUN)")
+    marked kernel_peer=False so it only gets complete checksums.  The binary
+    comes from --legacy-vnetd or XEND_VNET_LEGACY_VNETD (conftest.py)."""
     from kernel_shim_bed import PeerProc
     lab = type(bed.lab)("kbl")
     try:
@@ -320,7 +317,7 @@ def test_interop_with_the_legacy_vnetd(bed):
         lab.start_vnetd(h1, "--no-kernel-path")     # the peer drives h1's shim
         state = os.path.join(lab.tmp, "legacy")
         os.makedirs(state)
-        lab.spawn(h2, "sh", LEGACY_RUN, LEGACY_VNETD, "192.0.2.2", state,
+        lab.spawn(h2, *legacy_vnetd.command(legacy_vnetd_binary, "192.0.2.2", state, ["4"]),
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while lab.ns_sh(h2, "ip", "link", "show", "vnif0004", check=False).returncode:
