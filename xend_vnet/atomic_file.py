@@ -55,13 +55,16 @@ def open_temp(temp: str, mode: int = 0o600) -> int:
 
 
 def write_atomically(path: str, data: bytes, mode: int = 0o600, temp: str | None = None,
-                     sync: bool = True) -> None:
+                     sync: bool = True, owner: tuple[int, int] | None = None) -> None:
     """Write ``data`` to ``path`` through ``temp`` (default ``<path>.<pid>.tmp``):
-    a reader sees the old file or the new one, never a part."""
+    a reader sees the old file or the new one, never a part.  ``owner``
+    (uid, gid) is given to the file before it is renamed into place."""
     temp = temp or f"{path}.{os.getpid()}.tmp"
     fd = open_temp(temp, mode)
     try:
         with os.fdopen(fd, "wb") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             f.write(data)
             f.flush()
             if sync:

@@ -65,22 +65,7 @@ def _read(path: str) -> str | None:
 
 def _write(path: str, text: str, owner: tuple[int, int] | None) -> None:
     """Atomically, mode 0640, given to ``owner`` before it is renamed into place."""
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = atomic_file.open_temp(temp, MODE)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    atomic_file.write_atomically(path, text.encode("utf-8"), MODE, owner=owner)
 
 
 def _owner(directory: str) -> tuple[int, int] | None:
