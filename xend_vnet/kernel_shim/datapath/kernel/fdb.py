@@ -28,6 +28,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from .nlattr import attributes
+
 AF_BRIDGE = 7
 NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
@@ -41,13 +43,11 @@ NDA_MASTER = 9
 RTNLGRP_NEIGH = 3
 NLMSG_ERROR = 2
 NLMSG_OVERRUN = 4
-NLA_TYPE_MASK = 0x3FFF
 WATCH_BUFFER = 4 << 20          # notifications between two refreshes
 WATCH_READS = 4096              # datagrams read per drain; past it, read every entry instead
 
 _NLMSG = struct.Struct("=IHHII")
 _NDMSG = struct.Struct("=BxxxiHBB")
-_NLA = struct.Struct("=HH")
 
 # what to do with an entry for a MAC we want behind P
 KEEP = "keep"       # on P, static: nothing
@@ -110,15 +110,6 @@ def is_ours(entry: FdbEntry | None, port: int, tap: int) -> bool:
     return entry.port == port or (entry.port == tap and entry.static)
 
 
-def _attrs(data: bytes):
-    off = 0
-    while off + _NLA.size <= len(data):
-        length, kind = _NLA.unpack_from(data, off)
-        if length < _NLA.size or off + length > len(data):
-            return
-        yield kind & NLA_TYPE_MASK, data[off + _NLA.size:off + length]
-        off += (length + 3) & ~3
-
 
 @dataclass(frozen=True)
 class FdbNote:
@@ -146,7 +137,7 @@ def parse_notes(data: bytes) -> list[FdbNote]:
             continue
         mac = None
         master = vlan = 0
-        for t, v in _attrs(body[_NDMSG.size:]):
+        for t, v in attributes(body[_NDMSG.size:]):
             if t == NDA_LLADDR and len(v) == 6:
                 mac = v
             elif t == NDA_MASTER and len(v) >= 4:

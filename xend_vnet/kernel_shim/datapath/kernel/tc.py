@@ -19,6 +19,8 @@ import errno
 import struct
 from dataclasses import dataclass
 
+from .nlattr import attributes
+
 OWNER = "xend-vnet:"
 PRIO = 1798
 HANDLE = 1798
@@ -31,8 +33,6 @@ ROLE_DECAP = "decap"
 
 _NLMSG = struct.Struct("=IHHII")
 _TCMSG = struct.Struct("=B3xiIII")
-_NLA = struct.Struct("=HH")
-NLA_TYPE_MASK = 0x3FFF
 TCA_KIND = 1
 TCA_OPTIONS = 2
 TCA_BPF_NAME = 7
@@ -79,15 +79,6 @@ def role_of(name: str) -> str | None:
     return role if role in (ROLE_ENCAP, ROLE_DECAP) else None
 
 
-def _attrs(data: bytes):
-    off = 0
-    while off + _NLA.size <= len(data):
-        length, kind = _NLA.unpack_from(data, off)
-        if length < _NLA.size or off + length > len(data):
-            return
-        yield kind & NLA_TYPE_MASK, data[off + _NLA.size:off + length]
-        off += (length + 3) & ~3
-
 
 def _text(value: bytes) -> str:
     return value.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -103,11 +94,11 @@ def parse_filter(raw: bytes) -> FilterInfo | None:
     _family, ifindex, handle, parent, info = _TCMSG.unpack_from(raw, _NLMSG.size)
     kind = name = ""
     prog_id = 0
-    for t, value in _attrs(raw[_NLMSG.size + _TCMSG.size:length]):
+    for t, value in attributes(raw[_NLMSG.size + _TCMSG.size:length]):
         if t == TCA_KIND:
             kind = _text(value)
         elif t == TCA_OPTIONS:
-            for ot, ov in _attrs(value):
+            for ot, ov in attributes(value):
                 if ot == TCA_BPF_NAME:
                     name = _text(ov)
                 elif ot == TCA_BPF_ID and len(ov) >= 4:
